@@ -1,0 +1,247 @@
+"""Messages of ``secemb`` (and the sealed payloads inside them), defined once.
+
+Set-up, ``query.secemb_count`` (SecEmb Appendix C): server 0 -> user {server
+1's public key}; user -> server 0 an additive share of its rated-item count,
+and the other share sealed for server 1.
+
+Each round:
+1. ``query.secemb_retrieve``: server 0 -> user {round, m', server 1's key};
+   user -> server 0 its m' DPF keys for party 0 (``keys0/*`` arrays) and a box
+   sealed for server 1 holding party 1's keys and the user's one-round public
+   key (so server 1 can seal its shares back).
+2. ``train.secemb_upload``: server 0 -> user its embedding shares, server 1's
+   sealed shares, and the dense parameters; user -> server 0 the final
+   correction words CW^(n+1) (one per key: row-wise encoding with the shared
+   path), its share of the dense gradient, and a box sealed for server 1 with
+   the other dense share. Ablations (``rowenc``, ``init``) upload fresh full
+   keys instead of CWs.
+
+Every sealed box is bound to (run, round, user, purpose) as AEAD associated
+data, so a box cannot be replayed in another round or for another user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from crypto.dpf import DpfKeyBatch
+from schemas import common
+from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.wire import decode_frame, encode_frame
+
+COUNT = "query.secemb_count"
+RETRIEVE = "query.secemb_retrieve"
+UPLOAD = "train.secemb_upload"
+PUBLIC_KEY_BYTES = 32
+MAX_BOX = 1 << 31
+
+
+def ring_of(bits: int) -> type:
+    return np.uint64 if bits == 64 else np.uint32
+
+
+def context(run: str, rnd: int, user: int, purpose: str) -> bytes:
+    """Associated data of a sealed box: what it is for, so it cannot be replayed elsewhere."""
+    return f"secemb|{run}|{rnd}|{user}|{purpose}".encode()
+
+
+def check_ring_matrix(arr: np.ndarray, shape: tuple[int, ...], ring: type, what: str) -> np.ndarray:
+    if arr.dtype != np.dtype(ring) or arr.shape != tuple(shape):
+        raise MessageError(f"{what}: got {arr.dtype} {arr.shape}, expected {np.dtype(ring)} {tuple(shape)}")
+    return arr
+
+
+def _box(rec: ArrayRecord, key: str = "box") -> np.ndarray:
+    box = get_array(rec, key, np.uint8, (None,))
+    if not 60 <= len(box) <= MAX_BOX:
+        raise MessageError(f"sealed box of {len(box)} bytes is outside the allowed size")
+    return box
+
+
+def keys_to_record(keys: DpfKeyBatch, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}{k}": v for k, v in keys.to_arrays().items()}
+
+
+def keys_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str, party: int, n_items: int, width: int,
+                     ring: type, n_keys: int) -> DpfKeyBatch:
+    """Rebuild and validate a party's key batch; the count must be exactly ``n_keys``."""
+    fields = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    keys = DpfKeyBatch.from_arrays(fields, party=party, domain_size=n_items, width=width, ring_dtype=ring)
+    if keys.n_keys != n_keys:
+        raise MessageError(f"expected {n_keys} DPF keys, got {keys.n_keys}")
+    return keys
+
+
+# ------------------------------------------------------------------ set-up
+def count_message(server1_public: bytes, run: str) -> RecordDict:
+    return RecordDict({"cfg": ConfigRecord({"server1_public": server1_public, "run": run})})
+
+
+def parse_server_info(content: RecordDict) -> tuple[bytes, str, dict[str, Any]]:
+    rec = require_record(content, "cfg", ConfigRecord)
+    pub = get_scalar(rec, "server1_public", bytes)
+    if len(pub) != PUBLIC_KEY_BYTES:
+        raise MessageError("server 1 public key must be 32 bytes")
+    return pub, str(get_scalar(rec, "run", str)), dict(rec)
+
+
+def count_reply(share0: np.ndarray, box: bytes) -> RecordDict:
+    return RecordDict({"count": array_record(share0=share0.astype(np.uint64),
+                                             box=np.frombuffer(box, dtype=np.uint8))})
+
+
+def parse_count_reply(content: RecordDict) -> tuple[np.ndarray, np.ndarray]:
+    rec = require_record(content, "count", ArrayRecord)
+    return get_array(rec, "share0", np.uint64, (1,)), _box(rec)
+
+
+def count_share_bytes(share1: np.ndarray) -> bytes:
+    return encode_frame("count", {}, {"share": share1.astype(np.uint64)})
+
+
+def parse_count_share(raw: bytes) -> np.ndarray:
+    _, _, arrays = decode_frame(raw)
+    return check_ring_matrix(arrays["share"], (1,), np.uint64, "count share")
+
+
+# --------------------------------------------------------------- retrieval
+def retrieve_message(rnd: int, m_prime: int, server1_public: bytes, run: str, ring_bits: int,
+                     variant: str) -> RecordDict:
+    return RecordDict({"cfg": ConfigRecord({"round": rnd, "m_prime": m_prime, "server1_public": server1_public,
+                                            "run": run, "ring_bits": ring_bits, "variant": variant})})
+
+
+def parse_retrieve_message(content: RecordDict, n_items: int) -> tuple[int, int, bytes, str, int, str]:
+    pub, run, rec = parse_server_info(content)
+    rnd = int(get_scalar(rec, "round", int, 1))
+    m_prime = int(get_scalar(rec, "m_prime", int, 1, n_items))
+    bits = int(get_scalar(rec, "ring_bits", int, 32, 64))
+    if bits not in (32, 64):
+        raise MessageError("ring_bits must be 32 or 64")
+    variant = str(get_scalar(rec, "variant", str))
+    return rnd, m_prime, pub, run, bits, variant
+
+
+def retrieve_reply(keys0: DpfKeyBatch, box: bytes) -> RecordDict:
+    return RecordDict({"keys": array_record(**keys_to_record(keys0, "k0_"), box=np.frombuffer(box, dtype=np.uint8))})
+
+
+def parse_retrieve_reply(content: RecordDict, n_items: int, m_prime: int, ring: type) -> tuple[DpfKeyBatch, np.ndarray]:
+    rec = require_record(content, "keys", ArrayRecord)
+    box = _box(rec)
+    arrays = {k: rec[k].numpy() for k in rec if k.startswith("k0_")}
+    return keys_from_arrays(arrays, "k0_", 0, n_items, 1, ring, m_prime), box
+
+
+def sealed_retrieval_bytes(keys1: DpfKeyBatch, user_public: bytes) -> bytes:
+    return encode_frame("retrieve", {}, {**keys_to_record(keys1, "k1_"),
+                                         "user_public": np.frombuffer(user_public, dtype=np.uint8)})
+
+
+def parse_sealed_retrieval(raw: bytes, party: int, n_items: int, m_prime: int, ring_dtype: type
+                           ) -> tuple[DpfKeyBatch, bytes]:
+    _, _, arrays = decode_frame(raw)
+    pub = arrays.get("user_public")
+    if pub is None or pub.dtype != np.uint8 or pub.shape != (PUBLIC_KEY_BYTES,):
+        raise MessageError("sealed retrieval lacks a 32-byte user public key")
+    return keys_from_arrays(arrays, "k1_", party, n_items, 1, ring_dtype, m_prime), pub.tobytes()
+
+
+def share_bytes(shares: np.ndarray) -> bytes:
+    return encode_frame("shares", {}, {"shares": shares})
+
+
+def parse_share_bytes(raw: bytes, shape: tuple[int, int], ring: type) -> np.ndarray:
+    _, _, arrays = decode_frame(raw)
+    return check_ring_matrix(arrays.get("shares", np.zeros(0)), shape, ring, "server 1 shares")
+
+
+# ------------------------------------------------------------- aggregation
+def upload_message(rnd: int, shares0: np.ndarray, box: np.ndarray, dense: np.ndarray) -> RecordDict:
+    return RecordDict({"cfg": ConfigRecord({"round": rnd}),
+                       "data": array_record(shares0=shares0, box=box, dense=dense.astype(np.float32))})
+
+
+def parse_upload_message(content: RecordDict, m_prime: int, row_dim: int, dense_size: int, ring: type
+                         ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    rnd = int(get_scalar(require_record(content, "cfg", ConfigRecord), "round", int, 1))
+    rec = require_record(content, "data", ArrayRecord)
+    shares0 = get_array(rec, "shares0", ring, (m_prime, row_dim))
+    dense = get_array(rec, "dense", np.float32, (dense_size,), finite=True)
+    return rnd, shares0, _box(rec), dense
+
+
+@dataclass
+class Upload:
+    correction_words: np.ndarray | None  # [m', row_dim] ring (secemb)
+    keys0: DpfKeyBatch | None            # fresh keys (ablations)
+    dense_share0: np.ndarray
+    box: np.ndarray
+    loss: float
+    n_ratings: int
+    seconds: float
+
+
+def upload_reply(cw_or_keys: np.ndarray | DpfKeyBatch, dense_share0: np.ndarray, box: bytes, loss: float,
+                 n: int, seconds: float) -> RecordDict:
+    arrays = keys_to_record(cw_or_keys, "k0_") if isinstance(cw_or_keys, DpfKeyBatch) else {"cw": cw_or_keys}
+    return RecordDict({"upload": array_record(**arrays, dense0=dense_share0, box=np.frombuffer(box, dtype=np.uint8)),
+                       "metrics": common.train_metrics(loss, n, seconds)})
+
+
+def fresh_key_shape(variant: str, m_prime: int, row_dim: int) -> tuple[int, int]:
+    """(number of keys, width) of a fresh aggregation upload for the ablation variants."""
+    return (m_prime * row_dim, 1) if variant == "init" else (m_prime, row_dim)
+
+
+def parse_upload_reply(content: RecordDict, variant: str, n_items: int, m_prime: int, row_dim: int,
+                       dense_size: int, ring: type) -> Upload:
+    rec = require_record(content, "upload", ArrayRecord)
+    dense0 = get_array(rec, "dense0", ring, (dense_size,))
+    box = _box(rec)
+    loss, n, seconds = common.parse_train_metrics(content)
+    if variant == "secemb":
+        cw = get_array(rec, "cw", ring, (m_prime, row_dim))
+        return Upload(cw, None, dense0, box, loss, n, seconds)
+    n_keys, width = fresh_key_shape(variant, m_prime, row_dim)
+    arrays = {k: rec[k].numpy() for k in rec if k.startswith("k0_")}
+    keys = keys_from_arrays(arrays, "k0_", 0, n_items, width, ring, n_keys)
+    return Upload(None, keys, dense0, box, loss, n, seconds)
+
+
+def sealed_dense_bytes(dense_share1: np.ndarray) -> bytes:
+    return encode_frame("dense", {}, {"share": dense_share1})
+
+
+def parse_ring_vector(raw: bytes, size: int, ring: type) -> np.ndarray:
+    _, _, arrays = decode_frame(raw)
+    return check_ring_matrix(arrays.get("share", np.zeros(0)), (size,), ring, "dense share")
+
+
+def sealed_fresh_upload_bytes(keys1: DpfKeyBatch, dense_share1: np.ndarray) -> bytes:
+    return encode_frame("upload", {}, {**keys_to_record(keys1, "k1_"), "share": dense_share1})
+
+
+def parse_sealed_fresh_upload(raw: bytes, n_items: int, meta: Mapping[str, Any], ring: type
+                              ) -> tuple[DpfKeyBatch, np.ndarray]:
+    _, _, arrays = decode_frame(raw)
+    n_keys, width = fresh_key_shape(meta["variant"], int(meta["m_prime"]), int(meta["width"]))
+    keys = keys_from_arrays(arrays, "k1_", 1, n_items, width, ring, n_keys)
+    share = check_ring_matrix(arrays.get("share", np.zeros(0)), (int(meta["dense_size"]),), ring, "dense share")
+    return keys, share
+
+
+def fresh_aggregate(party, keys: Mapping[int, DpfKeyBatch], width: int, variant: str) -> np.ndarray:
+    """Sum of fresh full keys: row keys (rowenc) or one key per element (init, column-major groups)."""
+    if variant == "rowenc":
+        return party.aggregate_fresh(keys, width)
+    out = np.zeros((party.n_items, width), dtype=party.ring_dtype)
+    for col in range(width):  # a loop over the d+1 columns; each column is one batched evaluation
+        per_col = {u: k.select(np.arange(col, k.n_keys, width)) for u, k in keys.items()}
+        out[:, col] = party.aggregate_fresh(per_col, 1)[:, 0]
+    return out

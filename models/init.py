@@ -1,0 +1,39 @@
+"""Deterministic initial values, identical in every process for the same seed.
+
+The server draws the item table and the dense parameters; each user draws its
+own private parameters from (seed, user id). Twins therefore start equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.recommenders import build_model
+from models.spec import ModelSpec
+
+
+def init_item_table(spec: ModelSpec, n_items: int, seed: int) -> np.ndarray:
+    """Embeddings ~ N(0, init_std), biases 0."""
+    rng = np.random.default_rng([seed, 0x17E3])
+    table = rng.normal(0.0, spec.init_std, size=(n_items, spec.row_dim)).astype(np.float32)
+    table[:, -1] = 0.0
+    return table
+
+
+def init_private(spec: ModelSpec, user_id: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0x05E2, user_id])
+    user = rng.normal(0.0, spec.init_std, size=spec.private_size).astype(np.float32)
+    user[-1] = 0.0
+    return user
+
+
+def init_dense(spec: ModelSpec, seed: int) -> np.ndarray:
+    """Torch's default layer init (seeded) for MLPs; feature embeddings ~ N(0, init_std); biases 0."""
+    torch.manual_seed(seed)
+    model = build_model(spec, 1)
+    with torch.no_grad():
+        if hasattr(model, "feat_emb"):
+            gen = torch.Generator().manual_seed(seed + 1)
+            model.feat_emb.normal_(0.0, spec.init_std, generator=gen)
+    return model.get_dense()

@@ -1,0 +1,31 @@
+"""Dataset loaders: MovieLens (latest-small shipped; 100K/1M/10M/25M by folder or download), synthetic, CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simulations.data_sources.movielens import (load_csv, load_ml_1m, load_ml_10m, load_ml_25m, load_ml_100k,
+                                                load_ml_latest_small)
+from simulations.data_sources.ratings import DatasetError, Ratings, keep_top_items
+from simulations.data_sources.split import FederatedSplit, UserData, split_users
+from simulations.data_sources.synthetic import load_synthetic
+
+LOADERS = {
+    "ml_latest_small": load_ml_latest_small,
+    "ml_100k": load_ml_100k,
+    "ml_1m": load_ml_1m,
+    "ml_10m": load_ml_10m,
+    "ml_25m": load_ml_25m,
+    "synthetic": load_synthetic,
+    "csv": load_csv,
+}
+
+
+def load_ratings(name: str, path: str | None = None, max_items: int | None = None, **options: Any) -> Ratings:
+    """Load dataset ``name`` (see LOADERS); ``max_items`` keeps the most-rated items."""
+    if name not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}")
+    return keep_top_items(LOADERS[name](path=path, **options), max_items)
+
+
+__all__ = ["DatasetError", "FederatedSplit", "Ratings", "UserData", "load_ratings", "split_users"]

@@ -1,0 +1,50 @@
+"""What a ClientApp process knows: the run config, its user's data, the model spec.
+
+Virtual clients are created and destroyed freely, so nothing here lives in a
+Python object between messages except the cached dataset; per-user state that
+must survive rounds (private embedding, its optimiser moments, key material)
+lives in ``Context.state`` (see :mod:`clients.private_state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+
+from models.spec import ModelSpec
+from simulations.data_sources import UserData
+from simulations.dataset import load_split
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    cfg: dict[str, Any]
+    user: UserData
+    n_items: int
+    item_features: np.ndarray  # public [n_items, l_y]
+    spec: ModelSpec
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+
+def model_spec(cfg: dict[str, Any], n_user_features: int, n_item_features: int) -> ModelSpec:
+    m = cfg["model"]
+    return ModelSpec(name=m["name"], dim=int(m["dim"]), n_user_features=n_user_features,
+                     n_item_features=n_item_features, init_std=float(m["init_std"]))
+
+
+def client_env(cfg: dict[str, Any], context: Context) -> ClientEnv:
+    """Build the environment of the user this node holds (its ``partition-id``)."""
+    split = load_split(cfg)
+    partition = int(context.node_config.get("partition-id", -1))
+    if not 0 <= partition < split.n_users:
+        raise ValueError(f"node partition-id {partition} is not a user of {cfg['dataset']['name']} "
+                         f"(0..{split.n_users - 1})")
+    spec = model_spec(cfg, split.user_features.shape[1], split.item_features.shape[1])
+    return ClientEnv(cfg=cfg, user=split.user(partition), n_items=split.n_items,
+                     item_features=split.item_features, spec=spec)

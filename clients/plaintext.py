@@ -1,0 +1,53 @@
+"""Client side of the ``plaintext`` protocol (see :mod:`schemas.plaintext`)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flwr.app import Context, RecordDict
+
+from clients.environment import ClientEnv
+from clients.item_selection import ratings_of, truncate_items
+from clients.local_training import train_locally
+from clients.private_state import load_private, save_private
+from schemas import plaintext as schema
+from schemas.validation import MessageError, array_record
+
+STATE = "plain_round"
+
+
+def on_request(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
+    """Phase 1: name the items whose rows this user needs (truncated to m')."""
+    rnd, m_prime = schema.parse_request_message(content)
+    items = truncate_items(env.user.train_items, m_prime, env.seed, rnd, env.user.user_id)
+    context.state[STATE] = array_record(items=items, round=np.array([rnd], dtype=np.int64))
+    return schema.request_reply(items)
+
+
+def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
+    """Phase 2: train on the received rows, upload the public gradients."""
+    start = time.perf_counter()
+    rnd, rows, dense = schema.parse_update_message(content, env.spec.row_dim, env.spec.dense_size)
+    if STATE not in context.state:
+        raise MessageError("update received before this user's item request")
+    saved = context.state[STATE]
+    items = saved["items"].numpy()
+    if int(saved["round"].numpy()[0]) != rnd or rows.shape[0] != len(items):
+        raise MessageError(f"update for round {rnd} with {rows.shape[0]} rows does not match the request")
+    result = local_step(env, context, items, rows, dense)
+    del context.state[STATE]
+    return schema.update_reply(result.row_grads, result.dense_grad, result.loss, result.n_ratings,
+                               time.perf_counter() - start)
+
+
+def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.ndarray, dense: np.ndarray):
+    """Train on the ratings of ``items`` given their rows; persist private state."""
+    local, ratings = ratings_of(items, env.user.train_items, env.user.train_ratings)
+    private = load_private(context, env.spec, env.user.user_id, env.seed)
+    m = env.cfg["model"]
+    result = train_locally(env.spec, rows, dense, private, local, ratings, env.user.user_features,
+                           env.item_features[items[local]], float(m["lr"]), float(m["reg"]),
+                           int(env.cfg["train"]["local_user_steps"]))
+    save_private(context, result.private)
+    return result

@@ -1,0 +1,65 @@
+"""Load the configured dataset and its per-user split, once per process.
+
+Both the ServerApp (which needs only sizes: users, items, feature widths) and
+every ClientApp process (which needs its own user's ratings) call
+:func:`load_split`; the result is cached per process so Ray's long-lived
+actors parse the files once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+
+from simulations.data_sources import FederatedSplit, Ratings, load_ratings, split_users
+from strategies.base import DatasetMeta
+
+
+def _loader_options(ds: dict[str, Any]) -> dict[str, Any]:
+    skip = {"name", "path", "split", "test_fraction", "k", "max_users", "download"}
+    opts = {k: v for k, v in ds.items() if k not in skip and v is not None}
+    if ds.get("download") is False:
+        opts["allow_download"] = False
+    return opts
+
+
+def limit_users(ratings: Ratings, max_users: int | None) -> Ratings:
+    """Keep the ``max_users`` users with most ratings (ties by id), re-indexed densely."""
+    if max_users is None or max_users >= ratings.n_users:
+        return ratings
+    counts = np.bincount(ratings.user, minlength=ratings.n_users)
+    order = np.lexsort((np.arange(ratings.n_users), -counts))
+    keep = np.sort(order[:max_users])
+    new_id = np.full(ratings.n_users, -1, dtype=np.int64)
+    new_id[keep] = np.arange(len(keep))
+    mask = new_id[ratings.user] >= 0
+    return Ratings(
+        user=new_id[ratings.user[mask]], item=ratings.item[mask], rating=ratings.rating[mask],
+        timestamp=ratings.timestamp[mask], n_users=len(keep), n_items=ratings.n_items,
+        user_features=ratings.user_features[keep], item_features=ratings.item_features, name=ratings.name,
+        item_ids=ratings.item_ids, user_ids=ratings.user_ids[keep],
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split_cached(ds_json: str, seed: int) -> FederatedSplit:
+    ds = json.loads(ds_json)
+    ratings = load_ratings(ds["name"], path=ds.get("path"), **_loader_options(ds))
+    ratings = limit_users(ratings, ds.get("max_users"))
+    return split_users(ratings, method=ds["split"], test_fraction=ds["test_fraction"], k=ds["k"], seed=seed)
+
+
+def load_split(cfg: dict[str, Any]) -> FederatedSplit:
+    """The configured dataset split into per-user train/test sets (cached)."""
+    return _load_split_cached(json.dumps(cfg["dataset"], sort_keys=True), int(cfg["seed"]))
+
+
+def dataset_meta(cfg: dict[str, Any]) -> DatasetMeta:
+    split = load_split(cfg)
+    return DatasetMeta(
+        name=cfg["dataset"]["name"], n_users=split.n_users, n_items=split.n_items,
+        n_user_features=split.user_features.shape[1], n_item_features=split.item_features.shape[1],
+    )

@@ -1,0 +1,21 @@
+"""Which strategy class and which client handlers implement each protocol."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from strategies.base import DatasetMeta, RecStrategy
+
+STRATEGY_CLASSES = {
+    "plaintext": "strategies.plaintext:PlaintextStrategy",
+    "distributed_mf": "strategies.distributed_mf:DistributedMFStrategy",
+    "fedmf": "strategies.fedmf:FedMFStrategy",
+    "secemb": "strategies.secemb:SecEmbStrategy",
+    "secfedrec": "strategies.secfedrec:SecFedRecStrategy",
+}
+
+
+def build_strategy(cfg: dict[str, Any], meta: DatasetMeta) -> RecStrategy:
+    module, cls = STRATEGY_CLASSES[cfg["strategy"]["name"]].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, meta)

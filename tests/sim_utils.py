@@ -1,0 +1,93 @@
+"""Run real Flower simulations from tests, optionally recording what the server receives.
+
+``RecordingGrid`` wraps the Grid Flower hands to the ServerApp and keeps every
+reply content the server gets: that is the server's view, which the audit
+tests inspect. Client-side faults are injected with Flower client mods (a
+real Flower mechanism), never by replacing the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid, ServerApp
+
+from simulations.client_app import make_client_app
+from simulations.config import compose_config, to_container
+from simulations.dataset import dataset_meta
+from simulations.server_app import run_server
+
+SMALL = ["dataset=synthetic", "dataset.n_users=12", "dataset.n_items=40", "dataset.mean_ratings=8",
+         "clients_per_round=6", "rounds=2", "train.eval_every=1", "model.dim=8"]
+
+
+class RecordingGrid(Grid):
+    """Delegates to Flower's grid and records (message type, reply content) pairs."""
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+        self.received: list[tuple[str, int, Any]] = []
+        self.sent: list[tuple[str, int, Any]] = []
+
+    def set_run(self, run):  # pragma: no cover - delegated
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - delegated
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages):  # pragma: no cover - delegated
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # pragma: no cover - delegated
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        messages = list(messages)
+        for m in messages:
+            self.sent.append((m.metadata.message_type, m.metadata.dst_node_id, m.content))
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        types = {m.metadata.dst_node_id: m.metadata.message_type for m in messages}
+        for r in replies:
+            if not r.has_error():
+                self.received.append((types.get(r.metadata.src_node_id, "?"), r.metadata.src_node_id, r.content))
+        return replies
+
+
+def run_sim(tmp_path: Path, overrides: list[str], client_mods: list | None = None,
+            record: bool = False) -> tuple[dict[str, Any], RecordingGrid | None]:
+    """Run one simulation; return results.json and, if asked, the recording grid."""
+    from flwr.simulation import run_simulation
+
+    cfg = to_container(compose_config(overrides))
+    meta = dataset_meta(cfg)
+    holder: dict[str, RecordingGrid] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context) -> None:
+        if record:
+            grid = holder.setdefault("grid", RecordingGrid(grid))
+        run_server(grid, cfg, str(tmp_path))
+
+    client = make_client_app(cfg, mods=client_mods)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=server, client_app=client, num_supernodes=meta.n_users,
+                       backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 2, "include_dashboard": False}})
+    path = tmp_path / "results.json"
+    if not path.exists():
+        raise AssertionError("the simulation wrote no results.json (the ServerApp failed; see the log)")
+    return json.loads(path.read_text()), holder.get("grid")

@@ -1,0 +1,123 @@
+"""A real Flower deployment on loopback: SuperLink + two SuperNodes + ``flwr run .``.
+
+Each SuperNode is told its user through ``--node-config partition-id=...``;
+the run trains 2 rounds of ``plaintext`` MF (and of ``secemb`` with server 1
+as its own process) and the test checks the results the ServerApp wrote.
+Processes are stopped by PID. Insecure mode is for loopback only; see the
+README for the TLS flags of a real deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Deployment:
+    def __init__(self, tmp: Path, n_nodes: int) -> None:
+        self.tmp = tmp
+        self.env = {**os.environ, "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+        self.port = _free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.n_nodes = n_nodes
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        flwr_home = self.tmp / "home" / ".flwr"
+        flwr_home.mkdir(parents=True)
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{self.port}"\n'
+            "insecure = true\n")
+        self._spawn([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                     "--host", "127.0.0.1", "--port", str(self.port)], "superlink")
+        _wait_port(self.port)
+        for pid in range(self.n_nodes):
+            self._spawn([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                         "--node-config", f"partition-id={pid} num-partitions={self.n_nodes}",
+                         "--port", str(_free_port())], f"supernode{pid}")
+
+    def run(self, overrides: str, out_dir: Path, timeout: float = 600) -> dict:
+        run_config = f'overrides="{overrides}" output-dir="{out_dir}"'
+        proc = subprocess.run([str(BIN / "flwr"), "run", ".", "deploy", "--run-config", run_config, "--stream"],
+                              env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        (self.tmp / "flwr_run.log").write_text(proc.stdout + proc.stderr)
+        results = out_dir / "results.json"
+        deadline = time.time() + timeout
+        while not results.exists() and time.time() < deadline:
+            time.sleep(1)
+        assert results.exists(), f"no results; flwr run said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return json.loads(results.read_text())
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    dep = Deployment(tmp_path, n_nodes=2)
+    dep.start()
+    yield dep
+    dep.stop()
+    assert all(p.poll() is not None for p in dep.procs)
+
+
+COMMON = "dataset.max_users=2 clients_per_round=2 rounds=2 train.eval_every=1 model.dim=8"
+
+
+def test_plaintext_mf_on_a_real_deployment(deployment, tmp_path):
+    res = deployment.run(f"strategy=plaintext model=mf {COMMON}", tmp_path / "out")
+    assert [r["round"] for r in res["records"]] == [1, 2]
+    assert all(r["clients"] == 2 for r in res["records"])
+    assert 0 < res["final"]["final_test_rmse"] < 5
+
+
+def test_secemb_with_server1_as_its_own_process(deployment, tmp_path):
+    port = _free_port()
+    server1 = deployment._spawn([sys.executable, "-m", "strategies.secemb_server1", "--port", str(port)], "server1")
+    _wait_port(port)
+    res = deployment.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port}",
+                         tmp_path / "out")
+    assert server1.poll() is None  # server 1 served the run as a separate process
+    assert [r["round"] for r in res["records"]] == [1, 2]
+    assert 0 < res["final"]["final_test_rmse"] < 5

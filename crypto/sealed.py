@@ -1,0 +1,84 @@
+"""Sealed boxes: X25519 key agreement + HKDF-SHA256 + AES-256-GCM, all from ``cryptography``.
+
+A relaying server (FedMF's server relays the Paillier secret key; SecEmb's
+server 0 relays everything for server 1) must not read or alter what it
+relays. ``seal`` uses a fresh ephemeral X25519 key per box, so only the holder
+of the recipient's private key can derive the AES key; the ``context`` (what
+the box is for: protocol, run, round, user, purpose) is bound both into the
+HKDF info and as AES-GCM associated data, so a box cannot be replayed
+elsewhere.
+
+Box layout: ephemeral public key (32) || nonce (12) || ciphertext || tag (16).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PUBLIC_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+OVERHEAD = PUBLIC_KEY_BYTES + NONCE_BYTES + TAG_BYTES
+
+
+class SealedMessageError(ValueError):
+    """A box that is malformed, was tampered with, or is opened with the wrong key or context."""
+
+
+def generate_keypair() -> tuple[X25519PrivateKey, bytes]:
+    private = X25519PrivateKey.generate()
+    return private, public_bytes(private)
+
+
+def public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _key(shared: bytes, eph_pub: bytes, recipient_pub: bytes, context: bytes) -> bytes:
+    info = b"secrec sealed box v1|" + eph_pub + recipient_pub + b"|" + context
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def seal(recipient_public: bytes, plaintext: bytes, context: bytes) -> bytes:
+    if len(recipient_public) != PUBLIC_KEY_BYTES:
+        raise SealedMessageError("recipient public key must be 32 bytes")
+    eph = X25519PrivateKey.generate()
+    eph_pub = public_bytes(eph)
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(recipient_public))
+    nonce = os.urandom(NONCE_BYTES)
+    ct = AESGCM(_key(shared, eph_pub, recipient_public, context)).encrypt(nonce, plaintext, context)
+    return eph_pub + nonce + ct
+
+
+def open_sealed(recipient_private: X25519PrivateKey, box: bytes, context: bytes) -> bytes:
+    if len(box) < OVERHEAD:
+        raise SealedMessageError(f"sealed box of {len(box)} bytes is shorter than the {OVERHEAD}-byte overhead")
+    eph_pub, nonce, ct = box[:PUBLIC_KEY_BYTES], box[PUBLIC_KEY_BYTES:PUBLIC_KEY_BYTES + NONCE_BYTES], \
+        box[PUBLIC_KEY_BYTES + NONCE_BYTES:]
+    try:
+        shared = recipient_private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        key = _key(shared, eph_pub, public_bytes(recipient_private), context)
+        return AESGCM(key).decrypt(nonce, ct, context)
+    except (InvalidTag, ValueError) as exc:
+        raise SealedMessageError("sealed box failed authentication (tampered, wrong key or wrong context)") from exc
+
+
+def seal_array(recipient_public: bytes, arr: np.ndarray, context: bytes) -> bytes:
+    """Seal the raw bytes of an array; the receiver states dtype and shape (nothing is pickled)."""
+    return seal(recipient_public, np.ascontiguousarray(arr).tobytes(), context)
+
+
+def open_array(recipient_private: X25519PrivateKey, box: bytes, context: bytes, dtype: np.dtype | type,
+               shape: tuple[int, ...]) -> np.ndarray:
+    raw = open_sealed(recipient_private, box, context)
+    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(raw) != want:
+        raise SealedMessageError(f"sealed array has {len(raw)} bytes, expected {want} for {shape} {np.dtype(dtype)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)

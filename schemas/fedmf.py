@@ -129,6 +129,7 @@ class Upload:
     loss: float
     n_ratings: int
     seconds: float
+    ct_list: list | None = None  # parsed ciphertexts, filled by the strategy after range checks
 
 
 def update_reply(items: np.ndarray, cts: np.ndarray, loss: float, n: int, seconds: float) -> RecordDict:

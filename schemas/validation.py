@@ -86,7 +86,7 @@ def get_scalar(record: ConfigRecord | MetricRecord, key: str, kind: type, low: f
     value = record[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise MessageError(f"{key!r} is a {type(value).__name__}, expected {kind.__name__}")
     if isinstance(value, float) and not np.isfinite(value):
         raise MessageError(f"{key!r} is not finite")

@@ -114,7 +114,7 @@ class FedMFStrategy(RecStrategy):
         assert self.crypto is not None
         up = schema.parse_update_reply(content, self.meta.n_items, self.crypto.cts_per_row, self.key_bits,
                                        self.mode, self.pad_to)
-        up.ct_list = self.crypto.from_bytes(up.cts)  # type: ignore[attr-defined]
+        up.ct_list = self.crypto.from_bytes(up.cts)
         return up
 
     def evaluation_content(self) -> RecordDict:

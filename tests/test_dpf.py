@@ -1,0 +1,117 @@
+"""DPF correctness against its definition, path sharing, key sizes and key validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto import dpf, prg
+
+RINGS = st.sampled_from([np.uint32, np.uint64])
+
+
+def _rand_ring(rng, shape, dtype):
+    return rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=np.uint64, endpoint=True).astype(dtype)
+
+
+def _point_table(alphas, betas, m):
+    out = np.zeros((len(alphas), m, betas.shape[1]), dtype=betas.dtype)
+    out[np.arange(len(alphas)), alphas] = betas
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(2, 4096), k=st.integers(1, 4), width=st.integers(1, 70), ring=RINGS, seed=st.integers(0, 2**32))
+def test_eval_sums_to_the_point_function_on_the_whole_domain(m, k, width, ring, seed):
+    rng = np.random.default_rng(seed)
+    alphas = rng.integers(0, m, size=k)
+    betas = _rand_ring(rng, (k, width), ring)
+    k0, k1, _ = dpf.gen(alphas, betas, m)
+    total = dpf.DpfEvaluator(0, m, ring).eval_full(k0) + dpf.DpfEvaluator(1, m, ring).eval_full(k1)
+    assert np.array_equal(total, _point_table(alphas, betas, m))
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(4097, 2**20), seed=st.integers(0, 2**32))
+def test_large_domains_up_to_2_pow_20(m, seed):
+    rng = np.random.default_rng(seed)
+    alphas = np.array([0, m - 1, rng.integers(0, m)])
+    betas = _rand_ring(rng, (3, 1), np.uint32)
+    k0, k1, _ = dpf.gen(alphas, betas, m)
+    total = dpf.DpfEvaluator(0, m, np.uint32).eval_full(k0) + dpf.DpfEvaluator(1, m, np.uint32).eval_full(k1)
+    assert np.array_equal(total, _point_table(alphas, betas, m))
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(2, 3000), k=st.integers(1, 12), width=st.integers(1, 66), ring=RINGS, seed=st.integers(0, 2**32))
+def test_convert_eval_on_cached_paths_equals_fresh_full_keys(m, k, width, ring, seed):
+    """Path sharing: retrieval keys' leaves + new CW^(n+1) == fresh keys for the new payload."""
+    rng = np.random.default_rng(seed)
+    alphas = rng.integers(0, m, size=k)
+    keep = rng.random(k) < 0.7
+    k0, k1, state = dpf.gen(alphas, np.ones((k, 1), dtype=ring), m)
+    table = _rand_ring(rng, (m, 5), ring)
+    ev0, ev1 = dpf.DpfEvaluator(0, m, ring), dpf.DpfEvaluator(1, m, ring)
+    assert np.array_equal(ev0.retrieve(k0, table) + ev1.retrieve(k1, table), table[alphas])
+    betas = _rand_ring(rng, (k, width), ring)
+    cw = dpf.convert_gen(state, betas, dpf.AGGREGATE_DOMAIN)
+    shared = ev0.aggregate(cw, keep) + ev1.aggregate(cw, keep)
+    f0, f1, _ = dpf.gen(alphas[keep], betas[keep], m, domain=dpf.AGGREGATE_DOMAIN) if keep.any() else (None, None, None)
+    fresh = (dpf.DpfEvaluator(0, m, ring).sum_full(f0) + dpf.DpfEvaluator(1, m, ring).sum_full(f1)) if keep.any() \
+        else np.zeros((m, width), ring)
+    expected = np.zeros((m, width), dtype=ring)
+    np.add.at(expected, alphas[keep], betas[keep])
+    assert np.array_equal(shared, expected)
+    assert np.array_equal(fresh, expected)
+
+
+@given(m=st.integers(2, 2**20), a=st.integers(0, 2**20), b=st.integers(0, 2**20))
+@settings(max_examples=30, deadline=None)
+def test_key_size_does_not_depend_on_the_point(m, a, b):
+    ka, _, _ = dpf.gen(np.array([a % m]), np.ones((1, 1), np.uint32), m)
+    kb, _, _ = dpf.gen(np.array([b % m]), np.ones((1, 1), np.uint32), m)
+    assert ka.nbytes == kb.nbytes
+    n = dpf.depth(m)
+    assert ka.nbytes == 16 + 16 * n + (1 + 2 * n + 7) // 8 + 4  # lambda + 1 + (lambda + 2) n + 32 bits, packed
+
+
+def test_single_key_is_not_the_point_function():
+    """One party's key alone evaluates to pseudorandom values, not to beta at alpha and 0 elsewhere."""
+    k0, _, _ = dpf.gen(np.array([7]), np.full((1, 1), 5, np.uint32), 64)
+    share = dpf.DpfEvaluator(0, 64, np.uint32).eval_full(k0)[0, :, 0]
+    assert np.count_nonzero(share) > 60
+
+
+def test_domains_are_separated():
+    seeds = dpf.to_words(np.frombuffer(bytes(range(32)), dtype=np.uint8).reshape(2, 16))
+    assert not np.array_equal(prg.convert(seeds, 4, np.uint32, 0), prg.convert(seeds, 4, np.uint32, 1))
+    tree = np.stack(prg.expand_tree(seeds)[0::2])
+    assert not np.array_equal(tree[0], prg.convert(seeds, 4, np.uint64, 0).T)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d.update(cw_seeds=d["cw_seeds"][:, :-1]), "correction seeds"),
+    (lambda d: d.update(seeds=d["seeds"].astype(np.uint16)), "seeds"),
+    (lambda d: d.update(cw_out=d["cw_out"].astype(np.uint64)), "output correction"),
+    (lambda d: d.update(tbits=d["tbits"][:-1]), "t bits"),
+    (lambda d: d.pop("cw_out"), "lack"),
+])
+def test_received_keys_are_validated(mutate, needle):
+    k0, _, _ = dpf.gen(np.array([1, 2, 3]), np.ones((3, 1), np.uint32), 1000)
+    arrays = dict(k0.to_arrays())
+    mutate(arrays)
+    with pytest.raises(ValueError, match=needle):
+        dpf.DpfKeyBatch.from_arrays(arrays, party=0, domain_size=1000, width=1, ring_dtype=np.uint32)
+
+
+def test_keys_for_another_depth_are_refused():
+    k0, _, _ = dpf.gen(np.array([1]), np.ones((1, 1), np.uint32), 100)
+    with pytest.raises(ValueError, match="depth"):
+        dpf.DpfKeyBatch.from_arrays(k0.to_arrays(), party=0, domain_size=5000, width=1, ring_dtype=np.uint32)
+
+
+def test_points_outside_the_domain_are_refused():
+    with pytest.raises(ValueError):
+        dpf.gen(np.array([10]), np.ones((1, 1), np.uint32), 10)

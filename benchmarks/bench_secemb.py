@@ -1,0 +1,213 @@
+"""SecEmb costs beside the paper's tables: bytes per user, user secret generation, server compute.
+
+Bytes are measured from the serialized Flower messages a user sends and
+receives in one round (built by the same schema functions the client and
+server use, with real DPF keys and sealed boxes), for SecEmb, its ablations
+and Secure FedRec, at the item counts of ML100K, ML1M, ML10M, ML25M and Yelp
+(synthetic ids; m' and d as in SecEmb Appendix I). The paper's formula
+2 m' [(lambda + 1 + (lambda+2) n + 32) + 32 d] bits is printed beside.
+
+    python -m benchmarks.bench_secemb --tables bytes,usertime,server --server-users 100,200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from crypto import dpf, prg
+from crypto.fixed_point import FixedPointCodec
+from crypto.sealed import generate_keypair, seal
+from crypto.secret_sharing import share
+from models import ModelSpec
+from schemas import secemb as S
+from schemas import secfedrec as SF
+from schemas.plaintext import model_content
+from strategies.exchange import content_nbytes
+
+MIB = 1024 * 1024
+DATASETS = {  # items, m', (l_x, l_y), NCF d
+    "ML100K": (1682, 200, (84, 19), 16), "ML1M": (3883, 300, (30, 18), 16), "ML10M": (10681, 300, (0, 20), 24),
+    "ML25M": (62423, 500, (0, 20), 24), "Yelp": (93386, 500, (0, 16), 20),
+}
+PAPER_UP = {  # Table 2 / 16 upload MB: SecFedRec, SecEmb-Init, SecEmb-RowEnc, SecEmb
+    "mf": ([0.86, 1.99, 5.47, 31.96, 47.81], [4.56, 7.60, 8.51, 16.83, 17.43], [0.28, 0.43, 0.45, 0.78, 0.79],
+           [0.17, 0.27, 0.28, 0.51, 0.52]),
+    "ncf": ([0.44, 1.00, 4.11, 23.98, 29.89], [2.32, 3.86, 6.42, 12.70, 11.00], [0.18, 0.28, 0.38, 0.67, 0.61],
+            [0.13, 0.20, 0.26, 0.46, 0.44]),
+    "fm": ([0.91, 2.01, 5.48, 31.97, 47.82], [4.80, 7.84, 8.74, 17.16, 17.47], [0.29, 0.44, 0.46, 0.80, 0.79],
+           [0.18, 0.28, 0.29, 0.53, 0.53]),
+    "deepfm": ([14.95, 8.84, 8.63, 35.13, 50.45], [18.84, 14.66, 11.89, 20.23, 20.10],
+               [14.33, 7.27, 3.61, 3.95, 3.43], [14.22, 7.10, 3.45, 3.68, 3.16]),
+}
+PAPER_DOWN = {"mf": ([0.43, 0.99, 2.73, 15.98, 23.91], [0.10, 0.15, 0.15, 0.26, 0.26]),
+              "ncf": ([0.22, 0.50, 2.06, 11.99, 14.95], [0.05, 0.08, 0.12, 0.20, 0.44]),
+              "fm": ([1.12, 1.74, 3.59, 20.97, 29.88], [0.11, 0.16, 0.16, 0.26, 0.26]),
+              "deepfm": ([8.14, 5.15, 5.17, 22.55, 31.20], [7.12, 3.57, 1.74, 1.84, 1.57])}
+PAPER_USER_MS = {"mf": [0.31, 0.47, 0.47, 0.72, 0.74], "ncf": [0.37, 0.44, 0.48, 0.81, 0.80],
+                 "fm": [0.46, 0.50, 0.48, 0.74, 0.74], "deepfm": [12.99, 6.67, 3.45, 3.77, 3.54]}
+PAPER_SERVER_MIN = {100: 0.08, 200: 0.16, 300: 0.25, 400: 0.33, 500: 0.41}
+
+
+def spec_for(model: str, ds: str) -> ModelSpec:
+    _m, _mp, (lx, ly), ncf_d = DATASETS[ds]
+    return ModelSpec(model, ncf_d if model == "ncf" else 64, lx if model in ("fm", "deepfm") else 0,
+                     ly if model in ("fm", "deepfm") else 0)
+
+
+def paper_formula_mib(m: int, m_prime: int, d: int) -> float:
+    n = math.ceil(math.log2(m))
+    return 2 * m_prime * ((128 + 1 + 130 * n + 32) + d * 32) / 8 / MIB
+
+
+def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, float]:
+    """(upload bytes, download bytes, secret-generation ms) of one user in one round.
+
+    Payload values are random, as real shares and parameters are: Flower deduplicates identical
+    array chunks, so all-zero test arrays would under-count the bytes.
+    """
+    m, m_prime, _, _ = DATASETS[ds]
+    spec = spec_for(model, ds)
+    ring = np.uint32
+    codec = FixedPointCodec(16, 300.0)
+    _sk1, pub1 = generate_keypair()
+    rng = np.random.default_rng(0)
+    items = rng.choice(m, m_prime, replace=False)
+    grads = rng.normal(0, 0.01, (m_prime, spec.row_dim))
+    dense = rng.normal(0, 0.01, spec.dense_size)
+    if variant == "secfedrec":
+        t = time.perf_counter()
+        full = np.zeros((m, spec.row_dim))
+        full[items] = grads
+        s0, s1 = share(codec.to_ring(np.concatenate([full.reshape(-1), dense]), ring))
+        gen_ms = (time.perf_counter() - t) * 1e3
+        box = seal(pub1, SF.sealed_share_bytes(s1), b"ctx")
+        up = SF.update_reply(s0, box, 0.1, 10, 0.1)
+        down = SF.update_message(1, rng.normal(size=(m, spec.row_dim)).astype(np.float32),
+                                 rng.normal(size=spec.dense_size).astype(np.float32), pub1, "run", 32)
+        return content_nbytes(up), content_nbytes(down), gen_ms
+    t = time.perf_counter()
+    k0, k1, state = dpf.gen(items, np.ones((m_prime, 1), ring), m)
+    betas = codec.to_ring(grads, ring)
+    d0, d1 = share(codec.to_ring(dense, ring))
+    if variant == "secemb":
+        payload = dpf.convert_gen(state, betas, dpf.AGGREGATE_DOMAIN)
+    elif variant == "rowenc":
+        payload, fresh1, _ = dpf.gen(items, betas, m, domain=dpf.AGGREGATE_DOMAIN)
+    else:  # init: one key per element
+        payload, fresh1, _ = dpf.gen(np.repeat(items, spec.row_dim), betas.reshape(-1, 1), m,
+                                     domain=dpf.AGGREGATE_DOMAIN)
+    gen_ms = (time.perf_counter() - t) * 1e3
+    _skU, pubU = generate_keypair()
+    req = S.retrieve_reply(k0, seal(pub1, S.sealed_retrieval_bytes(k1, pubU), b"ctx"))
+    inner = S.sealed_dense_bytes(d1) if variant == "secemb" else S.sealed_fresh_upload_bytes(fresh1, d1)
+    up = S.upload_reply(payload, d0, seal(pub1, inner, b"ctx"), 0.1, 10, 0.1)
+    shares = rng.integers(0, 2**32, (m_prime, spec.row_dim), dtype=np.uint64).astype(ring)  # random like real shares
+    down = S.upload_message(1, shares, np.frombuffer(seal(pubU, S.share_bytes(shares), b"ctx"), np.uint8),
+                            rng.normal(size=spec.dense_size).astype(np.float32))
+    down_req = S.retrieve_message(1, m_prime, pub1, "run", 32, variant)
+    return content_nbytes(req) + content_nbytes(up), content_nbytes(down) + content_nbytes(down_req), gen_ms
+
+
+def table_bytes(models: list[str]) -> None:
+    names = list(DATASETS)
+    print("\nUpload / download MiB per user per round, measured from serialized messages (paper MB in brackets)")
+    print("model  variant     " + "  ".join(f"{n:>22}" for n in names))
+    for model in models:
+        paper_up = dict(zip(("secfedrec", "init", "rowenc", "secemb"), PAPER_UP[model]))
+        for variant in ("secemb", "rowenc", "init", "secfedrec"):
+            cells_up, cells_down = [], []
+            for i, ds in enumerate(names):
+                if variant == "init" and DATASETS[ds][0] > 20000 and model == "deepfm":
+                    cells_up.append(f"{'skipped':>22}")
+                    cells_down.append(f"{'':>22}")
+                    continue
+                up, down, _ = user_round_messages(model, ds, variant)
+                cells_up.append(f"{up / MIB:8.3f} [{paper_up[variant][i]:6.2f}]".rjust(22))
+                if variant in ("secemb", "secfedrec"):
+                    pd = PAPER_DOWN[model][0 if variant == "secfedrec" else 1][i]
+                    cells_down.append(f"{down / MIB:8.3f} [{pd:6.2f}]".rjust(22))
+                else:
+                    cells_down.append(f"{down / MIB:8.3f}".rjust(22))
+            print(f"{model:6} {variant:10} up   " + "  ".join(cells_up))
+            print(f"{'':6} {'':10} down " + "  ".join(cells_down))
+        if model == "mf":
+            form = [paper_formula_mib(DATASETS[ds][0], DATASETS[ds][1], 64) for ds in names]
+            print(f"{'mf':6} {'formula':10} up   " + "  ".join(f"{f:8.3f}".rjust(22) for f in form))
+
+
+def table_user_time(models: list[str], repeats: int = 20) -> None:
+    names = list(DATASETS)
+    print("\nUser secret generation, ms (DPF keys + ConvertGen + dense shares; median of runs) [paper Table 17]")
+    print("model  variant    " + "  ".join(f"{n:>18}" for n in names))
+    for model in models:
+        for variant in ("secemb", "rowenc", "secfedrec"):
+            cells = []
+            for i, ds in enumerate(names):
+                ms = np.median([user_round_messages(model, ds, variant)[2] for _ in range(repeats)])
+                paper = PAPER_USER_MS[model][i] if variant == "secemb" else float("nan")
+                cells.append(f"{ms:8.2f} [{paper:5.2f}]".rjust(18))
+            print(f"{model:6} {variant:10} " + "  ".join(cells))
+
+
+def server_round(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) -> tuple[float, float, int]:
+    """Seconds for both servers (run one after the other) and the AES blocks the round needs."""
+    from strategies.secemb_party import SecEmbParty
+
+    ring = np.uint32
+    rng = np.random.default_rng(0)
+    keys0, keys1, cws = {}, {}, {}
+    for u in range(users):
+        items = rng.choice(m, m_prime, replace=False)
+        k0, k1, st = dpf.gen(items, np.ones((m_prime, 1), ring), m)
+        keys0[u], keys1[u] = k0, k1
+        cws[u] = dpf.convert_gen(st, rng.integers(0, 2**32, (m_prime, width), dtype=np.uint64).astype(ring), 1)
+    table = rng.integers(0, 2**32, (m, width), dtype=np.uint64).astype(ring)
+    total = 0.0
+    for party, keys in ((0, keys0), (1, keys1)):
+        p = SecEmbParty(party, m, ring)
+        t = time.perf_counter()
+        p.retrieve(keys, table)
+        p.aggregate(cws, width)
+        total += time.perf_counter() - t
+        del p
+    leaves = users * m_prime * m
+    n = dpf.depth(m)
+    tree_nodes = users * m_prime * sum(-(-m // (1 << (n - lvl))) for lvl in range(n))
+    blocks = 2 * (2 * tree_nodes + leaves * (1 + prg.blocks_for(width, ring)))
+    return total, total / 2, blocks
+
+
+def table_server(user_counts: list[int]) -> None:
+    rate = prg.aes_blocks_per_second(1 << 22, threads=prg.N_THREADS)
+    print(f"\nServer compute per round at ML1M sizes (m=3883, m'=300, d=64+bias, 32-bit ring); "
+          f"AES-128-ECB on {prg.N_THREADS} cores: {rate / 1e6:.0f} M blocks/s")
+    print("users | both servers s | per server s | AES blocks (G) | AES bound s (both) | ratio | paper (min)")
+    for users in user_counts:
+        both, per, blocks = server_round(users)
+        bound = blocks / rate
+        print(f"{users:5d} | {both:14.2f} | {per:12.2f} | {blocks / 1e9:14.2f} | {bound:18.2f} | {both / bound:5.2f} |"
+              f" {PAPER_SERVER_MIN.get(users, float('nan')):.2f} ({PAPER_SERVER_MIN.get(users, float('nan')) * 60:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tables", default="bytes,usertime,server")
+    parser.add_argument("--models", default="mf,ncf,fm,deepfm")
+    parser.add_argument("--server-users", default="100")
+    args = parser.parse_args()
+    models = args.models.split(",")
+    tables = args.tables.split(",")
+    if "bytes" in tables:
+        table_bytes(models)
+    if "usertime" in tables:
+        table_user_time(models)
+    if "server" in tables:
+        table_server([int(u) for u in args.server_users.split(",")])
+
+
+if __name__ == "__main__":
+    main()

@@ -96,6 +96,7 @@ class RecStrategy(ABC):
             participants = [u for u in users if u not in self.meter.dropped]
             record: dict[str, Any] = {"round": rnd, "clients": len(participants), **metrics}
             record.update(summarize_meter(self.meter, participants))
+            record["dropped_users"] = {str(u): reason for u, reason in self.meter.dropped.items()}
             record["server_seconds"] = max(wall - self.meter.wait_seconds, 0.0)
             record["round_seconds"] = wall
             record["test_rmse"] = None

@@ -44,7 +44,8 @@ def _wait_port(port: int, timeout: float = 60) -> None:
 class Deployment:
     def __init__(self, tmp: Path, n_nodes: int) -> None:
         self.tmp = tmp
-        self.env = {**os.environ, "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT),
+                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.port = _free_port()
         self.procs: list[subprocess.Popen] = []
         self.n_nodes = n_nodes
@@ -102,7 +103,9 @@ def deployment(tmp_path):
     assert all(p.poll() is not None for p in dep.procs)
 
 
-COMMON = "dataset.max_users=2 clients_per_round=2 rounds=2 train.eval_every=1 model.dim=8"
+# A Flower app bundle carries no CSV files: the nodes read the data from a local folder, as devices would.
+DATA = ROOT / "simulations" / "data_sources" / "ml-latest-small"
+COMMON = f"dataset.path={DATA} dataset.max_users=2 clients_per_round=2 rounds=2 train.eval_every=1 model.dim=8"
 
 
 def test_plaintext_mf_on_a_real_deployment(deployment, tmp_path):

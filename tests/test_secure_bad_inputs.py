@@ -1,7 +1,9 @@
 """Bad client messages in the secure protocols: the user is left out, the round goes on, state stays sound.
 
-Faults are injected on user 0's device with Flower client mods; everything
-else (server, server 1, other users) runs unchanged.
+Faults are injected on chosen users' devices with Flower client mods, one
+kind of fault per user, all in one simulation; the server, server 1 and the
+other users run unchanged. Each faulty user must be dropped with a reason
+naming its problem, and the others must keep training.
 """
 
 from __future__ import annotations
@@ -15,15 +17,6 @@ from flwr.app import Array
 from tests.sim_utils import SMALL, run_sim
 
 pytestmark = pytest.mark.slow
-
-
-def _on_user(user: int, msg_type: str, corrupt):
-    def mod(msg, context, call_next):
-        if context.node_config.get("partition-id") == user and msg.metadata.message_type == msg_type:
-            return corrupt(msg, context, call_next)
-        return call_next(msg, context)
-
-    return mod
 
 
 def _edit_array(record: str, key: str, edit):
@@ -40,7 +33,16 @@ def _vanish(msg, context, call_next):
     raise RuntimeError("device went offline between the two phases")
 
 
-SECEMB = SMALL + ["strategy=secemb", "model=mf", "clients_per_round=12", "strategy.m_prime=6", "rounds=2"]
+def _faults(table: dict[int, tuple[str, object]]):
+    """A client mod applying ``table[user] = (message type, fault)`` on that user's device."""
+
+    def mod(msg, context, call_next):
+        entry = table.get(context.node_config.get("partition-id"))
+        if entry and msg.metadata.message_type == entry[0]:
+            return entry[1](msg, context, call_next)
+        return call_next(msg, context)
+
+    return mod
 
 
 def _flip(a):
@@ -48,41 +50,48 @@ def _flip(a):
     return a
 
 
-@pytest.mark.parametrize("msg_type,fault", [
-    ("query.secemb_retrieve", _edit_array("keys", "k0_cw_seeds", lambda a: a[:, :-1])),   # wrong tree depth
-    ("query.secemb_retrieve", _edit_array("keys", "box", _flip)),                          # sealed box tampered
-    ("train.secemb_upload", _edit_array("upload", "cw", lambda a: a[:-1])),                # wrong CW count
-    ("train.secemb_upload", _edit_array("upload", "dense0", lambda a: a.astype(np.uint64))),  # wrong dtype
-    ("train.secemb_upload", _edit_array("upload", "box", _flip)),                          # dense share box tampered
-    ("train.secemb_upload", _vanish),                                                      # answers phase 1 only
-], ids=["depth", "retrieve-box", "cw-shape", "share-dtype", "upload-box", "dropout"])
-def test_secemb_leaves_out_the_bad_user(tmp_path, msg_type, fault):
-    res, _ = run_sim(tmp_path, SECEMB, client_mods=[_on_user(0, msg_type, fault)])
-    sampled_user0 = [r for r in res["records"] if r["dropped"]]
-    assert sampled_user0, "user 0 should have been sampled and dropped"
-    for r in res["records"]:
-        assert r["clients"] + r["dropped"] == 12 and r["dropped"] <= 1
-    assert math.isfinite(res["final"]["final_test_rmse"])
-
-
-FEDMF = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", "rounds=2", "train.eval_every=1",
-         "strategy.mode=fulltext"]
-
-
 def _zero_first_ciphertext(a):
     a[0, 0] = 0
     return a
 
 
-@pytest.mark.parametrize("fault", [
-    _edit_array("grad", "cts", _zero_first_ciphertext),       # ciphertext outside [1, n^2)
-    _edit_array("grad", "cts", lambda a: a[:-1]),              # wrong count for FullText
-    _edit_array("grad", "items", lambda a: a[:-1]),            # items and ciphertexts disagree
-], ids=["range", "count", "shape"])
-def test_fedmf_bad_uploads_do_not_corrupt_the_encrypted_matrix(tmp_path, fault):
-    res, _ = run_sim(tmp_path, FEDMF, client_mods=[_on_user(3, "train.fedmf_update", fault)])
+SECEMB_FAULTS = {
+    0: ("query.secemb_retrieve", _edit_array("keys", "k0_cw_seeds", lambda a: a[:, :-1]), "depth"),
+    1: ("query.secemb_retrieve", _edit_array("keys", "box", _flip), "authentication"),
+    2: ("train.secemb_upload", _edit_array("upload", "cw", lambda a: a[:-1]), "'cw' has shape"),
+    3: ("train.secemb_upload", _edit_array("upload", "dense0", lambda a: a.astype(np.uint64)), "dtype"),
+    4: ("train.secemb_upload", _edit_array("upload", "box", _flip), "authentication"),
+    5: ("train.secemb_upload", _vanish, "client error"),
+}
+
+
+def test_secemb_leaves_out_each_bad_user_and_trains_the_rest(tmp_path):
+    table = {u: (t, f) for u, (t, f, _) in SECEMB_FAULTS.items()}
+    overrides = SMALL + ["strategy=secemb", "model=mf", "clients_per_round=12", "strategy.m_prime=6", "rounds=2"]
+    res, _ = run_sim(tmp_path, overrides, client_mods=[_faults(table)])
     for r in res["records"]:
-        assert r["clients"] == 6 and r["dropped"] == 1
+        assert r["clients"] == 6 and r["dropped"] == 6
+        for user, (_t, _f, needle) in SECEMB_FAULTS.items():
+            assert needle in r["dropped_users"][str(user)], (user, r["dropped_users"].get(str(user)))
+    assert math.isfinite(res["final"]["final_test_rmse"]) and res["records"][-1]["eval_clients"] == 12
+
+
+FEDMF = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", "rounds=2", "train.eval_every=1",
+         "strategy.mode=fulltext"]
+FEDMF_FAULTS = {
+    3: ("train.fedmf_update", _edit_array("grad", "cts", _zero_first_ciphertext), "outside Z*"),
+    4: ("train.fedmf_update", _edit_array("grad", "cts", lambda a: a[:-1]), "'cts' has shape"),
+    5: ("train.fedmf_update", _edit_array("grad", "items", lambda a: a[:-1]), "FullText upload has"),
+}
+
+
+def test_fedmf_bad_uploads_are_left_out_and_the_encrypted_matrix_stays_sound(tmp_path):
+    table = {u: (t, f) for u, (t, f, _) in FEDMF_FAULTS.items()}
+    res, _ = run_sim(tmp_path, FEDMF, client_mods=[_faults(table)])
+    for r in res["records"]:
+        assert r["clients"] == 4 and r["dropped"] == 3
+        for user, (_t, _f, needle) in FEDMF_FAULTS.items():
+            assert needle in r["dropped_users"][str(user)], (user, r["dropped_users"].get(str(user)))
     # every user still decrypts C_V and evaluates: the matrix was not corrupted
     assert res["records"][-1]["eval_clients"] == 7 and math.isfinite(res["final"]["final_test_rmse"])
 
@@ -100,4 +109,5 @@ def test_key_holder_boxes_that_do_not_open_leave_users_out(tmp_path):
     res, _ = run_sim(tmp_path, FEDMF, client_mods=[mod])
     assert res["final"]["keyed_users"] == 1
     for r in res["records"]:
-        assert r["clients"] == 1 and r["dropped"] == 6  # "never received the Paillier key"
+        assert r["clients"] == 1 and r["dropped"] == 6
+        assert all("never received the Paillier key" in why for why in r["dropped_users"].values())

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, Context, Message
 
 from tests.sim_utils import SMALL, run_sim
 
@@ -36,34 +36,35 @@ def test_two_round_simulation(tmp_path, strategy, model):
     assert (tmp_path / "rmse_bytes.png").stat().st_size > 1000
 
 
-def _corrupt_user_zero(kind: str):
-    """A Flower client mod that corrupts user 0's training replies."""
+def _corrupt(kinds: dict[int, str]):
+    """A Flower client mod corrupting the training reply of each user in ``kinds`` (one fault per user)."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(msg, context)
-        if context.node_config.get("partition-id") != 0 or not msg.metadata.message_type.startswith("train"):
+        kind = kinds.get(context.node_config.get("partition-id"))
+        if kind is None or not msg.metadata.message_type.startswith("train"):
             return reply
-        for name, record in reply.content.items():
-            if isinstance(record, ArrayRecord):
-                key = next(iter(record))
-                arr = record[key].numpy().copy()
-                if kind == "nan" and arr.dtype.kind == "f":
-                    arr.reshape(-1)[0] = np.nan
-                    record[key] = Array(arr)
-                elif kind == "shape":
-                    record[key] = Array(arr.reshape(-1)[:-1].copy())
-                elif kind == "dtype":
-                    record[key] = Array(arr.astype(np.float16) if arr.dtype.kind == "f" else arr.astype(np.int8))
-                return reply
+        record = reply.content["grads"]
+        arr = record["rows"].numpy().copy()
+        if kind == "nan":
+            arr.reshape(-1)[0] = np.nan
+        elif kind == "shape":
+            arr = arr[:-1]
+        elif kind == "dtype":
+            arr = arr.astype(np.float64)
+        record["rows"] = Array(np.ascontiguousarray(arr))
         return reply
 
     return mod
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape", "dtype"])
-def test_bad_client_reply_is_dropped_and_round_goes_on(tmp_path, kind):
+def test_bad_client_replies_are_dropped_and_the_round_goes_on(tmp_path):
+    kinds = {0: "nan", 1: "shape", 2: "dtype"}
     overrides = SMALL + ["clients_per_round=12", "strategy=plaintext", "model=mf"]
-    res, _ = run_sim(tmp_path, overrides, client_mods=[_corrupt_user_zero(kind)])
+    res, _ = run_sim(tmp_path, overrides, client_mods=[_corrupt(kinds)])
+    needles = {"nan": "NaN", "shape": "has shape", "dtype": "dtype"}
     for r in res["records"]:
-        assert r["dropped"] == 1 and r["clients"] == 11
+        assert r["dropped"] == 3 and r["clients"] == 9
+        for user, kind in kinds.items():
+            assert needles[kind] in r["dropped_users"][str(user)]
     assert math.isfinite(res["final"]["final_test_rmse"])

@@ -60,7 +60,9 @@ def load_ml_latest_small(path: str | None = None, **_: object) -> Ratings:
     folder = Path(path) if path else SHIPPED_SMALL
     ratings_file = folder / "ratings.csv"
     if not ratings_file.is_file():
-        raise DatasetError(f"ml_latest_small: {ratings_file} is missing")
+        raise DatasetError(f"ml_latest_small: {ratings_file} is missing. A Flower app bundle (flwr run) cannot carry "
+                           "CSV files: set dataset.path to the ml-latest-small folder on that machine (the project's "
+                           "copy is simulations/data_sources/ml-latest-small)")
     check_md5(ratings_file, SMALL_RATINGS_MD5)
     t = _numeric_table(ratings_file, ",", 4, skip_header=True)
     movie_ids, genres = _genres_from_movies_csv(folder / "movies.csv")

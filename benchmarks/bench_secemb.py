@@ -25,7 +25,6 @@ from crypto.secret_sharing import share
 from models import ModelSpec
 from schemas import secemb as S
 from schemas import secfedrec as SF
-from schemas.plaintext import model_content
 from strategies.exchange import content_nbytes
 
 MIB = 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 
 from clients.environment import ClientEnv
 from clients.fedmf_math import MFHyper, init_user_vector

@@ -13,20 +13,16 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.environment import model_spec
 from schemas import plaintext as schema
-from strategies.base import DatasetMeta, RecStrategy
-from strategies.public_model import PublicModel
+from strategies.base import DatasetMeta
+from strategies.public_model import ModelStrategy
 
 
-class PlaintextStrategy(RecStrategy):
+class PlaintextStrategy(ModelStrategy):
     name = "plaintext"
 
     def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
-        self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
-        self.model = PublicModel(self.spec, meta.n_items, int(cfg["seed"]), float(cfg["model"]["lr"]),
-                                 cfg["train"]["server_optimizer"])
         self.m_prime: int | None = cfg["strategy"].get("m_prime")
 
     def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:

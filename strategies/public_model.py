@@ -8,11 +8,15 @@ so the only difference between twins is how the averaged gradient reached it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from clients.environment import model_spec
 from models import init_dense, init_item_table
 from models.spec import ModelSpec
+from strategies.base import DatasetMeta, RecStrategy
 
 
 class PublicModel:
@@ -51,3 +55,13 @@ class PublicModel:
         self.dense.grad = torch.from_numpy(np.asarray(dense_grad_sum, dtype=np.float32) / n_users)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+
+class ModelStrategy(RecStrategy):
+    """Base of the strategies that train a :class:`PublicModel` (plaintext, SecEmb, Secure FedRec)."""
+
+    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+        super().__init__(cfg, meta)
+        self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
+        self.model = PublicModel(self.spec, meta.n_items, int(cfg["seed"]), float(cfg["model"]["lr"]),
+                                 cfg["train"]["server_optimizer"])

@@ -23,48 +23,33 @@ Each round (Algorithm 3), in the order of the paper:
 from __future__ import annotations
 
 import math
-import secrets
 from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.environment import model_spec
-from crypto.fixed_point import FixedPointCodec
 from schemas import plaintext as plain_schema
 from schemas import secemb as schema
-from strategies.base import DatasetMeta, RecStrategy
-from strategies.public_model import PublicModel
+from strategies.base import DatasetMeta
 from strategies.secemb_party import SecEmbParty
-from strategies.server1_client import Server1Client
+from strategies.server1_client import TwoServerStrategy
 
 
 
-class SecEmbStrategy(RecStrategy):
+class SecEmbStrategy(TwoServerStrategy):
     name = "secemb"
 
     def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
         s = cfg["strategy"]
-        self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
-        self.model = PublicModel(self.spec, meta.n_items, int(cfg["seed"]), float(cfg["model"]["lr"]),
-                                 cfg["train"]["server_optimizer"])
-        self.ring_bits = int(s["ring_bits"])
-        self.ring = schema.ring_of(self.ring_bits)
-        self.codec = FixedPointCodec(frac_bits=int(s["frac_bits"]),
-                                     value_bound=2.0 ** (self.ring_bits - 1 - int(s["frac_bits"])) - 1.0)
         self.variant = s.get("variant", "secemb")
         self.m_prime: int | None = s.get("m_prime")
-        self.server1 = Server1Client(s.get("server1_address"), self._reject)
-        self.run_id = secrets.token_hex(8)
-        self.server1_public = b""
         self.party0 = SecEmbParty(0, meta.n_items, self.ring)
 
     # ----------------------------------------------------------- server 1
 
     def setup(self) -> None:
-        _, arrays = self.server1.call("hello", {})
-        self.server1_public = arrays["public_key"].tobytes()
+        super().setup()
         if self.m_prime is None:
             self.m_prime = self._secure_mean_count()
         self.m_prime = min(int(self.m_prime), self.meta.n_items)

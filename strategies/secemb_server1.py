@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from crypto.dpf import DpfKeyBatch
 from crypto.sealed import SealedMessageError, generate_keypair, open_sealed, seal
 from schemas import secemb as schema
 from schemas.wire import WireError, decode_frame, encode_frame

@@ -9,42 +9,18 @@ aggregate and steps the same public model as ``plaintext`` and ``secemb``.
 
 from __future__ import annotations
 
-import secrets
-from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.environment import model_spec
-from crypto.fixed_point import FixedPointCodec
 from schemas import plaintext as plain_schema
 from schemas import secfedrec as schema
-from schemas.secemb import ring_of
-from strategies.base import DatasetMeta, RecStrategy
-from strategies.public_model import PublicModel
-from strategies.server1_client import Server1Client
+from strategies.server1_client import TwoServerStrategy
 
 
-class SecFedRecStrategy(RecStrategy):
+class SecFedRecStrategy(TwoServerStrategy):
     name = "secfedrec"
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
-        super().__init__(cfg, meta)
-        s = cfg["strategy"]
-        self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
-        self.model = PublicModel(self.spec, meta.n_items, int(cfg["seed"]), float(cfg["model"]["lr"]),
-                                 cfg["train"]["server_optimizer"])
-        self.ring_bits = int(s["ring_bits"])
-        self.ring = ring_of(self.ring_bits)
-        self.codec = FixedPointCodec(frac_bits=int(s["frac_bits"]),
-                                     value_bound=2.0 ** (self.ring_bits - 1 - int(s["frac_bits"])) - 1.0)
-        self.server1 = Server1Client(s.get("server1_address"), self._reject)
-        self.run_id = secrets.token_hex(8)
-        self.server1_public = b""
-
-
-    def setup(self) -> None:
-        self.server1_public = self.server1.call("hello", {})[1]["public_key"].tobytes()
 
     def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
         assert self.exchange is not None

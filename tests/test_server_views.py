@@ -117,7 +117,6 @@ def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeyp
 
 def test_leakage_attack_recovers_real_users_ratings(tmp_path):
     """FedMF Section 4 on the server's real view of a distributed_mf simulation of ml-latest-small users."""
-    from flwr.serverapp import ServerApp  # noqa: F401  (the simulation below is real Flower)
 
     from clients.fedmf_math import MFHyper
     from simulations.config import compose_config, to_container

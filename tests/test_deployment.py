@@ -83,10 +83,22 @@ class Deployment:
         assert results.exists(), f"no results; flwr run said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return json.loads(results.read_text())
 
+    def _descendants(self, pid: int) -> list[int]:
+        """Child processes (the SuperLink and SuperNodes start detached SuperExec processes)."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        kids = [int(x) for x in out.split()]
+        return kids + [g for k in kids for g in self._descendants(k)]
+
     def stop(self) -> None:
+        pids = [d for p in self.procs for d in self._descendants(p.pid)]
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=20)
@@ -97,9 +109,11 @@ class Deployment:
 @pytest.fixture
 def deployment(tmp_path):
     dep = Deployment(tmp_path, n_nodes=2)
-    dep.start()
-    yield dep
-    dep.stop()
+    try:
+        dep.start()
+        yield dep
+    finally:
+        dep.stop()
     assert all(p.poll() is not None for p in dep.procs)
 
 
@@ -123,4 +137,12 @@ def test_secemb_with_server1_as_its_own_process(deployment, tmp_path):
                          tmp_path / "out")
     assert server1.poll() is None  # server 1 served the run as a separate process
     assert [r["round"] for r in res["records"]] == [1, 2]
+    assert 0 < res["final"]["final_test_rmse"] < 5
+
+
+def test_fedmf_key_distribution_and_training_on_a_real_deployment(deployment, tmp_path):
+    res = deployment.run(f"strategy=fedmf model=mf strategy.mode=fulltext strategy.key_bits=2048 {COMMON}",
+                         tmp_path / "out")
+    assert res["final"]["keyed_users"] == 2 and res["final"]["key_bits"] == 2048
+    assert [r["round"] for r in res["records"]] == [1, 2] and all(r["clients"] == 2 for r in res["records"])
     assert 0 < res["final"]["final_test_rmse"] < 5

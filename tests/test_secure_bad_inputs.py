@@ -50,6 +50,11 @@ def _flip(a):
     return a
 
 
+def _duplicate_first(a):
+    a[1] = a[0]
+    return a
+
+
 def _zero_first_ciphertext(a):
     a[0, 0] = 0
     return a
@@ -81,7 +86,7 @@ FEDMF = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", 
 FEDMF_FAULTS = {
     3: ("train.fedmf_update", _edit_array("grad", "cts", _zero_first_ciphertext), "outside Z*"),
     4: ("train.fedmf_update", _edit_array("grad", "cts", lambda a: a[:-1]), "'cts' has shape"),
-    5: ("train.fedmf_update", _edit_array("grad", "items", lambda a: a[:-1]), "FullText upload has"),
+    5: ("train.fedmf_update", _edit_array("grad", "items", _duplicate_first), "not unique"),
 }
 
 

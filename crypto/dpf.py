@@ -162,8 +162,9 @@ def path_gen(alphas: np.ndarray, domain_size: int) -> tuple[dict, dict, GenState
     for level in range(n):
         a = bits[:, level]
         keep_r = a.astype(bool)
-        s0L, t0L, s0R, t0R = prg.expand_tree(s0)
-        s1L, t1L, s1R, t1R = prg.expand_tree(s1)
+        sL, tL, sR, tR = prg.expand_tree(np.concatenate([s0, s1], axis=1))  # both parties in one call
+        s0L, s1L, s0R, s1R = sL[:, :k], sL[:, k:], sR[:, :k], sR[:, k:]
+        t0L, t1L, t0R, t1R = tL[:k], tL[k:], tR[:k], tR[k:]
         s_cw = np.where(keep_r, s0L ^ s1L, s0R ^ s1R)  # the "lose" side
         tL_cw = t0L ^ t1L ^ a ^ 1
         tR_cw = t0R ^ t1R ^ a

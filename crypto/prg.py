@@ -40,8 +40,15 @@ def convert_tweak(domain: int, block: int) -> np.uint64:
     return np.uint64((_CONVERT_TAG << 56) | ((domain & 0xFFFF) << 32) | block)
 
 
+_tls = threading.local()
+
+
 def _encryptor():
-    return Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
+    """This thread's AES-ECB context (ECB keeps no state between whole-block updates, so it is reused)."""
+    enc = getattr(_tls, "enc", None)
+    if enc is None:
+        enc = _tls.enc = Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
+    return enc
 
 
 def mmo_buffer(buf: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -64,17 +71,21 @@ def mmo_words(lo: np.ndarray, hi: np.ndarray, tweak: np.uint64) -> tuple[np.ndar
 
 
 def expand_tree(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """G(s) = sL || tL || sR || tR of BGI'16 for seeds S [2, ...].
+    """G(s) = sL || tL || sR || tR of BGI'16 for seeds S [2, ...] (one AES call for both halves).
 
     The t bit is the lowest bit of each output block, cleared in the returned seed.
     """
-    out = []
-    for tweak in TREE_TWEAKS:
-        lo, hi = mmo_words(S[0], S[1], tweak)
-        t = (lo & np.uint64(1)).astype(np.uint8)
-        out.append((np.stack([lo & ~np.uint64(1), hi]), t))
-    (sL, tL), (sR, tR) = out
-    return sL, tL, sR, tR
+    shape = S.shape[1:]
+    n = S[0].size
+    buf = np.empty((2, n, 2), dtype=np.uint64)
+    for side, tweak in enumerate(TREE_TWEAKS):
+        np.bitwise_xor(S[0].reshape(-1), tweak, out=buf[side, :, 0])
+        buf[side, :, 1] = S[1].reshape(-1)
+    res = mmo_buffer(buf, np.empty(buf.size + 2, dtype=np.uint64))
+    t = (res[:, :, 0] & np.uint64(1)).astype(np.uint8)
+    res[:, :, 0] &= ~np.uint64(1)
+    seeds = np.moveaxis(res, 2, 1)  # [side, word, n]
+    return (seeds[0].reshape(2, *shape), t[0].reshape(shape), seeds[1].reshape(2, *shape), t[1].reshape(shape))
 
 
 def blocks_for(n_elems: int, ring_dtype: np.dtype | type) -> int:
@@ -82,12 +93,16 @@ def blocks_for(n_elems: int, ring_dtype: np.dtype | type) -> int:
 
 
 def convert(S: np.ndarray, n_elems: int, ring_dtype: np.dtype | type, domain: int) -> np.ndarray:
-    """Convert_G: seeds S [2, ...] -> ring array [..., n_elems], domain-separated."""
+    """Convert_G: seeds S [2, ...] -> ring array [..., n_elems], domain-separated (one AES call)."""
     dt = np.dtype(ring_dtype)
     nb = blocks_for(n_elems, dt)
-    blocks = [np.stack(mmo_words(S[0], S[1], convert_tweak(domain, b)), axis=-1) for b in range(nb)]
-    words = np.stack(blocks, axis=-2)  # [..., nb, 2]
-    return np.ascontiguousarray(words).view(dt).reshape(*S.shape[1:], -1)[..., :n_elems]
+    lo, hi = S[0].reshape(-1), S[1].reshape(-1)
+    buf = np.empty((lo.size, nb, 2), dtype=np.uint64)
+    for b in range(nb):
+        np.bitwise_xor(lo, convert_tweak(domain, b), out=buf[:, b, 0])
+        buf[:, b, 1] = hi
+    words = mmo_buffer(buf, np.empty(buf.size + 2, dtype=np.uint64))
+    return words.view(dt).reshape(*S.shape[1:], -1)[..., :n_elems]
 
 
 class Workspace:

@@ -263,13 +263,15 @@ def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
 class DpfEvaluator:
     """One party's evaluation context: evaluates key batches and keeps their leaves for ConvertEval."""
 
-    def __init__(self, party: int, domain_size: int, ring_dtype, chunk_keys: int = 512) -> None:
+    def __init__(self, party: int, domain_size: int, ring_dtype, chunk_keys: int = 512,
+                 expand_chunk_keys: int = 32) -> None:
         if party not in (0, 1):
             raise ValueError("party must be 0 or 1")
         self.party = party
         self.domain_size = domain_size
         self.ring = _ring(ring_dtype)
         self.chunk_keys = chunk_keys
+        self.expand_chunk_keys = expand_chunk_keys  # small batches keep each tree level in cache
         self.leaf_seeds: np.ndarray | None = None
         self.leaf_t: np.ndarray | None = None
 
@@ -284,11 +286,11 @@ class DpfEvaluator:
         ts = np.empty((keys.n_keys, self.domain_size), dtype=np.uint8)
 
         def work(lo: int) -> None:
-            hi = min(lo + self.chunk_keys, keys.n_keys)
+            hi = min(lo + self.expand_chunk_keys, keys.n_keys)
             seeds[:, lo:hi], ts[lo:hi] = expand_leaves(keys.select(slice(lo, hi)))
 
         with ThreadPoolExecutor(prg.N_THREADS) as pool:  # numpy and OpenSSL release the GIL
-            list(pool.map(work, range(0, keys.n_keys, self.chunk_keys)))
+            list(pool.map(work, range(0, keys.n_keys, self.expand_chunk_keys)))
         self.leaf_seeds, self.leaf_t = seeds, ts
 
     def eval_full(self, keys: DpfKeyBatch, domain: int = RETRIEVE_DOMAIN) -> np.ndarray:

@@ -17,10 +17,11 @@ FEATURES = ["dataset.n_user_features=5", "dataset.n_item_features=4"]
 _cache: dict[tuple, dict] = {}
 
 
-def _run(tmp_path_factory, *overrides: str) -> dict:
-    key = tuple(overrides)
+def _run(tmp_path_factory, *overrides: str, base: tuple[str, ...] = tuple(SMALL + FEATURES)) -> dict:
+    """Run (once per distinct configuration) on ``base`` + ``overrides``."""
+    key = base + tuple(overrides)
     if key not in _cache:
-        _cache[key] = run_sim(tmp_path_factory.mktemp("run"), SMALL + FEATURES + list(overrides))[0]
+        _cache[key] = run_sim(tmp_path_factory.mktemp("run"), list(key))[0]
     return _cache[key]
 
 
@@ -73,21 +74,21 @@ def test_ablation_variants_train_the_same_model(tmp_path_factory, variant):
     assert ablation["records"][0]["bytes_up_per_client"] > full["records"][0]["bytes_up_per_client"]
 
 
-FEDMF = ["+experiment=fedmf_small", "rounds=10", "train.eval_every=5"]
+FEDMF = ("+experiment=fedmf_small", "rounds=10", "train.eval_every=5")  # the paper's 7 users, 40 items
 KEY = "strategy.key_bits=1024"
 
 
 @pytest.mark.parametrize("mode", ["parttext", "fulltext", "padded"])
 def test_fedmf_is_lossless_against_distributed_mf_small_setting(tmp_path_factory, mode):
     extra = ["strategy.pad_to=20"] if mode == "padded" else []
-    plain = _run(tmp_path_factory, *FEDMF, f"strategy.mode={mode}", *extra)
-    secure = _run(tmp_path_factory, *FEDMF, "strategy=fedmf", KEY, f"strategy.mode={mode}", *extra)
+    plain = _run(tmp_path_factory, f"strategy.mode={mode}", *extra, base=FEDMF)
+    secure = _run(tmp_path_factory, "strategy=fedmf", KEY, f"strategy.mode={mode}", *extra, base=FEDMF)
     assert secure["records"][-1]["clients"] == 7
     for a, b in zip(_rmses(plain), _rmses(secure)):
         assert abs(a - b) <= 1e-6, (a, b)
     if mode == "parttext":
-        assert secure["records"][0]["bytes_up_per_client"] < _run(
-            tmp_path_factory, *FEDMF, "strategy=fedmf", KEY, "strategy.mode=fulltext")["records"][0]["bytes_up_per_client"]
+        fulltext = _run(tmp_path_factory, "strategy=fedmf", KEY, "strategy.mode=fulltext", base=FEDMF)
+        assert secure["records"][0]["bytes_up_per_client"] < fulltext["records"][0]["bytes_up_per_client"]
 
 
 def test_fedmf_is_lossless_on_ml_latest_small_with_2048_bit_keys(tmp_path_factory):

@@ -9,13 +9,23 @@ between calls, which is what SecEmb's path sharing needs: the retrieval keys'
 leaves are cached and reused with the aggregation phase's new final
 correction words (FSS.ConvertGen / ConvertEval, SecEmb Algorithms 4-7).
 
+Representation: a tree node is one 128-bit block (uint64 [..., 2]) whose
+lowest bit is the BGI control bit t, so the PRG output of a parent gives each
+child's seed and t at once and one XOR with (s_cw | t_cw) corrects both. The
+transported key format is unchanged by this (seeds, CW seeds, packed t bits).
+
 Everything works on all keys at once, level by level, as numpy arrays: the
-only Python loops run over tree levels and over chunks of keys.
+only Python loops run over tree levels, over chunks of keys and over the
+<= 33 output blocks of a Convert. Where the time goes (server, ML1M sizes):
+the AES calls, about one numpy pass per 16-byte block for each XOR / mask /
+sum around them, the exact float64 matmuls of retrieval, and Python thread
+hand-offs of the GIL between calls; see benchmarks/bench_secemb.py.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -131,53 +141,67 @@ class GenState:
 
 
 def to_words(seed_bytes: np.ndarray) -> np.ndarray:
-    """uint8 [..., 16] seeds -> uint64 words [2, ...] (low word, high word)."""
-    w = np.ascontiguousarray(seed_bytes).view("<u8")
-    return np.moveaxis(w, -1, 0).astype(np.uint64)
+    """uint8 [..., 16] seeds -> uint64 blocks [..., 2] (the bytes AES reads)."""
+    return np.ascontiguousarray(seed_bytes, dtype=np.uint8).view("<u8").astype(np.uint64)
 
 
-def to_bytes(S: np.ndarray) -> np.ndarray:
-    """uint64 words [2, ...] -> uint8 [..., 16]."""
-    return np.ascontiguousarray(np.moveaxis(S, 0, -1).astype("<u8")).view(np.uint8)
+def to_bytes(blocks: np.ndarray) -> np.ndarray:
+    """uint64 blocks [..., 2] -> uint8 [..., 16]."""
+    return np.ascontiguousarray(blocks, dtype="<u8").view(np.uint8)
+
+
+_ONE = np.uint64(1)
+
+
+def _with_t(blocks: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Blocks whose lowest bit is the control bit t (seed and t travel as one 128-bit value)."""
+    out = blocks.copy()
+    out[..., 0] = (out[..., 0] & ~_ONE) | t.astype(np.uint64)
+    return out
+
+
+def _t_of(blocks: np.ndarray) -> np.ndarray:
+    return (blocks[..., 0] & _ONE).astype(np.uint8)
 
 
 def _mask(t: np.ndarray) -> np.ndarray:
     """All-ones uint64 where the bit t is 1 (for branch-free conditional XOR)."""
-    return np.zeros(1, np.uint64) - t.astype(np.uint64)
+    return np.zeros(1, np.uint64) - (t & 1).astype(np.uint64)
 
 
 def path_gen(alphas: np.ndarray, domain_size: int) -> tuple[dict, dict, GenState]:
-    """FSS.PathGen (SecEmb Algorithm 7) for K points at once: both parties' tree keys and the gen state."""
+    """FSS.PathGen (SecEmb Algorithm 7) for K points at once: both parties' tree keys and the gen state.
+
+    Node values are 128-bit blocks whose lowest bit is the control bit t: the PRG output of a
+    node gives the child seed and its t together, and the correction word of a level is
+    (s_cw with t_cw in its lowest bit) for the kept side.
+    """
     alphas = np.asarray(alphas, dtype=np.int64).reshape(-1)
     if alphas.size == 0 or alphas.min() < 0 or alphas.max() >= domain_size:
         raise ValueError(f"DPF points must lie in [0, {domain_size})")
     n, k = depth(domain_size), len(alphas)
     rand = np.frombuffer(os.urandom(2 * k * LAMBDA_BYTES), dtype=np.uint8).reshape(2, k, LAMBDA_BYTES)
-    s0, s1 = to_words(rand[0]), to_words(rand[1])
-    t0 = np.zeros(k, dtype=np.uint8)
-    t1 = np.ones(k, dtype=np.uint8)
+    nodes = np.concatenate([_with_t(to_words(rand[0]), np.zeros(k, np.uint8)),
+                            _with_t(to_words(rand[1]), np.ones(k, np.uint8))])  # [2K, 2]: party 0 then 1
     bits = _bits(alphas, n)
-    cw_s = np.empty((2, k, n), dtype=np.uint64)
+    cw_s = np.empty((k, n, 2), dtype=np.uint64)
     cw_t = np.empty((k, n, 2), dtype=np.uint8)
     for level in range(n):
-        a = bits[:, level]
-        keep_r = a.astype(bool)
-        sL, tL, sR, tR = prg.expand_tree(np.concatenate([s0, s1], axis=1))  # both parties in one call
-        s0L, s1L, s0R, s1R = sL[:, :k], sL[:, k:], sR[:, :k], sR[:, k:]
-        t0L, t1L, t0R, t1R = tL[:k], tL[k:], tR[:k], tR[k:]
-        s_cw = np.where(keep_r, s0L ^ s1L, s0R ^ s1R)  # the "lose" side
-        tL_cw = t0L ^ t1L ^ a ^ 1
-        tR_cw = t0R ^ t1R ^ a
-        cw_s[:, :, level], cw_t[:, level, 0], cw_t[:, level, 1] = s_cw, tL_cw, tR_cw
-        t_keep_cw = np.where(keep_r, tR_cw, tL_cw)
-        s0 = np.where(keep_r, s0R, s0L) ^ (_mask(t0) & s_cw)
-        s1 = np.where(keep_r, s1R, s1L) ^ (_mask(t1) & s_cw)
-        t0 = np.where(keep_r, t0R, t0L) ^ (t0 & t_keep_cw)
-        t1 = np.where(keep_r, t1R, t1L) ^ (t1 & t_keep_cw)
+        a = bits[:, level].astype(bool)
+        left, right = prg.expand_tree(nodes)  # both parties in one call
+        tl, tr = _t_of(left), _t_of(right)
+        lose = np.where(a[:, None], left[:k] ^ left[k:], right[:k] ^ right[k:])
+        lose[:, 0] &= ~_ONE
+        tl_cw = tl[:k] ^ tl[k:] ^ a ^ 1
+        tr_cw = tr[:k] ^ tr[k:] ^ a
+        cw_s[:, level], cw_t[:, level, 0], cw_t[:, level, 1] = lose, tl_cw, tr_cw
+        keep_cw = _with_t(lose, np.where(a, tr_cw, tl_cw))
+        keep = np.where(np.concatenate([a, a])[:, None], right, left)
+        nodes = keep ^ (_mask(_t_of(nodes))[:, None] & np.concatenate([keep_cw, keep_cw]))
     cw_bytes = to_bytes(cw_s)
     path0 = {"seeds": rand[0].copy(), "t0": np.zeros(k, np.uint8), "cw_seeds": cw_bytes, "cw_t": cw_t}
-    path1 = {"seeds": rand[1].copy(), "t0": np.ones(k, np.uint8), "cw_seeds": cw_bytes, "cw_t": cw_t}
-    return path0, path1, GenState(t1=t1, s0=to_bytes(s0), s1=to_bytes(s1))
+    path1 = {"seeds": rand[1].copy(), "t0": np.ones(k, np.uint8), "cw_seeds": cw_bytes.copy(), "cw_t": cw_t.copy()}
+    return path0, path1, GenState(t1=_t_of(nodes[k:]), s0=to_bytes(nodes[:k]), s1=to_bytes(nodes[k:]))
 
 
 def convert_gen(state: GenState, betas: np.ndarray, domain: int) -> np.ndarray:
@@ -197,50 +221,123 @@ def gen(alphas: np.ndarray, betas: np.ndarray, domain_size: int, domain: int = R
     """FSS.Gen for K point functions: keys of party 0 and 1 plus the state for later ConvertGen."""
     path0, path1, state = path_gen(alphas, domain_size)
     cw_out = convert_gen(state, np.asarray(betas), domain)
-    return (DpfKeyBatch(0, domain_size, cw_out=cw_out, **path0), DpfKeyBatch(1, domain_size, cw_out=cw_out, **path1),
-            state)
+    return (DpfKeyBatch(0, domain_size, cw_out=cw_out, **path0),
+            DpfKeyBatch(1, domain_size, cw_out=cw_out.copy(), **path1), state)
+
+
+class _ExpandWorkspace:
+    """One thread's buffers for :func:`expand_leaves`, reused across calls (no page faults per level)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def ensure(self, n_blocks: int) -> None:
+        if n_blocks > self.size:
+            self.size = n_blocks
+            self.a = np.empty(2 * n_blocks + 2, dtype=np.uint64)  # ping
+            self.b = np.empty(2 * n_blocks + 2, dtype=np.uint64)  # pong
+            self.mask = np.empty(n_blocks, dtype=np.uint64)  # half-size buffers: one per parent
+            self.tmp = np.empty(n_blocks, dtype=np.uint64)
+            self.raw = np.empty(n_blocks + 2, dtype=np.uint64)
+            self.t = np.empty(n_blocks // 2 + 1, dtype=np.uint64)
+
+
+_expand_tls = threading.local()
 
 
 def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
-    """FSS.PathEval for every x in [0, m): leaf seeds as words uint64 [2, K, m] and t bits uint8 [K, m].
+    """FSS.PathEval for every x in [0, m): leaf blocks uint64 [m, K, 2] and the item of each row.
 
-    Full-domain evaluation level by level, pruned to the nodes that cover [0, m).
+    Full-domain evaluation level by level over all K keys at once, pruned to the nodes that
+    cover [0, m). Each level is stored as [left children; right children] (not interleaved),
+    so every AES call and XOR runs over contiguous memory; the leaves therefore come out in a
+    fixed permutation of the items, returned as ``order`` (row p holds item order[p]; the
+    same for every key). Pruning drops at most one node per level: the right child of the
+    last needed node; the last row takes its place. The returned array lives in a per-thread
+    workspace: copy it before the next call on the same thread.
     """
     m, n, k = keys.domain_size, depth(keys.domain_size), keys.n_keys
-    S = to_words(keys.seeds)[:, :, None]
-    t = keys.t0[:, None].copy()
-    cws = to_words(keys.cw_seeds)  # [2, K, n]
+    ws = getattr(_expand_tls, "ws", None) or _ExpandWorkspace()
+    _expand_tls.ws = ws
+    ws.ensure((m + 1) * k)
+    cur, nxt = ws.a, ws.b  # ping-pong: nodes of this level live in cur, children go to nxt
+    nodes = cur[:2 * k].reshape(1, k, 2)
+    nodes[0] = _with_t(to_words(keys.seeds), keys.t0)
+    order = np.zeros(1, dtype=np.int64)
+    cw_words = to_words(keys.cw_seeds)  # [K, n, 2]
+    cw = [_with_t(cw_words, keys.cw_t[:, :, side]).transpose(1, 0, 2).copy() for side in range(2)]  # [n, K, 2]
+    zero, one = np.zeros(1, np.uint64), np.uint64(1)
     for level in range(n):
         width = -(-m // (1 << (n - level - 1)))  # nodes needed at the next level
-        sL, tL, sR, tR = prg.expand_tree(S)
-        corr = _mask(t)[None] & cws[:, :, level][:, :, None]
-        sL ^= corr
-        sR ^= corr
-        tL ^= t & keys.cw_t[:, level, 0][:, None]
-        tR ^= t & keys.cw_t[:, level, 1][:, None]
-        c = S.shape[2]
-        S = np.empty((2, k, 2 * c), dtype=np.uint64)
-        S[:, :, 0::2], S[:, :, 1::2] = sL, sR
-        tn = np.empty((k, 2 * c), dtype=np.uint8)
-        tn[:, 0::2], tn[:, 1::2] = tL, tR
-        S, t = S[:, :, :width], tn[:, :width]
-    return np.ascontiguousarray(S), np.ascontiguousarray(t)
+        c = nodes.shape[0]
+        size = c * k * 2
+        t = ws.t[:c * k].reshape(c, k)
+        np.bitwise_and(nodes[:, :, 0], one, out=t)
+        np.subtract(zero, t, out=t)  # all-ones where the parent's t is 1
+        mask = ws.mask[:size].reshape(c, k, 2)
+        mask[:, :, 0] = t
+        mask[:, :, 1] = t
+        children = nxt[:2 * size].reshape(2 * c, k, 2)
+        tmp = ws.tmp[:size].reshape(c, k, 2)
+        raw = ws.raw[:size].reshape(c, k, 2)
+        for side, label in enumerate((prg.TREE_LEFT, prg.TREE_RIGHT)):
+            np.bitwise_and(mask, cw[side][level][None], out=tmp)
+            np.bitwise_xor(tmp, nodes, out=tmp)  # x XOR t * CW: MMO feed-forward and correction in one
+            prg.aes_into(label, nodes, ws.raw)
+            np.bitwise_xor(raw, tmp, out=children[side * c:(side + 1) * c])
+        order = np.concatenate([2 * order, 2 * order + 1])
+        if 2 * c > width:
+            drop = int(np.flatnonzero(order >= width)[0])
+            children[drop], order[drop] = children[-1], order[-1]
+        nodes, order = children[:width], order[:width]
+        cur, nxt = nxt, cur
+    return nodes, order
 
 
 def _signed(v: np.ndarray, party: int) -> np.ndarray:
     return (np.zeros(1, v.dtype) - v) if party == 1 else v
 
 
+def _limbs(a: np.ndarray, bits: int) -> list[np.ndarray]:
+    """Unsigned limbs of ``bits`` bits each, as float64 (exact)."""
+    mask = np.uint64((1 << bits) - 1)
+    a64 = a.astype(np.uint64, copy=False)
+    return [((a64 >> np.uint64(bits * i)) & mask).astype(np.float64) for i in range(a.dtype.itemsize * 8 // bits)]
+
+
 def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact (a @ b) mod 2^k for ring arrays, via 16-bit limbs and float64 BLAS (sums kept < 2^53)."""
-    dt = a.dtype
+    """Exact (a @ b) mod 2^k for ring arrays via float64 BLAS with every partial sum kept below 2^53.
+
+    Z_2^32: ``a`` (large, uniform) is used whole as float64 (< 2^32); the public table ``b``
+    is read as signed integers and split into signed digits of ``bits`` bits, so each
+    product stays below 2^(32 + bits) and a sum over 2^12 rows below 2^53. Fixed-point
+    embeddings (|b| < 2^15) need two digits, i.e. two matmuls; a uniform table needs four.
+    Z_2^64: 16-bit limbs of both sides, one matmul per limb pair below 2^64.
+    """
+    dt, inner = a.dtype, a.shape[1]
+    if dt == np.uint32:
+        rows = 1 << 12
+        bits = 53 - 32 - 12 - 1
+        signed = b.view(np.int32).astype(np.int64)
+        top = int(np.abs(signed).max(initial=0))
+        digits = []
+        for _ in range(4):
+            if top < (1 << bits):
+                digits.append(signed)
+                break
+            digits.append(signed & ((1 << bits) - 1))
+            signed, top = signed >> bits, top >> bits
+        out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+        for lo in range(0, inner, rows):
+            af = a[:, lo:lo + rows].astype(np.float64)
+            for j, d in enumerate(digits):
+                out += (af @ d[lo:lo + rows].astype(np.float64)).astype(np.int64) << (bits * j)
+        return out.astype(np.uint32)
     n_limbs = dt.itemsize * 8 // 16
-    inner = a.shape[1]
     step = 1 << 20  # 2^16 * 2^16 * 2^20 = 2^52 < 2^53
     out = np.zeros((a.shape[0], b.shape[1]), dtype=np.uint64)
     for lo in range(0, inner, step):
-        a_l = [((a[:, lo:lo + step] >> (16 * i)) & 0xFFFF).astype(np.float64) for i in range(n_limbs)]
-        b_l = [((b[lo:lo + step] >> (16 * j)) & 0xFFFF).astype(np.float64) for j in range(n_limbs)]
+        a_l, b_l = _limbs(a[:, lo:lo + step], 16), _limbs(b[lo:lo + step], 16)
         for i in range(n_limbs):
             for j in range(n_limbs - i):
                 out += (a_l[i] @ b_l[j]).astype(np.uint64) << np.uint64(16 * (i + j))
@@ -248,20 +345,26 @@ def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
-    """t^T @ cw mod 2^k for binary t [K, m] and ring cw [K, w]: one float64 matmul per 16-bit limb."""
-    dt = cw.dtype
+    """t^T @ cw mod 2^k for binary t [K, m] and ring cw [K, w]: one float64 matmul per 32-bit limb.
+
+    A sum of at most 2^20 products of a bit and a 32-bit limb stays below 2^53, so it is exact.
+    """
     out = np.zeros((t.shape[1], cw.shape[1]), dtype=np.uint64)
-    tf = t.astype(np.float64).T
-    step = 1 << 14  # keys per float64 matmul: sums stay below 2^14 * 2^16 < 2^53, memory stays small
+    step = 1 << 20
     for lo in range(0, t.shape[0], step):
-        for j in range(dt.itemsize * 8 // 16):
-            limb = ((cw[lo:lo + step] >> (16 * j)) & 0xFFFF).astype(np.float64)
-            out += (tf[:, lo:lo + step] @ limb).astype(np.uint64) << np.uint64(16 * j)
-    return out.astype(dt)
+        tf = t[lo:lo + step].astype(np.float64)
+        for j, limb in enumerate(_limbs(cw[lo:lo + step], 32)):
+            out += (tf.T @ limb).astype(np.uint64) << np.uint64(32 * j)
+    return out.astype(cw.dtype)
 
 
 class DpfEvaluator:
-    """One party's evaluation context: evaluates key batches and keeps their leaves for ConvertEval."""
+    """One party's evaluation context: evaluates key batches and keeps their leaves for ConvertEval.
+
+    The cache holds every key's leaf blocks (seed with the control bit in its lowest bit),
+    uint64 [K, m, 2]: 16 bytes per (key, item), the memory SecEmb's path sharing trades
+    for not re-expanding the trees in the aggregation phase.
+    """
 
     def __init__(self, party: int, domain_size: int, ring_dtype, chunk_keys: int = 512,
                  expand_chunk_keys: int = 32) -> None:
@@ -272,39 +375,54 @@ class DpfEvaluator:
         self.ring = _ring(ring_dtype)
         self.chunk_keys = chunk_keys
         self.expand_chunk_keys = expand_chunk_keys  # small batches keep each tree level in cache
-        self.leaf_seeds: np.ndarray | None = None
-        self.leaf_t: np.ndarray | None = None
+        self.leaves: np.ndarray | None = None
+        self.t: np.ndarray | None = None  # control bit of every cached leaf, uint8 [K, m]
+        self._capacity = 0
+        self.order: np.ndarray | None = None  # item held by each leaf position
 
     def _check(self, keys: DpfKeyBatch) -> None:
         if keys.party != self.party or keys.domain_size != self.domain_size or keys.cw_out.dtype != self.ring:
             raise ValueError("keys do not belong to this evaluator's party, domain or ring")
 
+    @staticmethod
+    def _parallel(fn, items) -> list:
+        with ThreadPoolExecutor(prg.N_THREADS) as pool:  # numpy and OpenSSL release the GIL
+            return list(pool.map(fn, items))
+
     def expand(self, keys: DpfKeyBatch) -> None:
         """Evaluate every key's tree on the whole domain and cache the leaves (the shared path)."""
         self._check(keys)
-        seeds = np.empty((2, keys.n_keys, self.domain_size), dtype=np.uint64)
-        ts = np.empty((keys.n_keys, self.domain_size), dtype=np.uint8)
+        if self._capacity < keys.n_keys:  # buffers are reused across rounds: no page faults in steady state
+            self.leaves = self.t = None
+            self._leaf_buf = np.empty((keys.n_keys, self.domain_size, 2), dtype=np.uint64)
+            self._t_buf = np.empty((keys.n_keys, self.domain_size), dtype=np.uint8)
+            self._capacity = keys.n_keys
+        leaves, bits = self._leaf_buf[:keys.n_keys], self._t_buf[:keys.n_keys]
+        step = self.expand_chunk_keys
+
+        orders = []
 
         def work(lo: int) -> None:
-            hi = min(lo + self.expand_chunk_keys, keys.n_keys)
-            seeds[:, lo:hi], ts[lo:hi] = expand_leaves(keys.select(slice(lo, hi)))
+            hi = min(lo + step, keys.n_keys)
+            nodes, order = expand_leaves(keys.select(slice(lo, hi)))
+            src, dst = nodes.view(np.complex128)[:, :, 0], leaves.view(np.complex128)[lo:hi, :, 0]
+            t = nodes.view(np.uint8)[:, :, 0]
+            for x in range(0, self.domain_size, 256):  # transposed tile by tile, while the tile is in cache
+                dst[:, x:x + 256] = src[x:x + 256].T  # 16-byte moves
+                np.bitwise_and(t[x:x + 256].T, 1, out=bits[lo:hi, x:x + 256])
+            orders.append(order)
 
-        with ThreadPoolExecutor(prg.N_THREADS) as pool:  # numpy and OpenSSL release the GIL
-            list(pool.map(work, range(0, keys.n_keys, self.expand_chunk_keys)))
-        self.leaf_seeds, self.leaf_t = seeds, ts
+        self._parallel(work, range(0, keys.n_keys, step))
+        self.leaves, self.t = leaves, bits
+        self.order = orders[0] if orders else np.arange(self.domain_size)
 
     def eval_full(self, keys: DpfKeyBatch, domain: int = RETRIEVE_DOMAIN) -> np.ndarray:
         """Eval(k, x) for all x: ring [K, m, w] (tests and small domains)."""
         self.expand(keys)
-        conv = prg.convert(self.leaf_seeds, keys.width, self.ring, domain)
-        return _signed(conv + self.leaf_t[:, :, None].astype(self.ring) * keys.cw_out[:, None, :], self.party)
-
-    def _scalar_convert(self, lo: int, hi: int) -> np.ndarray:
-        """Convert to one ring element per leaf (retrieval domain) for keys lo:hi -> [hi-lo, m]."""
-        S = self.leaf_seeds[:, lo:hi]
-        ws = prg.workspace(2 * S[0].size)
-        words = ws.convert_blocks(S[0].reshape(-1), S[1].reshape(-1), 1, RETRIEVE_DOMAIN)[0, :, 0]
-        return words.astype(self.ring).reshape(hi - lo, self.domain_size)
+        conv = prg.convert(self.leaves, keys.width, self.ring, domain)
+        out = np.empty_like(conv)
+        out[:, self.order] = conv + self.t[:, :, None].astype(self.ring) * keys.cw_out[:, None, :]
+        return _signed(out, self.party)
 
     def retrieve(self, keys: DpfKeyBatch, table: np.ndarray) -> np.ndarray:
         """Phase 1 of SecEmb: shares sum_j Eval(k, j) * table[j] -> ring [K, w]; caches the leaves."""
@@ -313,55 +431,104 @@ class DpfEvaluator:
         if table.dtype != self.ring or table.shape[0] != self.domain_size:
             raise ValueError(f"table must be {self.ring} [{self.domain_size}, w]")
         self.expand(keys)
-        out = np.empty((keys.n_keys, table.shape[1]), dtype=self.ring)
-        for lo in range(0, keys.n_keys, self.chunk_keys):
-            hi = min(lo + self.chunk_keys, keys.n_keys)
-            e = self._scalar_convert(lo, hi)
-            e += self.leaf_t[lo:hi].astype(self.ring) * keys.cw_out[lo:hi, 0][:, None]
-            out[lo:hi] = ring_matmul(_signed(e, self.party), table)
+        return self.retrieve_cached(keys.cw_out, table)
+
+    def retrieve_cached(self, cw_out: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Retrieval shares from the cached leaves of the keys just expanded (CW^(n+1) = cw_out)."""
+        table = table[self.order]  # rows in leaf order
+        n_keys = self.leaves.shape[0]
+        out = np.empty((n_keys, table.shape[1]), dtype=self.ring)
+
+        def work(lo: int) -> None:
+            hi = min(lo + self.chunk_keys, n_keys)
+            src = self.leaves[lo:hi]
+            raw = np.empty(src.size + 2, dtype=np.uint64)
+            prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), src, raw)
+            lanes = 16 // self.ring.itemsize  # Convert output = the block's first ring element
+            x = src.view(self.ring).reshape(hi - lo, self.domain_size, lanes)[:, :, 0]
+            e = np.bitwise_xor(raw[:src.size].view(self.ring).reshape(x.shape[0], -1, lanes)[:, :, 0], x)
+            e += self.t[lo:hi] * cw_out[lo:hi, 0][:, None]  # + t * CW^(n+1)
+            out[lo:hi] = _signed(ring_matmul(e, table), self.party)
+
+        self._parallel(work, range(0, n_keys, self.chunk_keys))
         return out
 
     def aggregate(self, cw: np.ndarray, keep: np.ndarray | None = None, domain: int = AGGREGATE_DOMAIN
                   ) -> np.ndarray:
         """ConvertEval (Algorithm 4) summed over the cached keys kept: ring [m, w]."""
-        if self.leaf_seeds is None:
+        if self.leaves is None:
             raise ValueError("aggregate needs the leaves of a previous retrieve/expand")
-        k = self.leaf_seeds.shape[1]
+        k = self.leaves.shape[0]
         if cw.dtype != self.ring or cw.ndim != 2 or cw.shape[0] != k:
             raise ValueError(f"correction words must be {self.ring} [{k}, w], got {cw.dtype} {cw.shape}")
         idx = np.arange(k) if keep is None else np.flatnonzero(keep)
         return self._sum_convert(cw, idx, domain)
 
-    def sum_full(self, keys: DpfKeyBatch, domain: int = AGGREGATE_DOMAIN) -> np.ndarray:
-        """Sum over fresh full keys of Eval on the whole domain (ablations without path sharing)."""
-        self.expand(keys)
-        return self._sum_convert(keys.cw_out, np.arange(keys.n_keys), domain)
+    def sum_full(self, keys: DpfKeyBatch, domain: int = AGGREGATE_DOMAIN, batch_leaves: int = 1 << 24
+                 ) -> np.ndarray:
+        """Sum over fresh full keys of Eval on the whole domain (ablations without path sharing).
+
+        Streams over batches of keys (~batch_leaves leaves each) so memory stays bounded even
+        for SecEmb-Init's one key per element.
+        """
+        step = max(1, batch_leaves // self.domain_size)
+        total = np.zeros((self.domain_size, keys.width), dtype=self.ring)
+        for lo in range(0, keys.n_keys, step):
+            part = keys.select(slice(lo, lo + step))
+            self.expand(part)
+            total += self._sum_convert(part.cw_out, np.arange(part.n_keys), domain)
+        return total
 
     def _sum_convert(self, cw: np.ndarray, idx: np.ndarray, domain: int) -> np.ndarray:
+        """sum_k Convert(leaf_k) + t_k CW_k over keys idx, for every item.
+
+        Per group of keys, block b of every leaf's output is one AES call under key K_{domain,b}
+        that reads the cached leaves in place, then one XOR (the MMO feed-forward) and one add
+        into an accumulator [nb, m * lanes]; the t_k CW_k term is one bits x ring matmul.
+        """
         m, w = self.domain_size, cw.shape[1]
         nb = prg.blocks_for(w, self.ring)
-        per_block = 16 // self.ring.itemsize
-        chunk = max(1, (1 << 19) // (m * nb))  # ~8 MiB of blocks per step, in reused buffers
-        runs = [idx[i:i + chunk] for i in range(0, len(idx), chunk)]
-        seeds = self.leaf_seeds
+        lanes = 16 // self.ring.itemsize
+        group = max(1, (1 << 18) // m)  # keys per AES call: ~256K blocks, so each GIL hand-off is amortised
+        labels = [prg.convert_label(domain, b) for b in range(nb)]
+        groups = [idx[i:i + group] for i in range(0, len(idx), group)]
+        leaves = self.leaves
 
-        def work(my_runs: list[np.ndarray]) -> np.ndarray:
-            acc = np.zeros((nb, m, per_block), dtype=self.ring)
-            ws = prg.workspace(2 * nb * chunk * m)
-            for ids in my_runs:
-                contiguous = len(ids) and ids[-1] - ids[0] == len(ids) - 1
-                S = seeds[:, ids[0]:ids[-1] + 1] if contiguous else seeds[:, ids]
-                words = ws.convert_blocks(S[0].reshape(-1), S[1].reshape(-1), nb, domain)
-                ring = words.view(self.ring).reshape(nb, len(ids), m, per_block)
-                acc += ring.sum(axis=1, dtype=self.ring)
+        def work(my_groups: list[np.ndarray]) -> np.ndarray:
+            acc = np.zeros((nb, m * lanes), dtype=self.ring)
+            out = np.empty(group * m * 2 + 2, dtype=np.uint64)
+            for ids in my_groups:
+                g = len(ids)
+                src = leaves[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] == g - 1 else leaves[ids]
+                res = out[:g * m * 2].reshape(src.shape)
+                ring = res.view(self.ring).reshape(g, m * lanes)
+                for b, label in enumerate(labels):
+                    prg.aes_into(label, src, out)
+                    np.bitwise_xor(res, src, out=res)  # MMO feed-forward
+                    acc[b] += ring.sum(axis=0, dtype=self.ring) if g > 1 else ring[0]
             return acc
 
-        groups = [runs[i::prg.N_THREADS] for i in range(prg.N_THREADS)] if len(runs) > 1 else [runs]
-        with ThreadPoolExecutor(len(groups)) as pool:
-            partial = list(pool.map(work, groups))
-        acc = partial[0]
-        for p in partial[1:]:
-            acc += p
-        total = np.ascontiguousarray(acc.transpose(1, 0, 2)).reshape(m, nb * per_block)[:, :w].copy()
-        total += _bits_matmul(self.leaf_t[idx], cw[idx])
-        return _signed(total, self.party)
+        per_thread = [groups[i::prg.N_THREADS] for i in range(prg.N_THREADS)]
+        acc = np.zeros((nb, m * lanes), dtype=self.ring)
+        for part in self._parallel(work, [p for p in per_thread if p]):
+            acc += part
+        total = np.ascontiguousarray(acc.reshape(nb, m, lanes).transpose(1, 0, 2)).reshape(m, nb * lanes)[:, :w]
+        out = np.empty((m, w), dtype=self.ring)
+        out[self.order] = total + self._t_term(cw, idx)
+        return _signed(out, self.party)
+
+    def _t_term(self, cw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """sum_k t_k(x) CW_k over the kept keys idx, for every leaf (exact float64 matmuls).
+
+        Runs over contiguous slices of the cache; keys left out get a zero CW instead.
+        """
+        k = self.leaves.shape[0]
+        if len(idx) < k:
+            kept = np.zeros((k, 1), dtype=cw.dtype)
+            kept[idx] = 1
+            cw = cw * kept
+        total = np.zeros((self.domain_size, cw.shape[1]), dtype=self.ring)
+        step = max(1, (1 << 22) // self.domain_size)  # ~32 MB of float64 bits per matmul
+        for lo in range(0, k, step):
+            total += _bits_matmul(self.t[lo:lo + step], cw[lo:lo + step])
+        return total

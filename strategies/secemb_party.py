@@ -23,7 +23,9 @@ class SecEmbParty:
         self.party = party
         self.n_items = n_items
         self.ring_dtype = ring_dtype
-        self.evaluator: DpfEvaluator | None = None
+        self.evaluator: DpfEvaluator | None = None  # set by a retrieval, cleared when it had no keys
+        self._evaluator = DpfEvaluator(party, n_items, ring_dtype)  # kept across rounds: its buffers are reused
+        self._fresh: DpfEvaluator | None = None  # for the ablations' fresh aggregation keys
         self.slices: dict[int, slice] = {}
 
     def retrieve(self, keys: Mapping[int, DpfKeyBatch], table_ring: np.ndarray) -> dict[int, np.ndarray]:
@@ -33,7 +35,7 @@ class SecEmbParty:
         for u in users:
             self.slices[u] = slice(start, start + keys[u].n_keys)
             start += keys[u].n_keys
-        self.evaluator = DpfEvaluator(self.party, self.n_items, self.ring_dtype)
+        self.evaluator = self._evaluator if users else None
         if not users:
             return {}
         batch = DpfKeyBatch.concatenate([keys[u] for u in users])
@@ -56,6 +58,7 @@ class SecEmbParty:
         """Ablation (SecEmb-RowEnc / -Init): evaluate fresh full keys, no shared path."""
         if not keys:
             return np.zeros((self.n_items, width), dtype=self.ring_dtype)
-        ev = DpfEvaluator(self.party, self.n_items, self.ring_dtype)
+        if self._fresh is None:
+            self._fresh = DpfEvaluator(self.party, self.n_items, self.ring_dtype)
         batch = DpfKeyBatch.concatenate([keys[u] for u in sorted(keys)])
-        return ev.sum_full(batch)
+        return self._fresh.sum_full(batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,11 +85,54 @@ def test_single_key_is_not_the_point_function():
     assert np.count_nonzero(share) > 60
 
 
-def test_domains_are_separated():
+def _mmo_reference(label: bytes, block: bytes) -> bytes:
+    """H_K(x) = AES_K(x) XOR x, one block at a time, straight from `cryptography`."""
+    enc = Cipher(algorithms.AES(prg.public_key(label)), modes.ECB()).encryptor()
+    return bytes(a ^ b for a, b in zip(enc.update(block) + enc.finalize(), block))
+
+
+@settings(max_examples=20, deadline=None)
+@given(raw=st.binary(min_size=16, max_size=16 * 9).filter(lambda b: len(b) % 16 == 0))
+def test_tree_prg_is_fixed_key_aes_in_matyas_meyer_oseas_form(raw):
+    blocks = dpf.to_words(np.frombuffer(raw, dtype=np.uint8).reshape(-1, 16))
+    left, right = prg.expand_tree(blocks)
+    for i in range(len(raw) // 16):
+        x = raw[16 * i:16 * i + 16]
+        assert dpf.to_bytes(left[i]).tobytes() == _mmo_reference(prg.TREE_LEFT, x)
+        assert dpf.to_bytes(right[i]).tobytes() == _mmo_reference(prg.TREE_RIGHT, x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(raw=st.binary(min_size=16, max_size=64).filter(lambda b: len(b) % 16 == 0), width=st.integers(1, 9),
+       ring=RINGS, domain=st.sampled_from([0, 1]))
+def test_convert_is_mmo_block_b_under_its_own_key(raw, width, ring, domain):
+    """Convert(s) = H_{K_domain,0}(s) || H_{K_domain,1}(s) || ..., read as ring elements, cut to width."""
+    blocks = dpf.to_words(np.frombuffer(raw, dtype=np.uint8).reshape(-1, 16))
+    out = prg.convert(blocks, width, ring, domain)
+    for i in range(len(raw) // 16):
+        x = raw[16 * i:16 * i + 16]
+        stream = b"".join(_mmo_reference(prg.convert_label(domain, b), x) for b in range(prg.blocks_for(width, ring)))
+        assert np.array_equal(out[i], np.frombuffer(stream, dtype=np.dtype(ring).newbyteorder("<"))[:width])
+
+
+def test_uses_are_domain_separated():
+    """Tree children, retrieval Convert and aggregation Convert use different public keys."""
+    labels = [prg.TREE_LEFT, prg.TREE_RIGHT] + [prg.convert_label(d, b) for d in (0, 1) for b in range(33)]
+    assert len({prg.public_key(label) for label in labels}) == len(labels)
     seeds = dpf.to_words(np.frombuffer(bytes(range(32)), dtype=np.uint8).reshape(2, 16))
     assert not np.array_equal(prg.convert(seeds, 4, np.uint32, 0), prg.convert(seeds, 4, np.uint32, 1))
-    tree = np.stack(prg.expand_tree(seeds)[0::2])
-    assert not np.array_equal(tree[0], prg.convert(seeds, 4, np.uint64, 0).T)
+    left, right = prg.expand_tree(seeds)
+    assert not np.array_equal(left, right)
+
+
+@given(m=st.integers(2, 5000))
+@settings(max_examples=30, deadline=None)
+def test_leaf_rows_cover_every_item_once(m):
+    """The expansion's leaf order (left/right blocks, pruned) is a permutation of the domain."""
+    keys, _, _ = dpf.gen(np.array([m - 1]), np.ones((1, 1), np.uint32), m)
+    leaves, order = dpf.expand_leaves(keys)
+    assert leaves.shape == (m, 1, 2)
+    assert np.array_equal(np.sort(order), np.arange(m))
 
 
 @pytest.mark.parametrize("mutate,needle", [

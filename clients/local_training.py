@@ -84,13 +84,14 @@ def _update_private(model, private: dict[str, np.ndarray], loss_fn, lr: float, s
         for p, mi, vi in zip(params, m, v):
             opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": torch.from_numpy(mi.copy()).view_as(p),
                             "exp_avg_sq": torch.from_numpy(vi.copy()).view_as(p)}
+    private_ids = {id(p) for p in params}
+    for p in model.parameters():  # later backward passes need only the private gradients
+        if id(p) not in private_ids:
+            p.requires_grad_(False)
     for i in range(steps):
         if i > 0:  # the first step reuses the gradient computed for the upload
             opt.zero_grad()
             loss_fn().backward()
-        for p in model.parameters():
-            if all(p is not q for q in params):
-                p.grad = None
         opt.step()
     state_m = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in params]).numpy().astype(np.float32)
     state_v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in params]).numpy().astype(np.float32)

@@ -32,6 +32,13 @@ from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_me
 log = logging.getLogger("secrec.strategy")
 
 
+
+def weighted_train_loss(uploads) -> float:
+    """Mean training loss over the round's ratings: each upload's loss weighted by its n_ratings."""
+    ups = list(uploads)
+    total = sum(u.n_ratings for u in ups)
+    return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")
+
 @dataclass(frozen=True)
 class DatasetMeta:
     """What the server may know of the data: sizes and public item/user feature widths."""

@@ -16,7 +16,7 @@ from flwr.app import RecordDict
 
 from clients.fedmf_math import init_item_matrix
 from schemas import distributed_mf as schema
-from strategies.base import DatasetMeta, RecStrategy
+from strategies.base import DatasetMeta, RecStrategy, weighted_train_loss
 
 
 def expected_upload_count(mode: str, n_items: int) -> int | None:
@@ -50,9 +50,7 @@ class DistributedMFStrategy(RecStrategy):
             if self.record:
                 self.view.append({"round": rnd, "user": u, "V": V_sent, "items": up.items, "grads": up.grads})
         self.V -= total
-        n = sum(up.n_ratings for up in uploads.values())
-        loss = sum(up.loss * up.n_ratings for up in uploads.values()) / n if n else float("nan")
-        return {"train_loss": float(loss)}
+        return {"train_loss": weighted_train_loss(uploads.values())}
 
     def _check(self, up: schema.Upload, pad_to: int) -> schema.Upload:
         if self.mode == "padded" and len(up.items) < pad_to:

@@ -25,7 +25,7 @@ from flwr.app import RecordDict
 from clients.fedmf_math import init_item_matrix
 from crypto.packed_matrix import PackedMatrixCrypto
 from schemas import fedmf as schema
-from strategies.base import DatasetMeta, RecStrategy
+from strategies.base import DatasetMeta, RecStrategy, weighted_train_loss
 
 
 class FedMFStrategy(RecStrategy):
@@ -105,9 +105,7 @@ class FedMFStrategy(RecStrategy):
         self.cv = crypto.apply_updates(self.cv, [(up.items, up.ct_list) for up in uploads.values()])
         for u, up in uploads.items():
             self.record_client_seconds(u, up.seconds)
-        n = sum(up.n_ratings for up in uploads.values())
-        loss = sum(up.loss * up.n_ratings for up in uploads.values()) / n if n else float("nan")
-        return {"train_loss": float(loss)}
+        return {"train_loss": weighted_train_loss(uploads.values())}
 
     def _parse_upload(self, content: RecordDict) -> schema.Upload:
         """Schema check, then every ciphertext in [1, n^2) and coprime to n (else the user is dropped)."""

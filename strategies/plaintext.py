@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from schemas import plaintext as schema
-from strategies.base import DatasetMeta
+from strategies.base import DatasetMeta, weighted_train_loss
 from strategies.public_model import ModelStrategy
 
 
@@ -43,13 +43,8 @@ class PlaintextStrategy(ModelStrategy):
             dense_sum += up.dense_grad
             self.record_client_seconds(u, up.seconds)
         self.model.step(table_sum, dense_sum, len(updates))
-        return {"train_loss": _weighted_loss(updates.values())}
+        return {"train_loss": weighted_train_loss(updates.values())}
 
     def evaluation_content(self) -> RecordDict:
         return schema.model_content(self.model.table_numpy(), self.model.dense_numpy())
 
-
-def _weighted_loss(updates) -> float:
-    ups = list(updates)
-    total = sum(u.n_ratings for u in ups)
-    return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")

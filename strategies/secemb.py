@@ -30,7 +30,7 @@ from flwr.app import RecordDict
 
 from schemas import plaintext as plain_schema
 from schemas import secemb as schema
-from strategies.base import DatasetMeta
+from strategies.base import DatasetMeta, weighted_train_loss
 from strategies.secemb_party import SecEmbParty
 from strategies.server1_client import TwoServerStrategy
 
@@ -112,9 +112,7 @@ class SecEmbStrategy(TwoServerStrategy):
         self.model.step(table_grad, dense_grad, len(kept))
         for u in kept:
             self.record_client_seconds(u, uploads[u].seconds)
-        n = sum(uploads[u].n_ratings for u in kept)
-        loss = sum(uploads[u].loss * uploads[u].n_ratings for u in kept) / n if n else float("nan")
-        return {"train_loss": float(loss), "m_prime": m_prime}
+        return {"train_loss": weighted_train_loss(uploads[u] for u in kept), "m_prime": m_prime}
 
     def evaluation_content(self) -> RecordDict:
         return plain_schema.model_content(self.model.table_numpy(), self.model.dense_numpy())

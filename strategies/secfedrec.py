@@ -15,6 +15,7 @@ from flwr.app import RecordDict
 
 from schemas import plaintext as plain_schema
 from schemas import secfedrec as schema
+from strategies.base import weighted_train_loss
 from strategies.server1_client import TwoServerStrategy
 
 
@@ -39,9 +40,7 @@ class SecFedRecStrategy(TwoServerStrategy):
         self.model.step(grad[:n_table].reshape(self.meta.n_items, self.spec.row_dim), grad[n_table:], len(kept))
         for u in kept:
             self.record_client_seconds(u, uploads[u].seconds)
-        n = sum(uploads[u].n_ratings for u in kept)
-        loss = sum(uploads[u].loss * uploads[u].n_ratings for u in kept) / n if n else float("nan")
-        return {"train_loss": float(loss)}
+        return {"train_loss": weighted_train_loss(uploads[u] for u in kept)}
 
     def evaluation_content(self) -> RecordDict:
         return plain_schema.model_content(self.model.table_numpy(), self.model.dense_numpy())

@@ -143,7 +143,7 @@ def table_user_time(models: list[str], repeats: int = 20) -> None:
     print("\nUser secret generation, ms (DPF keys + ConvertGen + dense shares; median of runs) [paper Table 17]")
     print("model  variant    " + "  ".join(f"{n:>18}" for n in names))
     for model in models:
-        for variant in ("secemb", "rowenc", "secfedrec"):
+        for variant in ("secemb", "rowenc", "init", "secfedrec"):
             cells = []
             for i, ds in enumerate(names):
                 ms = np.median([user_round_messages(model, ds, variant)[2] for _ in range(repeats)])

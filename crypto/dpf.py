@@ -245,6 +245,14 @@ class _ExpandWorkspace:
 _expand_tls = threading.local()
 
 
+def _scratch(n_words: int) -> np.ndarray:
+    """This thread's reusable uint64 buffer of at least n_words (fresh large arrays cost page faults)."""
+    buf = getattr(_expand_tls, "scratch", None)
+    if buf is None or buf.size < n_words:
+        buf = _expand_tls.scratch = np.empty(n_words, dtype=np.uint64)
+    return buf[:n_words]
+
+
 def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     """FSS.PathEval for every x in [0, m): leaf blocks uint64 [m, K, 2] and the item of each row.
 
@@ -442,7 +450,7 @@ class DpfEvaluator:
         def work(lo: int) -> None:
             hi = min(lo + self.chunk_keys, n_keys)
             src = self.leaves[lo:hi]
-            raw = np.empty(src.size + 2, dtype=np.uint64)
+            raw = _scratch(src.size + 2)
             prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), src, raw)
             lanes = 16 // self.ring.itemsize  # Convert output = the block's first ring element
             x = src.view(self.ring).reshape(hi - lo, self.domain_size, lanes)[:, :, 0]

@@ -243,6 +243,17 @@ class _ExpandWorkspace:
 
 
 _expand_tls = threading.local()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    """One process-wide pool: its threads live on, so their workspaces are reused across rounds."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(prg.N_THREADS, thread_name_prefix="dpf")
+        return _pool
 
 
 def _scratch(n_words: int) -> np.ndarray:
@@ -394,8 +405,7 @@ class DpfEvaluator:
 
     @staticmethod
     def _parallel(fn, items) -> list:
-        with ThreadPoolExecutor(prg.N_THREADS) as pool:  # numpy and OpenSSL release the GIL
-            return list(pool.map(fn, items))
+        return list(_worker_pool().map(fn, items))  # numpy and OpenSSL release the GIL
 
     def expand(self, keys: DpfKeyBatch) -> None:
         """Evaluate every key's tree on the whole domain and cache the leaves (the shared path)."""
@@ -504,7 +514,7 @@ class DpfEvaluator:
 
         def work(my_groups: list[np.ndarray]) -> np.ndarray:
             acc = np.zeros((nb, m * lanes), dtype=self.ring)
-            out = np.empty(group * m * 2 + 2, dtype=np.uint64)
+            out = _scratch(group * m * 2 + 2)
             for ids in my_groups:
                 g = len(ids)
                 src = leaves[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] == g - 1 else leaves[ids]

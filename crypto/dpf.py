@@ -500,8 +500,8 @@ class DpfEvaluator:
     def _sum_convert(self, cw: np.ndarray, idx: np.ndarray, domain: int) -> np.ndarray:
         """sum_k Convert(leaf_k) + t_k CW_k over keys idx, for every item.
 
-        Per group of keys, block b of every leaf's output is one AES call under key K_{domain,b}
-        that reads the cached leaves in place, then one XOR (the MMO feed-forward) and one add
+        Per group of keys, block b of every leaf's output is one MMO call under key K_{domain,b}
+        (AES reads the cached leaves in place, then the XOR feed-forward) and one add
         into an accumulator [nb, m * lanes]; the t_k CW_k term is one bits x ring matmul.
         """
         m, w = self.domain_size, cw.shape[1]
@@ -518,11 +518,8 @@ class DpfEvaluator:
             for ids in my_groups:
                 g = len(ids)
                 src = leaves[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] == g - 1 else leaves[ids]
-                res = out[:g * m * 2].reshape(src.shape)
-                ring = res.view(self.ring).reshape(g, m * lanes)
                 for b, label in enumerate(labels):
-                    prg.aes_into(label, src, out)
-                    np.bitwise_xor(res, src, out=res)  # MMO feed-forward
+                    ring = prg.mmo(label, src, out=out).view(self.ring).reshape(g, m * lanes)
                     acc[b] += ring.sum(axis=0, dtype=self.ring) if g > 1 else ring[0]
             return acc
 

@@ -464,7 +464,7 @@ class DpfEvaluator:
             prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), src, raw)
             lanes = 16 // self.ring.itemsize  # Convert output = the block's first ring element
             x = src.view(self.ring).reshape(hi - lo, self.domain_size, lanes)[:, :, 0]
-            e = np.bitwise_xor(raw[:src.size].view(self.ring).reshape(x.shape[0], -1, lanes)[:, :, 0], x)
+            e = np.add(raw[:src.size].view(self.ring).reshape(x.shape[0], -1, lanes)[:, :, 0], x)  # AES(s) + s
             e += self.t[lo:hi] * cw_out[lo:hi, 0][:, None]  # + t * CW^(n+1)
             out[lo:hi] = _signed(ring_matmul(e, table), self.party)
 
@@ -500,9 +500,10 @@ class DpfEvaluator:
     def _sum_convert(self, cw: np.ndarray, idx: np.ndarray, domain: int) -> np.ndarray:
         """sum_k Convert(leaf_k) + t_k CW_k over keys idx, for every item.
 
-        Per group of keys, block b of every leaf's output is one MMO call under key K_{domain,b}
-        (AES reads the cached leaves in place, then the XOR feed-forward) and one add
-        into an accumulator [nb, m * lanes]; the t_k CW_k term is one bits x ring matmul.
+        Convert's block b is AES_{K_b}(s) + s (ring lanes), so the sum over keys splits into
+        sum_k AES_{K_b}(s_k), one AES call under K_{domain,b} per group of keys (AES reads the
+        cached leaves in place) and one add into an accumulator [nb, m * lanes], plus
+        sum_k s_k once per group for all blocks. The t_k CW_k term is one bits x ring matmul.
         """
         m, w = self.domain_size, cw.shape[1]
         nb = prg.blocks_for(w, self.ring)
@@ -513,20 +514,23 @@ class DpfEvaluator:
         leaves = self.leaves
 
         def work(my_groups: list[np.ndarray]) -> np.ndarray:
-            acc = np.zeros((nb, m * lanes), dtype=self.ring)
+            acc = np.zeros((nb + 1, m * lanes), dtype=self.ring)  # row nb: sum of the seeds themselves
             out = _scratch(group * m * 2 + 2)
             for ids in my_groups:
                 g = len(ids)
                 src = leaves[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] == g - 1 else leaves[ids]
+                acc[nb] += src.view(self.ring).reshape(g, m * lanes).sum(axis=0, dtype=self.ring)
                 for b, label in enumerate(labels):
-                    ring = prg.mmo(label, src, out=out).view(self.ring).reshape(g, m * lanes)
+                    prg.aes_into(label, src, out)
+                    ring = out[:src.size].view(self.ring).reshape(g, m * lanes)
                     acc[b] += ring.sum(axis=0, dtype=self.ring) if g > 1 else ring[0]
             return acc
 
         per_thread = [groups[i::prg.N_THREADS] for i in range(prg.N_THREADS)]
-        acc = np.zeros((nb, m * lanes), dtype=self.ring)
+        acc = np.zeros((nb + 1, m * lanes), dtype=self.ring)
         for part in self._parallel(work, [p for p in per_thread if p]):
             acc += part
+        acc = acc[:nb] + acc[nb]  # the feed-forward + s_k, the same for every block
         total = np.ascontiguousarray(acc.reshape(nb, m, lanes).transpose(1, 0, 2)).reshape(m, nb * lanes)[:, :w]
         out = np.empty((m, w), dtype=self.ring)
         out[self.order] = total + self._t_term(cw, idx)

@@ -1,7 +1,21 @@
-"""Fixed-key AES-128 in Matyas-Meyer-Oseas form, the PRG of the DPF.
+"""Fixed-key AES-128 PRGs of the DPF: Matyas-Meyer-Oseas for the tree, Davies-Meyer-style Convert.
 
-H_K(x) = AES_K(x) XOR x for a fixed public key K is the correlation-robust
-hash that Google's distributed_point_functions library also uses as its PRG.
+Tree: G(x) = (H_L(x), H_R(x)) with H_K(x) = AES_K(x) XOR x for fixed public keys
+K (Matyas-Meyer-Oseas), the correlation-robust hash Google's
+distributed_point_functions library also uses; BGI's XOR corrections act on
+its output.
+
+Convert (leaf seed -> d ring elements): block b is AES_{K_b}(s) + s, the
+addition taken lane-wise in the output ring Z_2^k (4 lanes of Z_2^32 or 2 of
+Z_2^64 per 128-bit block). The feed-forward is what makes the map one-way for
+a public permutation (without it, one known output block would give s by AES
+decryption and with it every other block); it may be any group operation in
+which x -> y + x is a bijection, as in Davies-Meyer with modular addition
+(SHA-2's feed-forward), so the ideal-cipher argument for MMO carries over
+unchanged. Addition in the ring is chosen because ConvertEval sums outputs
+over keys: sum_k Convert(s_k) = sum_k AES(s_k) + sum_k s_k, so the
+feed-forward costs one sum per key group instead of one XOR per output block.
+
 Every use gets its own public key (derived from a label by SHA-256): the
 tree's left and right children, and block b of the retrieval and aggregation
 Convert maps. Separate keys instead of input tweaks give the same domain
@@ -13,7 +27,7 @@ exact bytes AES reads). In the DPF tree the lowest bit of word 0 carries the
 BGI control bit t, so one XOR corrects seed and t together.
 
 Speed: AES runs inside OpenSSL through ``cryptography``; ``update_into`` on
-warm buffers runs at ~400-500 M blocks/s per core here. Every thread keeps
+warm buffers runs at ~450-570 M blocks/s per core here. Every thread keeps
 its own AES contexts (ECB holds no state between whole-block updates).
 """
 
@@ -85,14 +99,26 @@ def blocks_for(n_elems: int, ring_dtype: np.dtype | type) -> int:
     return -(-n_elems * np.dtype(ring_dtype).itemsize // BLOCK)
 
 
+def convert_block(label: bytes, blocks: np.ndarray, ring_dtype: np.dtype | type, out: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """AES_K(x) + x, lane-wise in the ring, for contiguous uint64 blocks [..., 2]: uint64 words like ``blocks``."""
+    dt = np.dtype(ring_dtype)
+    blocks = np.ascontiguousarray(blocks)
+    buf = np.empty(blocks.size + 2, dtype=np.uint64) if out is None else out
+    aes_into(label, blocks, buf)
+    res = buf[: blocks.size]
+    np.add(res.view(dt), blocks.reshape(-1).view(dt), out=res.view(dt))
+    return res.reshape(blocks.shape)
+
+
 def convert(blocks: np.ndarray, n_elems: int, ring_dtype: np.dtype | type, domain: int) -> np.ndarray:
-    """Convert_G: seeds [..., 2] -> ring [..., n_elems]; block b of the output is H_{K_domain,b}(seed)."""
+    """Convert_G: seeds [..., 2] -> ring [..., n_elems]; block b of the output is AES_{K_domain,b}(s) + s."""
     dt = np.dtype(ring_dtype)
     nb = blocks_for(n_elems, dt)
     lead = blocks.shape[:-1]
     out = np.empty((nb, int(np.prod(lead, dtype=np.int64)) * 2 + 2), dtype=np.uint64)
     for b in range(nb):  # a loop over the <= 33 blocks of one output row; each step is one AES call
-        mmo(convert_label(domain, b), blocks, out=out[b])
+        convert_block(convert_label(domain, b), blocks, dt, out=out[b])
     words = out[:, :-2].reshape(nb, -1, 2)
     lanes = np.moveaxis(words, 0, 1).reshape(-1, nb * 2).view(dt)  # [N, nb * 16 / itemsize]
     return lanes[:, :n_elems].reshape(*lead, n_elems)

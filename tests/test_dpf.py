@@ -102,17 +102,34 @@ def test_tree_prg_is_fixed_key_aes_in_matyas_meyer_oseas_form(raw):
         assert dpf.to_bytes(right[i]).tobytes() == _mmo_reference(prg.TREE_RIGHT, x)
 
 
+def _dm_reference(label: bytes, block: bytes, ring) -> np.ndarray:
+    """AES_K(x) + x in the ring's little-endian lanes, one block at a time, straight from `cryptography`."""
+    enc = Cipher(algorithms.AES(prg.public_key(label)), modes.ECB()).encryptor()
+    lane = np.dtype(ring).newbyteorder("<")
+    return np.frombuffer(enc.update(block) + enc.finalize(), dtype=lane) + np.frombuffer(block, dtype=lane)
+
+
 @settings(max_examples=20, deadline=None)
 @given(raw=st.binary(min_size=16, max_size=64).filter(lambda b: len(b) % 16 == 0), width=st.integers(1, 9),
        ring=RINGS, domain=st.sampled_from([0, 1]))
-def test_convert_is_mmo_block_b_under_its_own_key(raw, width, ring, domain):
-    """Convert(s) = H_{K_domain,0}(s) || H_{K_domain,1}(s) || ..., read as ring elements, cut to width."""
+def test_convert_is_aes_plus_seed_block_b_under_its_own_key(raw, width, ring, domain):
+    """Convert(s) = (AES_{K_domain,0}(s) + s) || (AES_{K_domain,1}(s) + s) || ..., ring lanes, cut to width."""
     blocks = dpf.to_words(np.frombuffer(raw, dtype=np.uint8).reshape(-1, 16))
     out = prg.convert(blocks, width, ring, domain)
     for i in range(len(raw) // 16):
         x = raw[16 * i:16 * i + 16]
-        stream = b"".join(_mmo_reference(prg.convert_label(domain, b), x) for b in range(prg.blocks_for(width, ring)))
-        assert np.array_equal(out[i], np.frombuffer(stream, dtype=np.dtype(ring).newbyteorder("<"))[:width])
+        stream = np.concatenate([_dm_reference(prg.convert_label(domain, b), x, ring)
+                                 for b in range(prg.blocks_for(width, ring))])
+        assert np.array_equal(out[i], stream[:width])
+
+
+def test_convert_feed_forward_hides_the_seed():
+    """Without the feed-forward, AES decryption of one output block would give the seed back."""
+    seed = dpf.to_words(np.frombuffer(bytes(range(16)), dtype=np.uint8).reshape(1, 16))
+    block0 = prg.convert(seed, 4, np.uint32, 1)[0].astype("<u4").tobytes()
+    dec = Cipher(algorithms.AES(prg.public_key(prg.convert_label(1, 0))), modes.ECB()).decryptor()
+    assert dec.update(block0) + dec.finalize() != bytes(range(16))
+    assert block0 != bytes(range(16))
 
 
 def test_uses_are_domain_separated():

@@ -24,6 +24,7 @@ hand-offs of the GIL between calls; see benchmarks/bench_secemb.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -264,6 +265,34 @@ def _scratch(n_words: int) -> np.ndarray:
     return buf[:n_words]
 
 
+@functools.lru_cache(maxsize=32)
+def _level_plan(m: int) -> tuple[tuple[tuple[int, int | None], ...], np.ndarray]:
+    """Per tree level (nodes kept, row dropped or None), and the item each final row holds.
+
+    Each level is stored as [left children; right children]; pruning to [0, m) drops at most
+    one node per level (a right child past the domain) and moves the last row into its place.
+    """
+    n = depth(m)
+    order = np.zeros(1, dtype=np.int64)
+    plan = []
+    for level in range(n):
+        width = -(-m // (1 << (n - level - 1)))  # nodes needed at the next level
+        order = np.concatenate([2 * order, 2 * order + 1])
+        drop = None
+        if len(order) > width:
+            drop = int(np.flatnonzero(order >= width)[0])
+            order[drop] = order[-1]
+        order = order[:width]
+        plan.append((width, drop))
+    order.setflags(write=False)
+    return tuple(plan), order
+
+
+def _leaf_order(m: int) -> np.ndarray:
+    """Item held by each leaf row of :func:`expand_leaves` (the same for every key)."""
+    return _level_plan(m)[1]
+
+
 def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     """FSS.PathEval for every x in [0, m): leaf blocks uint64 [m, K, 2] and the item of each row.
 
@@ -271,23 +300,21 @@ def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     cover [0, m). Each level is stored as [left children; right children] (not interleaved),
     so every AES call and XOR runs over contiguous memory; the leaves therefore come out in a
     fixed permutation of the items, returned as ``order`` (row p holds item order[p]; the
-    same for every key). Pruning drops at most one node per level: the right child of the
-    last needed node; the last row takes its place. The returned array lives in a per-thread
+    same for every key; see :func:`_level_plan`). The returned array lives in a per-thread
     workspace: copy it before the next call on the same thread.
     """
-    m, n, k = keys.domain_size, depth(keys.domain_size), keys.n_keys
+    m, k = keys.domain_size, keys.n_keys
+    plan, order = _level_plan(m)
     ws = getattr(_expand_tls, "ws", None) or _ExpandWorkspace()
     _expand_tls.ws = ws
     ws.ensure((m + 1) * k)
     cur, nxt = ws.a, ws.b  # ping-pong: nodes of this level live in cur, children go to nxt
     nodes = cur[:2 * k].reshape(1, k, 2)
     nodes[0] = _with_t(to_words(keys.seeds), keys.t0)
-    order = np.zeros(1, dtype=np.int64)
     cw_words = to_words(keys.cw_seeds)  # [K, n, 2]
     cw = [_with_t(cw_words, keys.cw_t[:, :, side]).transpose(1, 0, 2).copy() for side in range(2)]  # [n, K, 2]
     zero, one = np.zeros(1, np.uint64), np.uint64(1)
-    for level in range(n):
-        width = -(-m // (1 << (n - level - 1)))  # nodes needed at the next level
+    for level, (width, drop) in enumerate(plan):
         c = nodes.shape[0]
         size = c * k * 2
         t = ws.t[:c * k].reshape(c, k)
@@ -304,11 +331,9 @@ def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
             np.bitwise_xor(tmp, nodes, out=tmp)  # x XOR t * CW: MMO feed-forward and correction in one
             prg.aes_into(label, nodes, ws.raw)
             np.bitwise_xor(raw, tmp, out=children[side * c:(side + 1) * c])
-        order = np.concatenate([2 * order, 2 * order + 1])
-        if 2 * c > width:
-            drop = int(np.flatnonzero(order >= width)[0])
-            children[drop], order[drop] = children[-1], order[-1]
-        nodes, order = children[:width], order[:width]
+        if drop is not None:
+            children[drop] = children[2 * c - 1]
+        nodes = children[:width]
         cur, nxt = nxt, cur
     return nodes, order
 
@@ -327,16 +352,17 @@ def _limbs(a: np.ndarray, bits: int) -> list[np.ndarray]:
 def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact (a @ b) mod 2^k for ring arrays via float64 BLAS with every partial sum kept below 2^53.
 
-    Z_2^32: ``a`` (large, uniform) is used whole as float64 (< 2^32); the public table ``b``
-    is read as signed integers and split into signed digits of ``bits`` bits, so each
-    product stays below 2^(32 + bits) and a sum over 2^12 rows below 2^53. Fixed-point
-    embeddings (|b| < 2^15) need two digits, i.e. two matmuls; a uniform table needs four.
+    Z_2^32: ``a`` (large, uniform) is read as signed int32 (|a| <= 2^31) and used whole as
+    float64; the public table ``b`` is read as signed integers and split into digits of 10
+    bits (the top one signed), so each product stays below 2^41 and a sum over 2^12 rows
+    below 2^53. All digits go into one matmul side by side (``a`` is streamed once).
+    Fixed-point embeddings (|b| < 2^20) need two digits; a uniform table needs four.
     Z_2^64: 16-bit limbs of both sides, one matmul per limb pair below 2^64.
     """
     dt, inner = a.dtype, a.shape[1]
     if dt == np.uint32:
         rows = 1 << 12
-        bits = 53 - 32 - 12 - 1
+        bits = 53 - 31 - 12
         signed = b.view(np.int32).astype(np.int64)
         top = int(np.abs(signed).max(initial=0))
         digits = []
@@ -346,11 +372,13 @@ def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 break
             digits.append(signed & ((1 << bits) - 1))
             signed, top = signed >> bits, top >> bits
-        out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+        w = b.shape[1]
+        side = np.concatenate(digits, axis=1).astype(np.float64)  # [inner, n_digits * w]
+        out = np.zeros((a.shape[0], w), dtype=np.uint64)
         for lo in range(0, inner, rows):
-            af = a[:, lo:lo + rows].astype(np.float64)
-            for j, d in enumerate(digits):
-                out += (af @ d[lo:lo + rows].astype(np.float64)).astype(np.int64) << (bits * j)
+            prod = a[:, lo:lo + rows].view(np.int32).astype(np.float64) @ side[lo:lo + rows]
+            for j in range(len(digits)):
+                out += prod[:, j * w:(j + 1) * w].astype(np.int64).view(np.uint64) << np.uint64(bits * j)
         return out.astype(np.uint32)
     n_limbs = dt.itemsize * 8 // 16
     step = 1 << 20  # 2^16 * 2^16 * 2^20 = 2^52 < 2^53
@@ -377,6 +405,16 @@ def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
     return out.astype(cw.dtype)
 
 
+def store_leaves(nodes: np.ndarray, leaves: np.ndarray, bits: np.ndarray) -> None:
+    """Expansion output [m, k, 2] -> key-major leaves [k, m, 2] and control bits [k, m] of the cache."""
+    m = nodes.shape[0]
+    src, dst = nodes.view(np.complex128)[:, :, 0], leaves.view(np.complex128)[:, :, 0]
+    t = nodes.view(np.uint8)[:, :, 0]
+    for x in range(0, m, 256):  # transposed tile by tile, while the tile is in cache
+        dst[:, x:x + 256] = src[x:x + 256].T  # 16-byte moves
+        np.bitwise_and(t[x:x + 256].T, 1, out=bits[:, x:x + 256])
+
+
 class DpfEvaluator:
     """One party's evaluation context: evaluates key batches and keeps their leaves for ConvertEval.
 
@@ -386,7 +424,7 @@ class DpfEvaluator:
     """
 
     def __init__(self, party: int, domain_size: int, ring_dtype, chunk_keys: int = 512,
-                 expand_chunk_keys: int = 32) -> None:
+                 expand_chunk_keys: int = 128) -> None:
         if party not in (0, 1):
             raise ValueError("party must be 0 or 1")
         self.party = party
@@ -394,6 +432,7 @@ class DpfEvaluator:
         self.ring = _ring(ring_dtype)
         self.chunk_keys = chunk_keys
         self.expand_chunk_keys = expand_chunk_keys  # small batches keep each tree level in cache
+        self.group_blocks = 1 << 18  # leaf blocks per aggregation AES call
         self.leaves: np.ndarray | None = None
         self.t: np.ndarray | None = None  # control bit of every cached leaf, uint8 [K, m]
         self._capacity = 0
@@ -410,29 +449,21 @@ class DpfEvaluator:
     def expand(self, keys: DpfKeyBatch) -> None:
         """Evaluate every key's tree on the whole domain and cache the leaves (the shared path)."""
         self._check(keys)
-        if self._capacity < keys.n_keys:  # buffers are reused across rounds: no page faults in steady state
+        n_keys, m = keys.n_keys, self.domain_size
+        if self._capacity < n_keys:  # buffers are reused across rounds: no page faults in steady state
             self.leaves = self.t = None
-            self._leaf_buf = np.empty((keys.n_keys, self.domain_size, 2), dtype=np.uint64)
-            self._t_buf = np.empty((keys.n_keys, self.domain_size), dtype=np.uint8)
-            self._capacity = keys.n_keys
-        leaves, bits = self._leaf_buf[:keys.n_keys], self._t_buf[:keys.n_keys]
+            self._leaf_buf = np.empty((n_keys, m, 2), dtype=np.uint64)
+            self._t_buf = np.empty((n_keys, m), dtype=np.uint8)
+            self._capacity = n_keys
+        leaves, bits = self._leaf_buf[:n_keys], self._t_buf[:n_keys]
         step = self.expand_chunk_keys
 
-        orders = []
-
         def work(lo: int) -> None:
-            hi = min(lo + step, keys.n_keys)
-            nodes, order = expand_leaves(keys.select(slice(lo, hi)))
-            src, dst = nodes.view(np.complex128)[:, :, 0], leaves.view(np.complex128)[lo:hi, :, 0]
-            t = nodes.view(np.uint8)[:, :, 0]
-            for x in range(0, self.domain_size, 256):  # transposed tile by tile, while the tile is in cache
-                dst[:, x:x + 256] = src[x:x + 256].T  # 16-byte moves
-                np.bitwise_and(t[x:x + 256].T, 1, out=bits[lo:hi, x:x + 256])
-            orders.append(order)
+            hi = min(lo + step, n_keys)
+            store_leaves(expand_leaves(keys.select(slice(lo, hi)))[0], leaves[lo:hi], bits[lo:hi])
 
-        self._parallel(work, range(0, keys.n_keys, step))
-        self.leaves, self.t = leaves, bits
-        self.order = orders[0] if orders else np.arange(self.domain_size)
+        self._parallel(work, range(0, n_keys, step))
+        self.leaves, self.t, self.order = leaves, bits, _leaf_order(m)
 
     def eval_full(self, keys: DpfKeyBatch, domain: int = RETRIEVE_DOMAIN) -> np.ndarray:
         """Eval(k, x) for all x: ring [K, m, w] (tests and small domains)."""
@@ -508,7 +539,7 @@ class DpfEvaluator:
         m, w = self.domain_size, cw.shape[1]
         nb = prg.blocks_for(w, self.ring)
         lanes = 16 // self.ring.itemsize
-        group = max(1, (1 << 18) // m)  # keys per AES call: ~256K blocks, so each GIL hand-off is amortised
+        group = max(1, self.group_blocks // m)  # keys per AES call: ~256K blocks, so each GIL hand-off is amortised
         labels = [prg.convert_label(domain, b) for b in range(nb)]
         groups = [idx[i:i + group] for i in range(0, len(idx), group)]
         leaves = self.leaves

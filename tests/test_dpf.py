@@ -45,6 +45,24 @@ def test_large_domains_up_to_2_pow_20(m, seed):
     assert np.array_equal(total, _point_table(alphas, betas, m))
 
 
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9000), k=st.integers(1, 5), w=st.integers(1, 6), ring=RINGS,
+       top_bits=st.sampled_from([1, 9, 10, 11, 15, 20, 25, 31, 64]), extreme=st.booleans(), seed=st.integers(0, 2**32))
+def test_ring_matmul_is_exact_mod_2_pow_k(rows, k, w, ring, top_bits, extreme, seed):
+    """The float64 BLAS product equals the integer product mod 2^k, also at the largest magnitudes."""
+    rng = np.random.default_rng(seed)
+    a = np.full((k, rows), np.iinfo(ring).max // 2 + 1, ring) if extreme else _rand_ring(rng, (k, rows), ring)
+    bits = min(top_bits, np.dtype(ring).itemsize * 8 - 1)
+    b = rng.integers(-(2 ** bits), 2 ** bits, size=(rows, w), dtype=np.int64).astype(np.dtype(ring).str.replace("u", "i"))
+    if extreme:
+        b[:] = -(2 ** bits)
+    b = b.view(ring)
+    mod = 2 ** (np.dtype(ring).itemsize * 8)
+    expected = (a.astype(object) @ b.astype(object)) % mod
+    assert np.array_equal(dpf.ring_matmul(a, b).astype(object), expected)
+    assert np.array_equal(dpf.ring_matmul(np.asfortranarray(a), b).astype(object), expected)  # transposed layout
+
+
 @settings(max_examples=20, deadline=None)
 @given(m=st.integers(2, 3000), k=st.integers(1, 12), width=st.integers(1, 66), ring=RINGS, seed=st.integers(0, 2**32))
 def test_convert_eval_on_cached_paths_equals_fresh_full_keys(m, k, width, ring, seed):

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from crypto import prg
 
@@ -237,9 +238,7 @@ class _ExpandWorkspace:
             self.size = n_blocks
             self.a = np.empty(2 * n_blocks + 2, dtype=np.uint64)  # ping
             self.b = np.empty(2 * n_blocks + 2, dtype=np.uint64)  # pong
-            self.mask = np.empty(n_blocks, dtype=np.uint64)  # half-size buffers: one per parent
-            self.tmp = np.empty(n_blocks, dtype=np.uint64)
-            self.raw = np.empty(n_blocks + 2, dtype=np.uint64)
+            self.corr = np.empty(n_blocks, dtype=np.uint64)  # half-size buffers: one per parent
             self.t = np.empty(n_blocks // 2 + 1, dtype=np.uint64)
 
 
@@ -255,6 +254,22 @@ def _worker_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(prg.N_THREADS, thread_name_prefix="dpf")
         return _pool
+
+
+@functools.lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def parallel_map(fn, items) -> list:
+    """fn over items on the DPF pool (numpy and OpenSSL release the GIL).
+
+    BLAS runs single-threaded meanwhile: each pool thread already owns a core, and a
+    multi-threaded OpenBLAS call beside another busy thread oversubscribes the cores
+    (its spinning threads made fused retrieval 3x slower here).
+    """
+    with _blas().limit(limits=1, user_api="blas"):
+        return list(_worker_pool().map(fn, items))
 
 
 def _scratch(n_words: int) -> np.ndarray:
@@ -293,6 +308,17 @@ def _leaf_order(m: int) -> np.ndarray:
     return _level_plan(m)[1]
 
 
+def _level_corrections(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Per level and key: the left child's correction s_cw | tL_cw [n, K, 2], and tL_cw ^ tR_cw [n, K].
+
+    The right child's correction differs from the left one only in the control bit, so one
+    corrected copy of the parents serves both children and the right side gets a 1-bit fix.
+    """
+    left = _with_t(to_words(keys.cw_seeds), keys.cw_t[:, :, 0]).transpose(1, 0, 2).copy()
+    flip = (keys.cw_t[:, :, 0] ^ keys.cw_t[:, :, 1]).T.astype(np.uint64)
+    return left, np.ascontiguousarray(flip)
+
+
 def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     """FSS.PathEval for every x in [0, m): leaf blocks uint64 [m, K, 2] and the item of each row.
 
@@ -300,8 +326,10 @@ def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     cover [0, m). Each level is stored as [left children; right children] (not interleaved),
     so every AES call and XOR runs over contiguous memory; the leaves therefore come out in a
     fixed permutation of the items, returned as ``order`` (row p holds item order[p]; the
-    same for every key; see :func:`_level_plan`). The returned array lives in a per-thread
-    workspace: copy it before the next call on the same thread.
+    same for every key; see :func:`_level_plan`). A child is AES(x) XOR (x XOR t_x CW): AES
+    writes straight into the child's slot and one XOR applies the MMO feed-forward and the
+    correction, computed once per parent for both sides. The returned array lives in a
+    per-thread workspace: copy it before the next call on the same thread.
     """
     m, k = keys.domain_size, keys.n_keys
     plan, order = _level_plan(m)
@@ -311,8 +339,7 @@ def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
     cur, nxt = ws.a, ws.b  # ping-pong: nodes of this level live in cur, children go to nxt
     nodes = cur[:2 * k].reshape(1, k, 2)
     nodes[0] = _with_t(to_words(keys.seeds), keys.t0)
-    cw_words = to_words(keys.cw_seeds)  # [K, n, 2]
-    cw = [_with_t(cw_words, keys.cw_t[:, :, side]).transpose(1, 0, 2).copy() for side in range(2)]  # [n, K, 2]
+    cw_left, flip = _level_corrections(keys)
     zero, one = np.zeros(1, np.uint64), np.uint64(1)
     for level, (width, drop) in enumerate(plan):
         c = nodes.shape[0]
@@ -320,17 +347,17 @@ def expand_leaves(keys: DpfKeyBatch) -> tuple[np.ndarray, np.ndarray]:
         t = ws.t[:c * k].reshape(c, k)
         np.bitwise_and(nodes[:, :, 0], one, out=t)
         np.subtract(zero, t, out=t)  # all-ones where the parent's t is 1
-        mask = ws.mask[:size].reshape(c, k, 2)
-        mask[:, :, 0] = t
-        mask[:, :, 1] = t
-        children = nxt[:2 * size].reshape(2 * c, k, 2)
-        tmp = ws.tmp[:size].reshape(c, k, 2)
-        raw = ws.raw[:size].reshape(c, k, 2)
-        for side, label in enumerate((prg.TREE_LEFT, prg.TREE_RIGHT)):
-            np.bitwise_and(mask, cw[side][level][None], out=tmp)
-            np.bitwise_xor(tmp, nodes, out=tmp)  # x XOR t * CW: MMO feed-forward and correction in one
-            prg.aes_into(label, nodes, ws.raw)
-            np.bitwise_xor(raw, tmp, out=children[side * c:(side + 1) * c])
+        corr = ws.corr[:size].reshape(c, k, 2)
+        np.bitwise_and(t, cw_left[level, :, 0], out=corr[:, :, 0])
+        np.bitwise_and(t, cw_left[level, :, 1], out=corr[:, :, 1])
+        np.bitwise_xor(corr, nodes, out=corr)  # x XOR t * CW_left
+        prg.aes_into(prg.TREE_LEFT, nodes, nxt)
+        prg.aes_into(prg.TREE_RIGHT, nodes, nxt[size:])
+        children = nxt[:2 * size].reshape(2, c, k, 2)
+        np.bitwise_xor(children, corr, out=children)
+        np.bitwise_and(t, flip[level], out=t)  # right child: t_cw differs by tL_cw ^ tR_cw
+        np.bitwise_xor(children[1, :, :, 0], t, out=children[1, :, :, 0])
+        children = children.reshape(2 * c, k, 2)
         if drop is not None:
             children[drop] = children[2 * c - 1]
         nodes = children[:width]
@@ -349,46 +376,63 @@ def _limbs(a: np.ndarray, bits: int) -> list[np.ndarray]:
     return [((a64 >> np.uint64(bits * i)) & mask).astype(np.float64) for i in range(a.dtype.itemsize * 8 // bits)]
 
 
-def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact (a @ b) mod 2^k for ring arrays via float64 BLAS with every partial sum kept below 2^53.
+class RingRhs:
+    """The right side of an exact ring product (a @ b) mod 2^k, split into float64 digits once.
 
     Z_2^32: ``a`` (large, uniform) is read as signed int32 (|a| <= 2^31) and used whole as
-    float64; the public table ``b`` is read as signed integers and split into digits of 10
+    float64; ``b`` (the public table) is read as signed integers and split into digits of 10
     bits (the top one signed), so each product stays below 2^41 and a sum over 2^12 rows
-    below 2^53. All digits go into one matmul side by side (``a`` is streamed once).
-    Fixed-point embeddings (|b| < 2^20) need two digits; a uniform table needs four.
-    Z_2^64: 16-bit limbs of both sides, one matmul per limb pair below 2^64.
+    below 2^53. All digits sit side by side in one float64 matrix, so ``a`` is streamed once
+    per block of rows. Fixed-point embeddings (|b| < 2^20) need two digits; a uniform table
+    four. Z_2^64: 16-bit limbs of both sides, one matmul per limb pair below 2^64. Preparing
+    the digits costs as much as a product with a few hundred rows of ``a``, so a retrieval
+    prepares the table once and multiplies it by every chunk of keys.
     """
-    dt, inner = a.dtype, a.shape[1]
-    if dt == np.uint32:
-        rows = 1 << 12
-        bits = 53 - 31 - 12
-        signed = b.view(np.int32).astype(np.int64)
-        top = int(np.abs(signed).max(initial=0))
-        digits = []
-        for _ in range(4):
-            if top < (1 << bits):
-                digits.append(signed)
-                break
-            digits.append(signed & ((1 << bits) - 1))
-            signed, top = signed >> bits, top >> bits
-        w = b.shape[1]
-        side = np.concatenate(digits, axis=1).astype(np.float64)  # [inner, n_digits * w]
+
+    ROWS = 1 << 12  # rows of the inner dimension per float64 product (Z_2^32)
+    BITS = 53 - 31 - 12  # digit size that keeps every partial sum exact
+
+    def __init__(self, b: np.ndarray) -> None:
+        self.dtype, self.inner, self.width = _ring(b.dtype), b.shape[0], b.shape[1]
+        if self.dtype == np.uint32:
+            signed = b.view(np.int32).astype(np.int64)
+            top = int(np.abs(signed).max(initial=0))
+            digits = []
+            for _ in range(4):
+                if top < (1 << self.BITS):
+                    digits.append(signed)
+                    break
+                digits.append(signed & ((1 << self.BITS) - 1))
+                signed, top = signed >> self.BITS, top >> self.BITS
+            self.n_digits = len(digits)
+            self.side = np.concatenate(digits, axis=1).astype(np.float64)  # [inner, n_digits * w]
+        else:
+            self.limbs = _limbs(b, 16)
+
+    def left_multiply(self, a: np.ndarray) -> np.ndarray:
+        """(a @ b) mod 2^k for ring a [K, inner] (any memory layout)."""
+        if a.dtype != self.dtype or a.ndim != 2 or a.shape[1] != self.inner:
+            raise ValueError(f"left side must be {self.dtype} [K, {self.inner}], got {a.dtype} {a.shape}")
+        w = self.width
         out = np.zeros((a.shape[0], w), dtype=np.uint64)
-        for lo in range(0, inner, rows):
-            prod = a[:, lo:lo + rows].view(np.int32).astype(np.float64) @ side[lo:lo + rows]
-            for j in range(len(digits)):
-                out += prod[:, j * w:(j + 1) * w].astype(np.int64).view(np.uint64) << np.uint64(bits * j)
-        return out.astype(np.uint32)
-    n_limbs = dt.itemsize * 8 // 16
-    step = 1 << 20  # 2^16 * 2^16 * 2^20 = 2^52 < 2^53
-    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.uint64)
-    for lo in range(0, inner, step):
-        a_l, b_l = _limbs(a[:, lo:lo + step], 16), _limbs(b[lo:lo + step], 16)
-        for i in range(n_limbs):
-            for j in range(n_limbs - i):
-                out += (a_l[i] @ b_l[j]).astype(np.uint64) << np.uint64(16 * (i + j))
-    return out.astype(dt)
+        if self.dtype == np.uint32:
+            for lo in range(0, self.inner, self.ROWS):
+                prod = a[:, lo:lo + self.ROWS].view(np.int32).astype(np.float64) @ self.side[lo:lo + self.ROWS]
+                for j in range(self.n_digits):
+                    out += prod[:, j * w:(j + 1) * w].astype(np.int64).view(np.uint64) << np.uint64(self.BITS * j)
+            return out.astype(np.uint32)
+        n_limbs, step = 4, 1 << 20  # 2^16 * 2^16 * 2^20 = 2^52 < 2^53
+        for lo in range(0, self.inner, step):
+            a_l = _limbs(a[:, lo:lo + step], 16)
+            for i in range(n_limbs):
+                for j in range(n_limbs - i):
+                    out += (a_l[i] @ self.limbs[j][lo:lo + step]).astype(np.uint64) << np.uint64(16 * (i + j))
+        return out
+
+
+def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact (a @ b) mod 2^k for ring arrays via float64 BLAS (see :class:`RingRhs`)."""
+    return RingRhs(b).left_multiply(a)
 
 
 def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
@@ -409,10 +453,9 @@ def store_leaves(nodes: np.ndarray, leaves: np.ndarray, bits: np.ndarray) -> Non
     """Expansion output [m, k, 2] -> key-major leaves [k, m, 2] and control bits [k, m] of the cache."""
     m = nodes.shape[0]
     src, dst = nodes.view(np.complex128)[:, :, 0], leaves.view(np.complex128)[:, :, 0]
-    t = nodes.view(np.uint8)[:, :, 0]
-    for x in range(0, m, 256):  # transposed tile by tile, while the tile is in cache
-        dst[:, x:x + 256] = src[x:x + 256].T  # 16-byte moves
-        np.bitwise_and(t[x:x + 256].T, 1, out=bits[:, x:x + 256])
+    for x in range(0, m, 32):  # transposed tile by tile, while the tile is in cache
+        dst[:, x:x + 32] = src[x:x + 32].T  # 16-byte moves
+    np.bitwise_and(leaves.view(np.uint8)[:, :, 0], 1, out=bits)  # t: the lowest bit of each leaf
 
 
 class DpfEvaluator:
@@ -442,12 +485,12 @@ class DpfEvaluator:
         if keys.party != self.party or keys.domain_size != self.domain_size or keys.cw_out.dtype != self.ring:
             raise ValueError("keys do not belong to this evaluator's party, domain or ring")
 
-    @staticmethod
-    def _parallel(fn, items) -> list:
-        return list(_worker_pool().map(fn, items))  # numpy and OpenSSL release the GIL
+    def expand(self, keys: DpfKeyBatch, table: np.ndarray | None = None) -> np.ndarray | None:
+        """Evaluate every key's tree on the whole domain and cache the leaves (the shared path).
 
-    def expand(self, keys: DpfKeyBatch) -> None:
-        """Evaluate every key's tree on the whole domain and cache the leaves (the shared path)."""
+        With a ``table`` (ring [m, w], item order) the retrieval shares sum_j Eval(k, j) table[j]
+        are computed too, chunk by chunk, while each chunk's leaves are still in cache: ring [K, w].
+        """
         self._check(keys)
         n_keys, m = keys.n_keys, self.domain_size
         if self._capacity < n_keys:  # buffers are reused across rounds: no page faults in steady state
@@ -456,14 +499,39 @@ class DpfEvaluator:
             self._t_buf = np.empty((n_keys, m), dtype=np.uint8)
             self._capacity = n_keys
         leaves, bits = self._leaf_buf[:n_keys], self._t_buf[:n_keys]
+        order = _leaf_order(m)
+        shares = None if table is None else np.empty((n_keys, table.shape[1]), dtype=self.ring)
+        table_by_leaf = None if table is None else RingRhs(table[order])
         step = self.expand_chunk_keys
 
         def work(lo: int) -> None:
             hi = min(lo + step, n_keys)
-            store_leaves(expand_leaves(keys.select(slice(lo, hi)))[0], leaves[lo:hi], bits[lo:hi])
+            part = keys.select(slice(lo, hi))
+            nodes = expand_leaves(part)[0]
+            if shares is not None:
+                shares[lo:hi] = self._retrieve_chunk(nodes, part.cw_out[:, 0], table_by_leaf)
+            store_leaves(nodes, leaves[lo:hi], bits[lo:hi])
 
-        self._parallel(work, range(0, n_keys, step))
-        self.leaves, self.t, self.order = leaves, bits, _leaf_order(m)
+        parallel_map(work, range(0, n_keys, step))
+        self.leaves, self.t, self.order = leaves, bits, order
+        return shares
+
+    def _retrieve_chunk(self, nodes: np.ndarray, cw_out: np.ndarray, table_by_leaf: RingRhs) -> np.ndarray:
+        """Shares of one chunk's embeddings from its leaves [m, k, 2] (node-major, in cache).
+
+        Eval(k, x) = (-1)^b [Convert(s_x) + t_x CW^(n+1)] with a width-1 Convert: the first ring
+        lane of AES_K(s) + s. The t bit is the lowest bit of that lane.
+        """
+        raw = _scratch(nodes.size + 2)
+        prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), nodes, raw)
+        lanes = 16 // self.ring.itemsize
+        m, k = nodes.shape[:2]
+        seed = nodes.view(self.ring).reshape(m, k, lanes)[:, :, 0]
+        e = np.add(raw[:nodes.size].view(self.ring).reshape(m, k, lanes)[:, :, 0], seed)  # AES(s) + s: [m, k]
+        t_cw = np.bitwise_and(seed, 1)
+        np.multiply(t_cw, cw_out, out=t_cw)
+        e += t_cw
+        return _signed(table_by_leaf.left_multiply(e.T), self.party)
 
     def eval_full(self, keys: DpfKeyBatch, domain: int = RETRIEVE_DOMAIN) -> np.ndarray:
         """Eval(k, x) for all x: ring [K, m, w] (tests and small domains)."""
@@ -479,28 +547,7 @@ class DpfEvaluator:
             raise ValueError("retrieval keys encode beta = 1 (width 1)")
         if table.dtype != self.ring or table.shape[0] != self.domain_size:
             raise ValueError(f"table must be {self.ring} [{self.domain_size}, w]")
-        self.expand(keys)
-        return self.retrieve_cached(keys.cw_out, table)
-
-    def retrieve_cached(self, cw_out: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """Retrieval shares from the cached leaves of the keys just expanded (CW^(n+1) = cw_out)."""
-        table = table[self.order]  # rows in leaf order
-        n_keys = self.leaves.shape[0]
-        out = np.empty((n_keys, table.shape[1]), dtype=self.ring)
-
-        def work(lo: int) -> None:
-            hi = min(lo + self.chunk_keys, n_keys)
-            src = self.leaves[lo:hi]
-            raw = _scratch(src.size + 2)
-            prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), src, raw)
-            lanes = 16 // self.ring.itemsize  # Convert output = the block's first ring element
-            x = src.view(self.ring).reshape(hi - lo, self.domain_size, lanes)[:, :, 0]
-            e = np.add(raw[:src.size].view(self.ring).reshape(x.shape[0], -1, lanes)[:, :, 0], x)  # AES(s) + s
-            e += self.t[lo:hi] * cw_out[lo:hi, 0][:, None]  # + t * CW^(n+1)
-            out[lo:hi] = _signed(ring_matmul(e, table), self.party)
-
-        self._parallel(work, range(0, n_keys, self.chunk_keys))
-        return out
+        return self.expand(keys, table)
 
     def aggregate(self, cw: np.ndarray, keep: np.ndarray | None = None, domain: int = AGGREGATE_DOMAIN
                   ) -> np.ndarray:
@@ -559,7 +606,7 @@ class DpfEvaluator:
 
         per_thread = [groups[i::prg.N_THREADS] for i in range(prg.N_THREADS)]
         acc = np.zeros((nb + 1, m * lanes), dtype=self.ring)
-        for part in self._parallel(work, [p for p in per_thread if p]):
+        for part in parallel_map(work, [p for p in per_thread if p]):
             acc += part
         acc = acc[:nb] + acc[nb]  # the feed-forward + s_k, the same for every block
         total = np.ascontiguousarray(acc.reshape(nb, m, lanes).transpose(1, 0, 2)).reshape(m, nb * lanes)[:, :w]
@@ -570,15 +617,22 @@ class DpfEvaluator:
     def _t_term(self, cw: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """sum_k t_k(x) CW_k over the kept keys idx, for every leaf (exact float64 matmuls).
 
-        Runs over contiguous slices of the cache; keys left out get a zero CW instead.
+        Runs over contiguous slices of the cache, split between the pool's threads; keys left
+        out get a zero CW instead.
         """
         k = self.leaves.shape[0]
         if len(idx) < k:
             kept = np.zeros((k, 1), dtype=cw.dtype)
             kept[idx] = 1
             cw = cw * kept
-        total = np.zeros((self.domain_size, cw.shape[1]), dtype=self.ring)
         step = max(1, (1 << 22) // self.domain_size)  # ~32 MB of float64 bits per matmul
-        for lo in range(0, k, step):
-            total += _bits_matmul(self.t[lo:lo + step], cw[lo:lo + step])
-        return total
+        starts = list(range(0, k, step))
+
+        def work(mine: list[int]) -> np.ndarray:
+            total = np.zeros((self.domain_size, cw.shape[1]), dtype=self.ring)
+            for lo in mine:
+                total += _bits_matmul(self.t[lo:lo + step], cw[lo:lo + step])
+            return total
+
+        parts = parallel_map(work, [starts[i::prg.N_THREADS] for i in range(prg.N_THREADS) if starts[i::prg.N_THREADS]])
+        return sum(parts[1:], parts[0])

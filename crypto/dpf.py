@@ -453,8 +453,8 @@ def store_leaves(nodes: np.ndarray, leaves: np.ndarray, bits: np.ndarray) -> Non
     """Expansion output [m, k, 2] -> key-major leaves [k, m, 2] and control bits [k, m] of the cache."""
     m = nodes.shape[0]
     src, dst = nodes.view(np.complex128)[:, :, 0], leaves.view(np.complex128)[:, :, 0]
-    for x in range(0, m, 32):  # transposed tile by tile, while the tile is in cache
-        dst[:, x:x + 32] = src[x:x + 32].T  # 16-byte moves
+    for x in range(0, m, 256):  # transposed tile by tile, while the tile is in cache
+        dst[:, x:x + 256] = src[x:x + 256].T  # 16-byte moves
     np.bitwise_and(leaves.view(np.uint8)[:, :, 0], 1, out=bits)  # t: the lowest bit of each leaf
 
 
@@ -466,14 +466,12 @@ class DpfEvaluator:
     for not re-expanding the trees in the aggregation phase.
     """
 
-    def __init__(self, party: int, domain_size: int, ring_dtype, chunk_keys: int = 512,
-                 expand_chunk_keys: int = 128) -> None:
+    def __init__(self, party: int, domain_size: int, ring_dtype, expand_chunk_keys: int = 128) -> None:
         if party not in (0, 1):
             raise ValueError("party must be 0 or 1")
         self.party = party
         self.domain_size = domain_size
         self.ring = _ring(ring_dtype)
-        self.chunk_keys = chunk_keys
         self.expand_chunk_keys = expand_chunk_keys  # small batches keep each tree level in cache
         self.group_blocks = 1 << 18  # leaf blocks per aggregation AES call
         self.leaves: np.ndarray | None = None

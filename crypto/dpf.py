@@ -520,15 +520,22 @@ class DpfEvaluator:
         Eval(k, x) = (-1)^b [Convert(s_x) + t_x CW^(n+1)] with a width-1 Convert: the first ring
         lane of AES_K(s) + s. The t bit is the lowest bit of that lane.
         """
-        raw = _scratch(nodes.size + 2)
-        prg.aes_into(prg.convert_label(RETRIEVE_DOMAIN, 0), nodes, raw)
         lanes = 16 // self.ring.itemsize
         m, k = nodes.shape[:2]
-        seed = nodes.view(self.ring).reshape(m, k, lanes)[:, :, 0]
-        e = np.add(raw[:nodes.size].view(self.ring).reshape(m, k, lanes)[:, :, 0], seed)  # AES(s) + s: [m, k]
-        t_cw = np.bitwise_and(seed, 1)
-        np.multiply(t_cw, cw_out, out=t_cw)
-        e += t_cw
+        label = prg.convert_label(RETRIEVE_DOMAIN, 0)
+        rows = max(1, (1 << 16) // k)  # ~1 MB of AES output per call: it is read back from L2
+        raw = _scratch(rows * k * 2 + 2)
+        e = np.empty((m, k), dtype=self.ring)
+        t_cw = np.empty((rows, k), dtype=self.ring)
+        for x in range(0, m, rows):  # tile by tile, so the AES output and the seeds are read back from cache
+            part = nodes[x:x + rows]
+            out, tile = e[x:x + rows], t_cw[:len(part)]
+            prg.aes_into(label, part, raw)
+            seed = part.view(self.ring).reshape(-1, k, lanes)[:, :, 0]
+            np.add(raw[:part.size].view(self.ring).reshape(-1, k, lanes)[:, :, 0], seed, out=out)  # AES(s) + s
+            np.bitwise_and(seed, 1, out=tile)
+            np.multiply(tile, cw_out, out=tile)
+            out += tile  # + t CW^(n+1)
         return _signed(table_by_leaf.left_multiply(e.T), self.party)
 
     def eval_full(self, keys: DpfKeyBatch, domain: int = RETRIEVE_DOMAIN) -> np.ndarray:

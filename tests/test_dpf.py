@@ -86,6 +86,28 @@ def test_convert_eval_on_cached_paths_equals_fresh_full_keys(m, k, width, ring, 
     assert np.array_equal(fresh, expected)
 
 
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(9000, 40000), chunk=st.integers(1, 7), ring=RINGS, seed=st.integers(0, 2**32))
+def test_retrieval_and_aggregation_across_chunks_tiles_and_groups(m, chunk, ring, seed):
+    """Many key chunks, several retrieval tiles per chunk and several aggregation groups per thread
+    give the same shares as the definition (the paths a round of 100 users takes)."""
+    rng = np.random.default_rng(seed)
+    k = 17
+    alphas = rng.integers(0, m, size=k)
+    keep = rng.random(k) < 0.6
+    k0, k1, state = dpf.gen(alphas, np.ones((k, 1), dtype=ring), m)
+    table = _rand_ring(rng, (m, 3), ring)
+    evs = [dpf.DpfEvaluator(p, m, ring, expand_chunk_keys=chunk) for p in (0, 1)]
+    for ev in evs:
+        ev.group_blocks = 2 * m  # two keys per aggregation group
+    assert np.array_equal(evs[0].retrieve(k0, table) + evs[1].retrieve(k1, table), table[alphas])
+    betas = _rand_ring(rng, (k, 4), ring)
+    cw = dpf.convert_gen(state, betas, dpf.AGGREGATE_DOMAIN)
+    expected = np.zeros((m, 4), dtype=ring)
+    np.add.at(expected, alphas[keep], betas[keep])
+    assert np.array_equal(evs[0].aggregate(cw, keep) + evs[1].aggregate(cw, keep), expected)
+
+
 @given(m=st.integers(2, 2**20), a=st.integers(0, 2**20), b=st.integers(0, 2**20))
 @settings(max_examples=30, deadline=None)
 def test_key_size_does_not_depend_on_the_point(m, a, b):

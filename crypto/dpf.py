@@ -266,7 +266,7 @@ def parallel_map(fn, items) -> list:
 
     BLAS runs single-threaded meanwhile: each pool thread already owns a core, and a
     multi-threaded OpenBLAS call beside another busy thread oversubscribes the cores
-    (its spinning threads made fused retrieval 3x slower here).
+    (its spinning threads made fused retrieval 2x slower here).
     """
     with _blas().limit(limits=1, user_api="blas"):
         return list(_worker_pool().map(fn, items))

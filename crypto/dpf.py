@@ -272,6 +272,11 @@ def parallel_map(fn, items) -> list:
         return list(_worker_pool().map(fn, items))
 
 
+def per_thread(items: list) -> list[list]:
+    """items dealt round-robin into one non-empty share per pool thread (fewer if items are few)."""
+    return [share for share in (items[i::prg.N_THREADS] for i in range(prg.N_THREADS)) if share]
+
+
 def _scratch(n_words: int) -> np.ndarray:
     """This thread's reusable uint64 buffer of at least n_words (fresh large arrays cost page faults)."""
     buf = getattr(_expand_tls, "scratch", None)
@@ -609,9 +614,8 @@ class DpfEvaluator:
                     acc[b] += ring.sum(axis=0, dtype=self.ring) if g > 1 else ring[0]
             return acc
 
-        per_thread = [groups[i::prg.N_THREADS] for i in range(prg.N_THREADS)]
         acc = np.zeros((nb + 1, m * lanes), dtype=self.ring)
-        for part in parallel_map(work, [p for p in per_thread if p]):
+        for part in parallel_map(work, per_thread(groups)):
             acc += part
         acc = acc[:nb] + acc[nb]  # the feed-forward + s_k, the same for every block
         total = np.ascontiguousarray(acc.reshape(nb, m, lanes).transpose(1, 0, 2)).reshape(m, nb * lanes)[:, :w]
@@ -631,7 +635,6 @@ class DpfEvaluator:
             kept[idx] = 1
             cw = cw * kept
         step = max(1, (1 << 22) // self.domain_size)  # ~32 MB of float64 bits per matmul
-        starts = list(range(0, k, step))
 
         def work(mine: list[int]) -> np.ndarray:
             total = np.zeros((self.domain_size, cw.shape[1]), dtype=self.ring)
@@ -639,5 +642,5 @@ class DpfEvaluator:
                 total += _bits_matmul(self.t[lo:lo + step], cw[lo:lo + step])
             return total
 
-        parts = parallel_map(work, [starts[i::prg.N_THREADS] for i in range(prg.N_THREADS) if starts[i::prg.N_THREADS]])
+        parts = parallel_map(work, per_thread(list(range(0, k, step))))
         return sum(parts[1:], parts[0])

@@ -93,7 +93,7 @@ def test_fedmf_is_lossless_against_distributed_mf_small_setting(tmp_path_factory
 
 def test_fedmf_is_lossless_on_ml_latest_small_with_2048_bit_keys(tmp_path_factory):
     common = ["dataset=ml_latest_small", "dataset.max_items=60", "dataset.max_users=40", "dataset.split=last_k",
-              "model=mf", "model.dim=10", "clients_per_round=20", "rounds=4", "train.eval_every=2"]
+              "model=mf", "model.dim=10", "clients_per_round=20", "rounds=2", "train.eval_every=1"]
     plain = run_sim(tmp_path_factory.mktemp("dmf"), common + ["strategy=distributed_mf", "strategy.mode=parttext"])[0]
     secure = run_sim(tmp_path_factory.mktemp("fedmf"), common + ["strategy=fedmf", "strategy.mode=parttext",
                                                                  "strategy.key_bits=2048"])[0]

@@ -624,23 +624,28 @@ class DpfEvaluator:
         return _signed(out, self.party)
 
     def _t_term(self, cw: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """sum_k t_k(x) CW_k over the kept keys idx, for every leaf (exact float64 matmuls).
-
-        Runs over contiguous slices of the cache, split between the pool's threads; keys left
-        out get a zero CW instead.
-        """
+        """sum_k t_k(x) CW_k over the kept keys idx, for every leaf; keys left out get a zero CW."""
         k = self.leaves.shape[0]
         if len(idx) < k:
             kept = np.zeros((k, 1), dtype=cw.dtype)
             kept[idx] = 1
             cw = cw * kept
-        step = max(1, (1 << 22) // self.domain_size)  # ~32 MB of float64 bits per matmul
+        return bits_times_rows(self.t, cw)
 
-        def work(mine: list[int]) -> np.ndarray:
-            total = np.zeros((self.domain_size, cw.shape[1]), dtype=self.ring)
-            for lo in mine:
-                total += _bits_matmul(self.t[lo:lo + step], cw[lo:lo + step])
-            return total
 
-        parts = parallel_map(work, per_thread(list(range(0, k, step))))
-        return sum(parts[1:], parts[0])
+def bits_times_rows(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
+    """t^T @ cw mod 2^k for control bits t uint8 [K, m] and ring rows cw [K, w]: ring [m, w].
+
+    Exact float64 matmuls over contiguous slices of keys, split between the pool's threads.
+    """
+    k, m = t.shape
+    step = max(1, (1 << 22) // m)  # ~32 MB of float64 bits per matmul
+
+    def work(mine: list[int]) -> np.ndarray:
+        total = np.zeros((m, cw.shape[1]), dtype=cw.dtype)
+        for lo in mine:
+            total += _bits_matmul(t[lo:lo + step], cw[lo:lo + step])
+        return total
+
+    parts = parallel_map(work, per_thread(list(range(0, k, step))))
+    return sum(parts[1:], parts[0])

@@ -454,6 +454,24 @@ def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
     return out.astype(cw.dtype)
 
 
+def bits_times_rows(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
+    """t^T @ cw mod 2^k for control bits t uint8 [K, m] and ring rows cw [K, w]: ring [m, w].
+
+    Exact float64 matmuls over contiguous slices of keys, split between the pool's threads.
+    """
+    k, m = t.shape
+    step = max(1, (1 << 22) // m)  # ~32 MB of float64 bits per matmul
+
+    def work(mine: list[int]) -> np.ndarray:
+        total = np.zeros((m, cw.shape[1]), dtype=cw.dtype)
+        for lo in mine:
+            total += _bits_matmul(t[lo:lo + step], cw[lo:lo + step])
+        return total
+
+    parts = parallel_map(work, per_thread(list(range(0, k, step))))
+    return sum(parts[1:], parts[0])
+
+
 def store_leaves(nodes: np.ndarray, leaves: np.ndarray, bits: np.ndarray) -> None:
     """Expansion output [m, k, 2] -> key-major leaves [k, m, 2] and control bits [k, m] of the cache."""
     m = nodes.shape[0]
@@ -632,20 +650,3 @@ class DpfEvaluator:
             cw = cw * kept
         return bits_times_rows(self.t, cw)
 
-
-def bits_times_rows(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
-    """t^T @ cw mod 2^k for control bits t uint8 [K, m] and ring rows cw [K, w]: ring [m, w].
-
-    Exact float64 matmuls over contiguous slices of keys, split between the pool's threads.
-    """
-    k, m = t.shape
-    step = max(1, (1 << 22) // m)  # ~32 MB of float64 bits per matmul
-
-    def work(mine: list[int]) -> np.ndarray:
-        total = np.zeros((m, cw.shape[1]), dtype=cw.dtype)
-        for lo in mine:
-            total += _bits_matmul(t[lo:lo + step], cw[lo:lo + step])
-        return total
-
-    parts = parallel_map(work, per_thread(list(range(0, k, step))))
-    return sum(parts[1:], parts[0])

@@ -63,6 +63,18 @@ def test_ring_matmul_is_exact_mod_2_pow_k(rows, k, w, ring, top_bits, extreme, s
     assert np.array_equal(dpf.ring_matmul(np.asfortranarray(a), b).astype(object), expected)  # transposed layout
 
 
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1 << 16, 1 << 19), k=st.integers(1, 48), w=st.integers(1, 4), ring=RINGS,
+       all_ones=st.booleans(), seed=st.integers(0, 2**32))
+def test_bits_times_rows_is_exact_mod_2_pow_k(m, k, w, ring, all_ones, seed):
+    """sum_k t_k(x) CW_k over several float64 slices and both pool threads equals the integer product mod 2^k."""
+    rng = np.random.default_rng(seed)
+    t = np.ones((k, m), np.uint8) if all_ones else rng.integers(0, 2, (k, m), dtype=np.uint8)
+    cw = np.full((k, w), np.iinfo(ring).max, ring) if all_ones else _rand_ring(rng, (k, w), ring)
+    expected = t.T.astype(ring) @ cw  # numpy's integer matmul wraps mod 2^k
+    assert np.array_equal(dpf.bits_times_rows(t, cw), expected)
+
+
 @settings(max_examples=20, deadline=None)
 @given(m=st.integers(2, 3000), k=st.integers(1, 12), width=st.integers(1, 66), ring=RINGS, seed=st.integers(0, 2**32))
 def test_convert_eval_on_cached_paths_equals_fresh_full_keys(m, k, width, ring, seed):

@@ -28,6 +28,7 @@ from schemas import secfedrec as SF
 from strategies.exchange import content_nbytes
 
 MIB = 1024 * 1024
+CODEC = FixedPointCodec(16, 300.0)  # 16 fraction bits as in conf/strategy/secemb.yaml; 300 bounds the random values
 DATASETS = {  # items, m', (l_x, l_y), NCF d
     "ML100K": (1682, 200, (84, 19), 16), "ML1M": (3883, 300, (30, 18), 16), "ML10M": (10681, 300, (0, 20), 24),
     "ML25M": (62423, 500, (0, 20), 24), "Yelp": (93386, 500, (0, 16), 20),
@@ -71,7 +72,6 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
     m, m_prime, _, _ = DATASETS[ds]
     spec = spec_for(model, ds)
     ring = np.uint32
-    codec = FixedPointCodec(16, 300.0)
     _sk1, pub1 = generate_keypair()
     rng = np.random.default_rng(0)
     items = rng.choice(m, m_prime, replace=False)
@@ -81,7 +81,7 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
         t = time.perf_counter()
         full = np.zeros((m, spec.row_dim))
         full[items] = grads
-        s0, s1 = share(codec.to_ring(np.concatenate([full.reshape(-1), dense]), ring))
+        s0, s1 = share(CODEC.to_ring(np.concatenate([full.reshape(-1), dense]), ring))
         gen_ms = (time.perf_counter() - t) * 1e3
         box = seal(pub1, SF.sealed_share_bytes(s1), b"ctx")
         up = SF.update_reply(s0, box, 0.1, 10, 0.1)
@@ -90,8 +90,8 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
         return content_nbytes(up), content_nbytes(down), gen_ms
     t = time.perf_counter()
     k0, k1, state = dpf.gen(items, np.ones((m_prime, 1), ring), m)
-    betas = codec.to_ring(grads, ring)
-    d0, d1 = share(codec.to_ring(dense, ring))
+    betas = CODEC.to_ring(grads, ring)
+    d0, d1 = share(CODEC.to_ring(dense, ring))
     if variant == "secemb":
         payload = dpf.convert_gen(state, betas, dpf.AGGREGATE_DOMAIN)
     elif variant == "rowenc":
@@ -198,6 +198,11 @@ def _server_blocks(users: int, variant: str, m: int, m_prime: int, width: int, r
     return blocks + _tree_blocks(keys * width, m) + keys * width * m * prg.blocks_for(1, ring)
 
 
+def _embedding_table(rng: np.random.Generator, m: int, width: int, ring) -> np.ndarray:
+    """A public item table as server 0 holds it: random embeddings in the clients' fixed-point codec."""
+    return CODEC.to_ring(rng.normal(0, 0.1, (m, width)), ring)
+
+
 def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: int = 300, width: int = 65,
                  rounds: int = 3) -> tuple[float, float, int]:
     """Seconds of both servers' retrieval and aggregation (run one after the other), each the best
@@ -208,7 +213,7 @@ def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: in
 
     ring = np.uint32
     inputs = _server_inputs(users, variant, m, m_prime, width, ring)
-    table = (np.random.default_rng(1).normal(0, 0.1, (m, width)) * 2**16).astype(np.int64).astype(ring)
+    table = _embedding_table(np.random.default_rng(1), m, width, ring)
     retrieve_s = aggregate_s = 0.0
     for party in (0, 1):
         p = SecEmbParty(party, m, ring)
@@ -244,7 +249,7 @@ def exact_products_seconds(users: int, m: int = 3883, m_prime: int = 300, width:
     the same float64 routines and pool split as a server (best of ``rounds``)."""
     ring, keys, chunk = np.uint32, users * m_prime, 128
     rng = np.random.default_rng(2)
-    table = dpf.RingRhs((rng.normal(0, 0.1, (m, width)) * 2**16).astype(np.int64).astype(ring))
+    table = dpf.RingRhs(_embedding_table(rng, m, width, ring))
     e = rng.integers(0, 2**32, (-(-keys // chunk), m, chunk), dtype=np.uint32)  # node-major, as expanded
     t = rng.integers(0, 2, (keys, m), dtype=np.uint8)
     cw = rng.integers(0, 2**32, (keys, width), dtype=np.uint32)
@@ -282,11 +287,11 @@ def table_server(user_counts: list[int], variants: list[str]) -> None:
             both = ret + agg
             bound = blocks / rate
             ratio = f"{both / bound:5.2f}" if bound else "  -  "
-            floor = f"{both / (bound + products):5.2f}" if variant == "secemb" else "  -  "
+            ratio_products = f"{both / (bound + products):5.2f}" if variant == "secemb" else "  -  "
             paper = PAPER_SERVER_MIN.get(users) if variant == "secemb" else None
             print(f"{variant:10} {users:5d} | {ret:11.3f} | {agg:13.3f} | {both:14.3f} | {blocks / 1e9:14.2f} |"
                   f" {min(before, after) / 1e6:7.0f}-{rate / 1e6:<9.0f} | {bound:11.2f} | {ratio} |"
-                  f" {products:16.2f} | {floor} | {paper * 60 if paper else float('nan'):7.1f}", flush=True)
+                  f" {products:16.2f} | {ratio_products} | {paper * 60 if paper else float('nan'):7.1f}", flush=True)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ pass: 2 CPUs, no dashboard, the driver's ``sys.path`` as the workers'
 PYTHONPATH) and keeps Flower's end-of-run ``ray.shutdown()`` from stopping
 it; Flower still creates and kills its own actor pool in every run, so no
 client state crosses simulations. Sharing a cluster across tests is what
-Ray's own testing guide recommends.
+Ray's own testing guide recommends ("Tips for testing Ray programs", tip 2).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class RecordingGrid(Grid):
         return replies
 
 
+RAY_INIT_ARGS = {"num_cpus": 2, "include_dashboard": False}  # what every run's backend_config asks Ray for
 _ray_shutdown = ray.shutdown
 
 
@@ -88,7 +89,7 @@ def _shared_ray() -> None:
     if ray.is_initialized():
         return
     pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(**RAY_INIT_ARGS, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     atexit.register(_ray_shutdown)
 
 
@@ -114,7 +115,7 @@ def run_sim(tmp_path: Path, overrides: list[str], client_mods: list | None = Non
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server, client_app=client, num_supernodes=meta.n_users,
                        backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 2, "include_dashboard": False}})
+                                       "init_args": RAY_INIT_ARGS})
     path = tmp_path / "results.json"
     if not path.exists():
         raise AssertionError("the simulation wrote no results.json (the ServerApp failed; see the log)")

@@ -440,27 +440,31 @@ def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return RingRhs(b).left_multiply(a)
 
 
-def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
-    """t^T @ cw mod 2^k for binary t [K, m] and ring cw [K, w]: one float64 matmul per 32-bit limb.
+BITS_MATMUL_MAX_KEYS = 1 << 20  # a sum of 2^20 products of a bit and a 32-bit limb stays below 2^53
 
-    A sum of at most 2^20 products of a bit and a 32-bit limb stays below 2^53, so it is exact.
+
+def _bits_matmul(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
+    """t^T @ cw mod 2^k for binary t [K, m] and ring cw [K, w], K <= 2^20: one float64 matmul per 32-bit limb.
+
+    With at most 2^20 keys every partial sum stays below 2^53, so the float64 product is exact.
     """
+    if t.shape[0] > BITS_MATMUL_MAX_KEYS:
+        raise ValueError(f"an exact bits x ring matmul takes at most 2^20 keys, got {t.shape[0]}")
     out = np.zeros((t.shape[1], cw.shape[1]), dtype=np.uint64)
-    step = 1 << 20
-    for lo in range(0, t.shape[0], step):
-        tf = t[lo:lo + step].astype(np.float64)
-        for j, limb in enumerate(_limbs(cw[lo:lo + step], 32)):
-            out += (tf.T @ limb).astype(np.uint64) << np.uint64(32 * j)
+    tf = t.astype(np.float64)
+    for j, limb in enumerate(_limbs(cw, 32)):
+        out += (tf.T @ limb).astype(np.uint64) << np.uint64(32 * j)
     return out.astype(cw.dtype)
 
 
 def bits_times_rows(t: np.ndarray, cw: np.ndarray) -> np.ndarray:
     """t^T @ cw mod 2^k for control bits t uint8 [K, m] and ring rows cw [K, w]: ring [m, w].
 
-    Exact float64 matmuls over contiguous slices of keys, split between the pool's threads.
+    Exact float64 matmuls over contiguous slices of keys (~32 MB of float64 bits each, and never
+    more keys than keep the sums exact), split between the pool's threads.
     """
     k, m = t.shape
-    step = max(1, (1 << 22) // m)  # ~32 MB of float64 bits per matmul
+    step = min(BITS_MATMUL_MAX_KEYS, max(1, (1 << 22) // m))
 
     def work(mine: list[int]) -> np.ndarray:
         total = np.zeros((m, cw.shape[1]), dtype=cw.dtype)

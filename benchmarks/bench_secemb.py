@@ -8,12 +8,14 @@ and Secure FedRec, at the item counts of ML100K, ML1M, ML10M, ML25M and Yelp
 2 m' [(lambda + 1 + (lambda+2) n + 32) + 32 d] bits is printed beside.
 
     python -m benchmarks.bench_secemb --tables bytes,usertime,server --server-users 100,200
+    python -m benchmarks.bench_secemb --tables floor --server-users 100   # one server's non-AES costs
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -294,6 +296,67 @@ def table_server(user_counts: list[int], variants: list[str]) -> None:
                   f" {products:16.2f} | {ratio_products} | {paper * 60 if paper else float('nan'):7.1f}", flush=True)
 
 
+def _best_seconds(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) -> None:
+    """Where one server's SecEmb round goes besides AES (server 0, ML1M sizes, best of 3 warm runs).
+
+    Retrieval is split into the tree expansion (and the AES it needs, timed alone on buffers of
+    the same size), the leaf-cache store and the exact product; aggregation's per-block cost is
+    AES alone against AES plus the sum over keys, on one group of keys of the real shape.
+    """
+    ring = np.uint32
+    per_user = _server_inputs(users, "secemb", m, m_prime, width, ring)["keys"][0]
+    keys = dpf.DpfKeyBatch.concatenate(list(per_user.values()))
+    table = _embedding_table(np.random.default_rng(1), m, width, ring)
+    ev = dpf.DpfEvaluator(0, m, ring)
+    step = ev.expand_chunk_keys
+    chunks = [keys.select(slice(lo, lo + step)) for lo in range(0, keys.n_keys, step)]
+    tree_in = np.frombuffer(os.urandom(_tree_blocks(step, m) * prg.BLOCK // 2), np.uint64)
+
+    def tree_aes(_chunk: int) -> None:
+        out = dpf._scratch(tree_in.size * 2 + 2)  # the pool thread's own buffer
+        prg.aes_into(prg.TREE_LEFT, tree_in, out)
+        prg.aes_into(prg.TREE_RIGHT, tree_in, out[tree_in.size:])
+
+    rhs = dpf.RingRhs(table[dpf._leaf_order(m)])
+    e = np.random.default_rng(2).integers(0, 2**32, (m, step), dtype=np.uint32)
+    ev.retrieve(keys, table)  # warm the reused buffers
+    rows = [("retrieval, whole", _best_seconds(lambda: ev.retrieve(keys, table))),
+            ("tree expansion + leaf cache", _best_seconds(lambda: ev.expand(keys))),
+            ("tree expansion", _best_seconds(lambda: dpf.parallel_map(dpf.expand_leaves, chunks))),
+            ("  its AES alone", _best_seconds(lambda: dpf.parallel_map(tree_aes, range(len(chunks))))),
+            ("retrieval product", _best_seconds(lambda: dpf.parallel_map(lambda _: rhs.left_multiply(e.T),
+                                                                          range(len(chunks)))))]
+    print(f"\nOne server's retrieval, {users} users at ML1M sizes, {prg.N_THREADS} threads (best of 3 warm runs)")
+    for name, sec in rows:
+        print(f"  {name:30} {sec:7.3f} s")
+    group = max(1, ev.group_blocks // m)
+    src = np.frombuffer(os.urandom(group * m * prg.BLOCK), np.uint64).reshape(group, m, 2)
+    out = np.empty(src.size + 2, np.uint64)
+    acc = np.zeros(m * prg.BLOCK // np.dtype(ring).itemsize, ring)
+    label = prg.convert_label(dpf.AGGREGATE_DOMAIN, 0)
+
+    def aes_only() -> None:
+        prg.aes_into(label, src, out)
+
+    def aes_and_sum() -> None:
+        prg.aes_into(label, src, out)
+        np.add(acc, out[:src.size].view(ring).reshape(group, -1).sum(axis=0, dtype=ring), out=acc)
+
+    print(f"Aggregation Convert, one thread, {group} keys x {m} leaves per AES call: ns per block")
+    for name, fn in (("AES alone", aes_only), ("AES + sum over keys", aes_and_sum)):
+        sec = _best_seconds(lambda: [fn() for _ in range(10)])
+        print(f"  {name:30} {sec / (10 * group * m) * 1e9:7.2f} ns")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tables", default="bytes,usertime,server")
@@ -307,6 +370,8 @@ def main() -> None:
         table_bytes(models)
     if "usertime" in tables:
         table_user_time(models)
+    if "floor" in tables:
+        table_floor(int(args.server_users.split(",")[0]))
     if "server" in tables:
         table_server([int(u) for u in args.server_users.split(",")], args.server_variants.split(","))
 

@@ -51,16 +51,19 @@ def test_secemb_m_prime_comes_from_the_secure_count_sum(tmp_path_factory):
     assert res["final"]["m_prime"] == math.ceil(sum(counts) / len(counts))
 
 
-@pytest.mark.parametrize("model", ["mf", "ncf", "fm", "deepfm"])
+@pytest.mark.parametrize("model", ["mf", "deepfm"])
 def test_secfedrec_is_lossless_against_plaintext(tmp_path_factory, model):
-    rounds = "rounds=20" if model == "mf" else "rounds=2"
-    every = "train.eval_every=5" if model == "mf" else "train.eval_every=1"
-    plain = _run(tmp_path_factory, "strategy=plaintext", f"model={model}", rounds, every)
-    secure = _run(tmp_path_factory, "strategy=secfedrec", f"model={model}", rounds, every)
+    """20 rounds for MF and DeepFM, as for SecEmb. The protocol shares one flat vector (full row
+    gradients, then the dense ones) whatever the model, so NCF and FM add nothing it does not run here."""
+    common = [f"model={model}", "rounds=20", "train.eval_every=5"]
+    plain = _run(tmp_path_factory, "strategy=plaintext", *common)
+    secure = _run(tmp_path_factory, "strategy=secfedrec", *common)
+    assert [r["clients"] for r in secure["records"]] == [r["clients"] for r in plain["records"]]
     for a, b in zip(_rmses(plain), _rmses(secure)):
         assert abs(a - b) <= 1e-4, (a, b)
+    assert _rmses(secure)[-1] < _rmses(secure)[0]
     # full-size shares: one in the clear for server 0 and one sealed for server 1, each m x row_dim ring words
-    row_dim = {"mf": 9, "ncf": 17, "fm": 9, "deepfm": 9}[model]
+    row_dim = {"mf": 9, "deepfm": 9}[model]
     assert secure["records"][0]["bytes_up_per_client"] > 2 * 40 * row_dim * 4
 
 

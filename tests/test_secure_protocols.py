@@ -54,7 +54,7 @@ def test_secemb_m_prime_comes_from_the_secure_count_sum(tmp_path_factory):
 @pytest.mark.parametrize("model", ["mf", "deepfm"])
 def test_secfedrec_is_lossless_against_plaintext(tmp_path_factory, model):
     """20 rounds for MF and DeepFM, as for SecEmb. The protocol shares one flat vector (full row
-    gradients, then the dense ones) whatever the model, so NCF and FM add nothing it does not run here."""
+    gradients, then the dense ones) for every model, so NCF and FM would change only its length."""
     common = [f"model={model}", "rounds=20", "train.eval_every=5"]
     plain = _run(tmp_path_factory, "strategy=plaintext", *common)
     secure = _run(tmp_path_factory, "strategy=secfedrec", *common)

@@ -243,6 +243,16 @@ def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: in
     return retrieve_s, aggregate_s, 2 * _server_blocks(users, variant, m, m_prime, width, ring)
 
 
+def _best_seconds(fn, repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls (other jobs on this VM slow single runs)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def exact_products_seconds(users: int, m: int = 3883, m_prime: int = 300, width: int = 65, rounds: int = 2
                            ) -> float:
     """Seconds both servers spend, at least, in the two exact ring products of a SecEmb round that
@@ -255,13 +265,12 @@ def exact_products_seconds(users: int, m: int = 3883, m_prime: int = 300, width:
     e = rng.integers(0, 2**32, (-(-keys // chunk), m, chunk), dtype=np.uint32)  # node-major, as expanded
     t = rng.integers(0, 2, (keys, m), dtype=np.uint8)
     cw = rng.integers(0, 2**32, (keys, width), dtype=np.uint32)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
+
+    def both_products() -> None:
         dpf.parallel_map(lambda part: table.left_multiply(part.T), list(e))
         dpf.bits_times_rows(t, cw)
-        best = min(best, time.perf_counter() - start)
-    return 2 * best
+
+    return 2 * _best_seconds(both_products, rounds)
 
 
 def aes_rate() -> float:
@@ -294,15 +303,6 @@ def table_server(user_counts: list[int], variants: list[str]) -> None:
             print(f"{variant:10} {users:5d} | {ret:11.3f} | {agg:13.3f} | {both:14.3f} | {blocks / 1e9:14.2f} |"
                   f" {min(before, after) / 1e6:7.0f}-{rate / 1e6:<9.0f} | {bound:11.2f} | {ratio} |"
                   f" {products:16.2f} | {ratio_products} | {paper * 60 if paper else float('nan'):7.1f}", flush=True)
-
-
-def _best_seconds(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) -> None:

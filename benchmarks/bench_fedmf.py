@@ -33,11 +33,11 @@ import time
 import numpy as np
 from phe import paillier
 
-from clients.fedmf_math import MFHyper, init_item_matrix, init_user_vector, user_step
+from models.fedmf_mf import MFHyper, init_item_matrix, init_user_vector, user_step
 from crypto.fixed_point import FixedPointCodec
 from crypto.packed_matrix import PackedMatrixCrypto
 from crypto.paillier import PackingCodec, generate_keypair
-from simulations.data_sources import load_ratings, split_users
+from recdata import load_ratings, split_users
 
 PAPER = {40: (34.39, 90.94), 50: (44.05, 113.34), 60: (46.34, 141.52), 80: (52.91, 182.27), 160: (92.81, 374.85),
          320: (140.51, 725.72), 640: (178.24, 1479.40), 1280: (264.10, 2919.91), 2560: (334.79, 5786.01)}

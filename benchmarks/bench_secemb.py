@@ -211,7 +211,7 @@ def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: in
     of ``rounds`` - 1 rounds after a first one that warms the reused buffers (as a running server's
     are; best-of as for the AES rate, since other jobs on this VM slow single runs), and the AES
     blocks both servers need."""
-    from strategies.secemb_party import SecEmbParty
+    from twoserver.party import SecEmbParty
 
     ring = np.uint32
     inputs = _server_inputs(users, variant, m, m_prime, width, ring)

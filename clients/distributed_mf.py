@@ -9,7 +9,7 @@ from flwr.app import Context, RecordDict
 from clients.environment import ClientEnv
 from clients.fedmf_common import (hyper, load_user_vector, rated_items, save_user_vector, scatter_rows,
                                   upload_items)
-from clients.fedmf_math import squared_error, user_step
+from models.fedmf_mf import squared_error, user_step
 from schemas import common
 from schemas import distributed_mf as schema
 
@@ -33,3 +33,10 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     u = load_user_vector(context, env)
     sse, count = squared_error(u, V[env.user.test_items], env.user.test_ratings.astype(float))
     return common.evaluation_reply(sse, count, time.perf_counter() - start)
+
+
+# This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.
+HANDLERS = {
+    schema.UPDATE: on_update,
+    schema.EVALUATE: on_evaluate,
+}

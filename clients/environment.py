@@ -15,8 +15,9 @@ import numpy as np
 from flwr.app import Context
 
 from models.spec import ModelSpec
-from simulations.data_sources import UserData
-from simulations.dataset import load_split
+from schemas.config import model_spec
+from recdata import UserData
+from recdata.dataset import load_split
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,6 @@ class ClientEnv:
     @property
     def seed(self) -> int:
         return int(self.cfg["seed"])
-
-
-def model_spec(cfg: dict[str, Any], n_user_features: int, n_item_features: int) -> ModelSpec:
-    m = cfg["model"]
-    return ModelSpec(name=m["name"], dim=int(m["dim"]), n_user_features=n_user_features,
-                     n_item_features=n_item_features, init_std=float(m["init_std"]))
 
 
 def client_env(cfg: dict[str, Any], context: Context) -> ClientEnv:

@@ -26,3 +26,9 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     sse, count = evaluate_locally(env.spec, table, dense, private["params"], env.user.test_items,
                                   env.user.test_ratings, env.user.user_features, env.item_features)
     return common.evaluation_reply(sse, count, time.perf_counter() - start)
+
+
+# This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.
+HANDLERS = {
+    common.EVALUATE: on_evaluate,
+}

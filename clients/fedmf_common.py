@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import Context
 
 from clients.environment import ClientEnv
-from clients.fedmf_math import MFHyper, init_user_vector
+from models.fedmf_mf import MFHyper, init_user_vector
 from schemas.validation import array_record
 
 USER_KEY = "mf_user"

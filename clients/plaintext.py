@@ -51,3 +51,10 @@ def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.nda
                            int(env.cfg["train"]["local_user_steps"]))
     save_private(context, result.private)
     return result
+
+
+# This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.
+HANDLERS = {
+    schema.REQUEST: on_request,
+    schema.UPDATE: on_update,
+}

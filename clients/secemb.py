@@ -142,3 +142,11 @@ def _server1_public(context: Context) -> bytes:
 
 def _run_of(context: Context) -> str:
     return context.state[SERVER_INFO]["run"].numpy().tobytes().decode()
+
+
+# This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.
+HANDLERS = {
+    schema.COUNT: on_count,
+    schema.RETRIEVE: on_retrieve,
+    schema.UPLOAD: on_upload,
+}

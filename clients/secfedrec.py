@@ -31,3 +31,9 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     s0, s1 = share(codec.to_ring(clip_to_bound(flat, codec, "gradient"), ring))
     box = seal(pub, schema.sealed_share_bytes(s1), secemb_schema.context(run, rnd, env.user.user_id, "secfedrec"))
     return schema.update_reply(s0, box, result.loss, result.n_ratings, time.perf_counter() - start)
+
+
+# This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.
+HANDLERS = {
+    schema.UPDATE: on_update,
+}

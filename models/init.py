@@ -12,17 +12,21 @@ import torch
 from models.recommenders import build_model
 from models.spec import ModelSpec
 
+# Seed-sequence salts: the server's item-side draws and each user's private draws never share a stream.
+ITEM_SALT = 0x17E3
+USER_SALT = 0x05E2
+
 
 def init_item_table(spec: ModelSpec, n_items: int, seed: int) -> np.ndarray:
     """Embeddings ~ N(0, init_std), biases 0."""
-    rng = np.random.default_rng([seed, 0x17E3])
+    rng = np.random.default_rng([seed, ITEM_SALT])
     table = rng.normal(0.0, spec.init_std, size=(n_items, spec.row_dim)).astype(np.float32)
     table[:, -1] = 0.0
     return table
 
 
 def init_private(spec: ModelSpec, user_id: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 0x05E2, user_id])
+    rng = np.random.default_rng([seed, USER_SALT, user_id])
     user = rng.normal(0.0, spec.init_std, size=spec.private_size).astype(np.float32)
     user[-1] = 0.0
     return user

@@ -234,14 +234,3 @@ def parse_sealed_fresh_upload(raw: bytes, n_items: int, meta: Mapping[str, Any],
     keys = keys_from_arrays(arrays, "k1_", 1, n_items, width, ring, n_keys)
     share = check_ring_matrix(arrays.get("share", np.zeros(0)), (int(meta["dense_size"]),), ring, "dense share")
     return keys, share
-
-
-def fresh_aggregate(party, keys: Mapping[int, DpfKeyBatch], width: int, variant: str) -> np.ndarray:
-    """Sum of fresh full keys: row keys (rowenc) or one key per element (init, column-major groups)."""
-    if variant == "rowenc":
-        return party.aggregate_fresh(keys, width)
-    out = np.zeros((party.n_items, width), dtype=party.ring_dtype)
-    for col in range(width):  # a loop over the d+1 columns; each column is one batched evaluation
-        per_col = {u: k.select(np.arange(col, k.n_keys, width)) for u, k in keys.items()}
-        out[:, col] = party.aggregate_fresh(per_col, 1)[:, 0]
-    return out

@@ -8,7 +8,6 @@ binds an already composed config for ``python -m simulations.run``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,37 +15,25 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import distributed_mf, evaluation, fedmf, plaintext, registration, secemb, secfedrec
 from clients.environment import ClientEnv, client_env
-from schemas import common
 
 log = logging.getLogger("secrec.client")
 
-# (category, action) -> "module:function"; each handler is f(content, context, env) -> RecordDict
-HANDLERS: dict[tuple[str, str], str] = {
-    ("query", "register"): "simulations.client_app:_on_register",
-    ("evaluate", "default"): "clients.evaluation:on_evaluate",
-    ("query", "plain_request"): "clients.plaintext:on_request",
-    ("train", "plain_update"): "clients.plaintext:on_update",
-    ("train", "dmf_update"): "clients.distributed_mf:on_update",
-    ("evaluate", "mf"): "clients.distributed_mf:on_evaluate",
-    ("query", "paillier_setup"): "clients.fedmf:on_key_setup",
-    ("query", "paillier_key"): "clients.fedmf:on_key_delivery",
-    ("train", "fedmf_update"): "clients.fedmf:on_update",
-    ("evaluate", "fedmf"): "clients.fedmf:on_evaluate",
-    ("query", "secemb_count"): "clients.secemb:on_count",
-    ("query", "secemb_retrieve"): "clients.secemb:on_retrieve",
-    ("train", "secemb_upload"): "clients.secemb:on_upload",
-    ("train", "secfedrec_update"): "clients.secfedrec:on_update",
-}
+# Each protocol's client module exports HANDLERS keyed by its schema's message types.
+PROTOCOL_CLIENTS = (registration, evaluation, plaintext, distributed_mf, fedmf, secemb, secfedrec)
+Handler = Callable[[RecordDict, Context, ClientEnv], RecordDict]
 
 
-def _on_register(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
-    return common.register_reply(env.user.user_id)
-
-
-def _resolve(target: str) -> Callable[[RecordDict, Context, ClientEnv], RecordDict]:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
+def all_handlers() -> dict[str, Handler]:
+    """message type -> handler, over every protocol; a type claimed twice is a programming error."""
+    table: dict[str, Handler] = {}
+    for module in PROTOCOL_CLIENTS:
+        for message_type, handler in module.HANDLERS.items():
+            if message_type in table:
+                raise RuntimeError(f"message type {message_type!r} has two handlers")
+            table[message_type] = handler
+    return table
 
 
 def make_client_app(cfg: dict[str, Any] | None = None, mods: list | None = None) -> ClientApp:
@@ -64,16 +51,17 @@ def make_client_app(cfg: dict[str, Any] | None = None, mods: list | None = None)
 
         return cfg_from_run_config(dict(context.run_config))
 
-    def bind(target: str) -> Callable[[Message, Context], Message]:
+    def bind(target: Handler) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
             env = client_env(config_of(context), context)
-            return Message(_resolve(target)(msg.content, context, env), reply_to=msg)
+            return Message(target(msg.content, context, env), reply_to=msg)
 
         return handler
 
     decorators = {"query": app.query, "train": app.train, "evaluate": app.evaluate}
-    for (category, action), target in HANDLERS.items():
-        decorators[category](action)(bind(target))
+    for message_type, target in all_handlers().items():
+        category, _, action = message_type.partition(".")
+        decorators[category](action or "default")(bind(target))
     return app
 
 

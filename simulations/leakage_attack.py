@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.fedmf_math import MFHyper
+from models.fedmf_mf import MFHyper
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def attack_error(recovered: dict[int, float], items: np.ndarray, ratings: np.nda
 
 def _simulate_all_users(dim: int, hp: MFHyper, seed: int) -> list[float]:
     """Every ml-latest-small user takes two FedMF steps; attack each from its uploads."""
-    from clients.fedmf_math import init_item_matrix, init_user_vector, user_step
-    from simulations.data_sources import load_ratings, split_users
+    from models.fedmf_mf import init_item_matrix, init_user_vector, user_step
+    from recdata import load_ratings, split_users
 
     split = split_users(load_ratings("ml_latest_small"), method="last_k", k=3, seed=seed)
     V1 = init_item_matrix(split.n_items, dim, seed, 0.1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from strategies.base import DatasetMeta, RecStrategy
+from recdata.dataset import DatasetMeta
+from strategies.base import RecStrategy
 
 STRATEGY_CLASSES = {
     "plaintext": "strategies.plaintext:PlaintextStrategy",

@@ -25,7 +25,7 @@ def simulate(cfg: dict, out_dir: str) -> None:
     from flwr.simulation import run_simulation
 
     from simulations.client_app import make_client_app
-    from simulations.dataset import dataset_meta
+    from recdata.dataset import dataset_meta
     from simulations.server_app import make_server_app
 
     meta = dataset_meta(cfg)

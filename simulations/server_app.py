@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from simulations.config import compose_config, to_container
-from simulations.dataset import dataset_meta
+from recdata.dataset import dataset_meta
 from simulations.registry import build_strategy
 from simulations.results import final_summary, write_results
 

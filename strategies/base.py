@@ -19,13 +19,13 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
+from recdata.dataset import DatasetMeta
 from schemas import common
 from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
 
@@ -38,17 +38,6 @@ def weighted_train_loss(uploads) -> float:
     ups = list(uploads)
     total = sum(u.n_ratings for u in ups)
     return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    """What the server may know of the data: sizes and public item/user feature widths."""
-
-    name: str
-    n_users: int
-    n_items: int
-    n_user_features: int
-    n_item_features: int
-
 
 class RecStrategy(ABC):
     """Base of all server-side protocols: registration, sampling, rounds, evaluation."""

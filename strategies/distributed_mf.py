@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.fedmf_math import init_item_matrix
+from models.fedmf_mf import init_item_matrix
 from schemas import distributed_mf as schema
-from strategies.base import DatasetMeta, RecStrategy, weighted_train_loss
+from recdata.dataset import DatasetMeta
+from strategies.base import RecStrategy, weighted_train_loss
 
 
 def expected_upload_count(mode: str, n_items: int) -> int | None:

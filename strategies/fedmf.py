@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.fedmf_math import init_item_matrix
+from models.fedmf_mf import init_item_matrix
 from crypto.packed_matrix import PackedMatrixCrypto
 from schemas import fedmf as schema
-from strategies.base import DatasetMeta, RecStrategy, weighted_train_loss
+from recdata.dataset import DatasetMeta
+from strategies.base import RecStrategy, weighted_train_loss
 
 
 class FedMFStrategy(RecStrategy):

@@ -14,7 +14,8 @@ import numpy as np
 from flwr.app import RecordDict
 
 from schemas import plaintext as schema
-from strategies.base import DatasetMeta, weighted_train_loss
+from recdata.dataset import DatasetMeta
+from strategies.base import weighted_train_loss
 from strategies.public_model import ModelStrategy
 
 

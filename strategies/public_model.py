@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.environment import model_spec
 from models import init_dense, init_item_table
 from models.spec import ModelSpec
-from strategies.base import DatasetMeta, RecStrategy
+from recdata.dataset import DatasetMeta
+from schemas.config import model_spec
+from strategies.base import RecStrategy
 
 
 class PublicModel:

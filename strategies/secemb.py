@@ -1,7 +1,7 @@
 """``secemb``: SecEmb (Mai et al., ICML 2025) with two non-colluding servers.
 
 Server 0 is this strategy (the Flower ServerApp); server 1 is reached only
-through a bytes-in/bytes-out link (:mod:`strategies.secemb_server1`).
+through a bytes-in/bytes-out link (:mod:`twoserver`).
 
 Set-up: m' = ceil(alpha x mean |I_u|) from a secure sum of the users' counts
 (Appendix C), unless ``strategy.m_prime`` is given.
@@ -30,9 +30,10 @@ from flwr.app import RecordDict
 
 from schemas import plaintext as plain_schema
 from schemas import secemb as schema
-from strategies.base import DatasetMeta, weighted_train_loss
-from strategies.secemb_party import SecEmbParty
-from strategies.server1_client import TwoServerStrategy
+from recdata.dataset import DatasetMeta
+from strategies.base import weighted_train_loss
+from twoserver.party import SecEmbParty, fresh_aggregate
+from strategies.two_server import TwoServerStrategy
 
 
 
@@ -104,7 +105,7 @@ class SecEmbStrategy(TwoServerStrategy):
         else:
             meta1, agg1 = self.server1.call("aggregate_fresh", agg_meta, {f"box_{u}": up.box for u, up in uploads.items()})
             kept = [int(u) for u in meta1["users"]]
-            sparse0 = schema.fresh_aggregate(SecEmbParty(0, self.meta.n_items, self.ring),
+            sparse0 = fresh_aggregate(SecEmbParty(0, self.meta.n_items, self.ring),
                                              {u: uploads[u].keys0 for u in kept}, row_dim, self.variant)
         dense0 = sum((uploads[u].dense_share0 for u in kept), np.zeros(dense_size, dtype=self.ring))
         table_grad = self.codec.from_ring(sparse0 + agg1["sparse"])

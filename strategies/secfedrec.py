@@ -16,7 +16,7 @@ from flwr.app import RecordDict
 from schemas import plaintext as plain_schema
 from schemas import secfedrec as schema
 from strategies.base import weighted_train_loss
-from strategies.server1_client import TwoServerStrategy
+from strategies.two_server import TwoServerStrategy
 
 
 class SecFedRecStrategy(TwoServerStrategy):

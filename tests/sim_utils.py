@@ -34,7 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from simulations.client_app import make_client_app
 from simulations.config import compose_config, to_container
-from simulations.dataset import dataset_meta
+from recdata.dataset import dataset_meta
 from simulations.server_app import run_server
 
 SMALL = ["dataset=synthetic", "dataset.n_users=12", "dataset.n_items=40", "dataset.mean_ratings=8",

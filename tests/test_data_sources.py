@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from simulations.data_sources import DatasetError, load_ratings, split_users
-from simulations.data_sources.files import md5_of
-from simulations.data_sources.movielens import SHIPPED_SMALL
+from recdata import DatasetError, load_ratings, split_users
+from recdata.files import md5_of
+from recdata.movielens import SHIPPED_SMALL
 
 
 def test_shipped_ml_latest_small_counts_and_checksum():

@@ -134,7 +134,7 @@ def test_plaintext_mf_on_a_real_deployment(deployment, tmp_path):
 
 def test_secemb_with_server1_as_its_own_process(deployment, tmp_path):
     port = _free_port()
-    server1 = deployment._spawn([sys.executable, "-m", "strategies.secemb_server1", "--port", str(port)], "server1")
+    server1 = deployment._spawn([sys.executable, "-m", "twoserver", "--port", str(port)], "server1")
     _wait_port(port)
     res = deployment.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port}",
                          tmp_path / "out")

@@ -18,7 +18,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from crypto.fixed_point import FixedPointCodec
-from strategies import secemb_server1
+from twoserver import transport as secemb_server1
 from strategies.exchange import content_nbytes
 from tests.sim_utils import SMALL, run_sim
 
@@ -118,9 +118,9 @@ def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeyp
 def test_leakage_attack_recovers_real_users_ratings(tmp_path):
     """FedMF Section 4 on the server's real view of a distributed_mf simulation of ml-latest-small users."""
 
-    from clients.fedmf_math import MFHyper
+    from models.fedmf_mf import MFHyper
     from simulations.config import compose_config, to_container
-    from simulations.dataset import load_split
+    from recdata.dataset import load_split
     from simulations.leakage_attack import Observation, attack_error, recover_ratings
     from strategies import distributed_mf
 

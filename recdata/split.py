@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.data_sources.ratings import DatasetError, Ratings
+from recdata.ratings import DatasetError, Ratings
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.init import ITEM_SALT, USER_SALT
+
 
 @dataclass(frozen=True)
 class MFHyper:
@@ -31,12 +33,12 @@ class MFHyper:
 
 def init_user_vector(dim: int, user_id: int, seed: int, std: float) -> np.ndarray:
     """Deterministic initial u_i (same in every twin for the same seed)."""
-    return np.random.default_rng([seed, 0x05E2, user_id]).normal(0.0, std, size=dim)
+    return np.random.default_rng([seed, USER_SALT, user_id]).normal(0.0, std, size=dim)
 
 
 def init_item_matrix(n_items: int, dim: int, seed: int, std: float) -> np.ndarray:
     """Deterministic initial V, built by the server."""
-    return np.random.default_rng([seed, 0x17E3]).normal(0.0, std, size=(n_items, dim))
+    return np.random.default_rng([seed, ITEM_SALT]).normal(0.0, std, size=(n_items, dim))
 
 
 def user_step(u: np.ndarray, v_rated: np.ndarray, ratings: np.ndarray, hp: MFHyper) -> tuple[np.ndarray, np.ndarray, float]:

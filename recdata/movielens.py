@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.data_sources.files import check_md5, locate
-from simulations.data_sources.ratings import DatasetError, Ratings, from_raw, multi_hot
+from recdata.files import check_md5, locate
+from recdata.ratings import DatasetError, Ratings, from_raw, multi_hot
 
 SHIPPED_SMALL = Path(__file__).resolve().parent / "ml-latest-small"
 SMALL_RATINGS_MD5 = "325a6f09399d1c45671f187505e1a100"
@@ -62,7 +62,7 @@ def load_ml_latest_small(path: str | None = None, **_: object) -> Ratings:
     if not ratings_file.is_file():
         raise DatasetError(f"ml_latest_small: {ratings_file} is missing. A Flower app bundle (flwr run) cannot carry "
                            "CSV files: set dataset.path to the ml-latest-small folder on that machine (the project's "
-                           "copy is simulations/data_sources/ml-latest-small)")
+                           "copy is recdata/ml-latest-small)")
     check_md5(ratings_file, SMALL_RATINGS_MD5)
     t = _numeric_table(ratings_file, ",", 4, skip_header=True)
     movie_ids, genres = _genres_from_movies_csv(folder / "movies.csv")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulations.data_sources.movielens import (load_csv, load_ml_1m, load_ml_10m, load_ml_25m, load_ml_100k,
+from recdata.movielens import (load_csv, load_ml_1m, load_ml_10m, load_ml_25m, load_ml_100k,
                                                 load_ml_latest_small)
-from simulations.data_sources.ratings import DatasetError, Ratings, keep_top_items
-from simulations.data_sources.split import FederatedSplit, UserData, split_users
-from simulations.data_sources.synthetic import load_synthetic
+from recdata.ratings import DatasetError, Ratings, keep_top_items
+from recdata.split import FederatedSplit, UserData, split_users
+from recdata.synthetic import load_synthetic
 
 LOADERS = {
     "ml_latest_small": load_ml_latest_small,

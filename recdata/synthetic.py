@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulations.data_sources.ratings import DatasetError, Ratings, from_raw
+from recdata.ratings import DatasetError, Ratings, from_raw
 
 
 def load_synthetic(n_users: int = 100, n_items: int = 200, rank: int = 8, mean_ratings: int = 20, seed: int = 0,

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.data_sources.ratings import DatasetError
+from recdata.ratings import DatasetError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 

@@ -1,12 +1,12 @@
-"""SecEmb's server 1: a separate party behind a bytes-in/bytes-out interface.
+"""Server 1's operations: a separate party behind a bytes-in/bytes-out interface.
 
 Server 0 (the Flower ServerApp) relays users' sealed messages to server 1 and
 receives only what the protocol lets it see: sealed embedding shares to pass
 back to users, and server 1's share of the round's *aggregate*. Server 1 has
 its own X25519 key pair; users seal their keys and dense shares to it, so
 server 0 cannot add both shares. It runs in-process in simulation
-(:class:`InProcessLink`) or as its own process (``python -m
-strategies.secemb_server1 --port P``, reached through :class:`SocketLink`).
+(:class:`InProcessLink`) or as its own process (``python -m twoserver
+--port P``, reached through :class:`twoserver.transport.SocketLink`).
 
 Operations (frames of :mod:`schemas.wire`):
 ``hello`` -> public key; ``set_model`` (table in the ring); ``count`` (secure
@@ -19,11 +19,7 @@ FedRec: sum of sealed full-gradient shares).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import socket
-import socketserver
-import struct
 from typing import Any
 
 import numpy as np
@@ -31,7 +27,7 @@ import numpy as np
 from crypto.sealed import SealedMessageError, generate_keypair, open_sealed, seal
 from schemas import secemb as schema
 from schemas.wire import WireError, decode_frame, encode_frame
-from strategies.secemb_party import SecEmbParty
+from twoserver.party import SecEmbParty, fresh_aggregate
 
 log = logging.getLogger("secrec.server1")
 
@@ -138,7 +134,7 @@ class Server1:
                 continue
             dense_sum += share
         party = SecEmbParty(1, n_items, self.ring_dtype)
-        sparse = schema.fresh_aggregate(party, keys, width, meta["variant"])
+        sparse = fresh_aggregate(party, keys, width, meta["variant"])
         return {"rejected": rejected, "users": sorted(keys)}, {"sparse": sparse, "dense": dense_sum}
 
     def _op_sum_shares(self, meta, arrays):
@@ -154,93 +150,3 @@ class Server1:
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
         return {"rejected": rejected, "users": used}, {"sum": total}
-
-
-# --------------------------------------------------------------- transports
-class InProcessLink:
-    """Server 1 in the same process: the bytes still go through the frame codec."""
-
-    def __init__(self, server: Server1 | None = None) -> None:
-        self.server = server or Server1()
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    def request(self, frame: bytes) -> bytes:
-        self.bytes_sent += len(frame)
-        reply = self.server.handle(frame)
-        self.bytes_received += len(reply)
-        return reply
-
-
-def _send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(struct.pack(">Q", len(data)) + data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = sock.recv(min(n - got, 1 << 20))
-        if not chunk:
-            raise ConnectionError("server 1 connection closed")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _recv_frame(sock: socket.socket) -> bytes:
-    (n,) = struct.unpack(">Q", _recv_exact(sock, 8))
-    if n > 1 << 34:
-        raise WireError("frame too large")
-    return _recv_exact(sock, n)
-
-
-class SocketLink:
-    """Server 1 in its own process, reached over TCP with length-prefixed frames."""
-
-    def __init__(self, address: str) -> None:
-        host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=600)
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    def request(self, frame: bytes) -> bytes:
-        self.bytes_sent += len(frame)
-        _send_frame(self.sock, frame)
-        reply = _recv_frame(self.sock)
-        self.bytes_received += len(reply)
-        return reply
-
-
-def link_for(address: str | None):
-    return InProcessLink() if not address else SocketLink(address)
-
-
-def serve(host: str, port: int) -> None:
-    """Run server 1 as its own process (one connection at a time, state kept across them)."""
-    server1 = Server1()
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            while True:
-                try:
-                    frame = _recv_frame(self.request)
-                except (ConnectionError, WireError):
-                    return
-                _send_frame(self.request, server1.handle(frame))
-
-    with socketserver.TCPServer((host, port), Handler) as srv:
-        log.info("server 1 listening on %s:%d", host, port)
-        srv.serve_forever()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="SecEmb server 1 (non-colluding second server)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    serve(args.host, args.port)
-
-
-if __name__ == "__main__":
-    main()

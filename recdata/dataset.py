@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from simulations.data_sources import FederatedSplit, Ratings, load_ratings, split_users
-from strategies.base import DatasetMeta
+from recdata import FederatedSplit, Ratings, load_ratings, split_users
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What the server may know of the data: sizes and public item/user feature widths."""
+
+    name: str
+    n_users: int
+    n_items: int
+    n_user_features: int
+    n_item_features: int
 
 
 def _loader_options(ds: dict[str, Any]) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from models.spec import ModelSpec
 from schemas.config import model_spec
 from recdata import UserData
 from recdata.dataset import load_split
+from schemas.config import AppConfig
 
 
 @dataclass(frozen=True)
 class ClientEnv:
-    cfg: dict[str, Any]
+    cfg: AppConfig
     user: UserData
     n_items: int
     item_features: np.ndarray  # public [n_items, l_y]
@@ -30,15 +31,15 @@ class ClientEnv:
 
     @property
     def seed(self) -> int:
-        return int(self.cfg["seed"])
+        return int(self.cfg.seed)
 
 
-def client_env(cfg: dict[str, Any], context: Context) -> ClientEnv:
+def client_env(cfg: AppConfig, context: Context) -> ClientEnv:
     """Build the environment of the user this node holds (its ``partition-id``)."""
     split = load_split(cfg)
     partition = int(context.node_config.get("partition-id", -1))
     if not 0 <= partition < split.n_users:
-        raise ValueError(f"node partition-id {partition} is not a user of {cfg['dataset']['name']} "
+        raise ValueError(f"node partition-id {partition} is not a user of {cfg.dataset.name} "
                          f"(0..{split.n_users - 1})")
     spec = model_spec(cfg, split.user_features.shape[1], split.item_features.shape[1])
     return ClientEnv(cfg=cfg, user=split.user(partition), n_items=split.n_items,

@@ -86,8 +86,8 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     items_r, ratings = rated_items(env)
     u_new, grads, loss = user_step(load_user_vector(context, env), V[items_r], ratings, hyper(env))
     save_user_vector(context, u_new)
-    s = env.cfg["strategy"]
-    items = upload_items(s["mode"], items_r, env.n_items, int(s.get("pad_to") or 0))
+    s = env.cfg.strategy
+    items = upload_items(s.mode, items_r, env.n_items, int(s.pad_to or 0))
     cts = crypto.encrypt_gradient_rows(scatter_rows(items, items_r, grads))
     return schema.update_reply(items, cts, loss, len(ratings), time.perf_counter() - start)
 

@@ -15,15 +15,15 @@ USER_KEY = "mf_user"
 
 
 def hyper(env: ClientEnv) -> MFHyper:
-    s = env.cfg["strategy"]
-    return MFHyper(lr=float(s["lr"]), reg_u=float(s["reg_u"]), reg_v=float(s["reg_v"]))
+    s = env.cfg.strategy
+    return MFHyper(lr=float(s.lr), reg_u=float(s.reg_u), reg_v=float(s.reg_v))
 
 
 def load_user_vector(context: Context, env: ClientEnv) -> np.ndarray:
     if USER_KEY in context.state:
         return context.state[USER_KEY]["u"].numpy().copy()
-    return init_user_vector(int(env.cfg["model"]["dim"]), env.user.user_id, env.seed,
-                            float(env.cfg["model"]["init_std"]))
+    return init_user_vector(int(env.cfg.model.dim), env.user.user_id, env.seed,
+                            float(env.cfg.model.init_std))
 
 
 def save_user_vector(context: Context, u: np.ndarray) -> None:

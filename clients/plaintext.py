@@ -45,10 +45,10 @@ def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.nda
     """Train on the ratings of ``items`` given their rows; persist private state."""
     local, ratings = ratings_of(items, env.user.train_items, env.user.train_ratings)
     private = load_private(context, env.spec, env.user.user_id, env.seed)
-    m = env.cfg["model"]
+    m = env.cfg.model
     result = train_locally(env.spec, rows, dense, private, local, ratings, env.user.user_features,
-                           env.item_features[items[local]], float(m["lr"]), float(m["reg"]),
-                           int(env.cfg["train"]["local_user_steps"]))
+                           env.item_features[items[local]], float(m.lr), float(m.reg),
+                           int(env.cfg.train.local_user_steps))
     save_private(context, result.private)
     return result
 

@@ -32,9 +32,9 @@ STATE = "secemb_round"
 
 def ring_codec(env: ClientEnv) -> tuple[FixedPointCodec, type]:
     """Fixed-point codec in Z_2^k with each user's range bound R_u = (R - 1) / n_p (SecEmb L.2)."""
-    s = env.cfg["strategy"]
-    bits, frac = int(s["ring_bits"]), int(s["frac_bits"])
-    n_p = max(int(env.cfg["clients_per_round"]), 1)
+    s = env.cfg.strategy
+    bits, frac = int(s.ring_bits), int(s.frac_bits)
+    n_p = max(int(env.cfg.clients_per_round), 1)
     bound = (2.0 ** (bits - 1 - frac) - 1.0) / n_p
     return FixedPointCodec(frac_bits=frac, value_bound=bound), schema.ring_of(bits)
 
@@ -86,7 +86,7 @@ def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     saved = {k: context.state[STATE][k].numpy() for k in context.state[STATE]}
     del context.state[STATE]
     codec, ring = ring_codec(env)
-    s = env.cfg["strategy"]
+    s = env.cfg.strategy
     items, n_real = saved["items"], int(saved["n_real"][0])
     m_prime = len(items)
     rnd, shares0, box, dense = schema.parse_upload_message(content, m_prime, env.spec.row_dim,
@@ -105,7 +105,7 @@ def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     dense_ring = codec.to_ring(clip_to_bound(result.dense_grad.astype(np.float64), codec, "dense gradient"), ring)
     d0, d1 = share(dense_ring)
     gen_state = dpf.GenState.from_arrays({k[4:]: v for k, v in saved.items() if k.startswith("gen_")})
-    variant = s["variant"]
+    variant = s.variant
     uid = env.user.user_id
     if variant == "secemb":
         payload = dpf.convert_gen(gen_state, betas, domain=1)

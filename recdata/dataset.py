@@ -8,6 +8,7 @@ actors parse the files once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -63,14 +64,18 @@ def _load_split_cached(ds_json: str, seed: int) -> FederatedSplit:
     return split_users(ratings, method=ds["split"], test_fraction=ds["test_fraction"], k=ds["k"], seed=seed)
 
 
-def load_split(cfg: dict[str, Any]) -> FederatedSplit:
-    """The configured dataset split into per-user train/test sets (cached)."""
-    return _load_split_cached(json.dumps(cfg["dataset"], sort_keys=True), int(cfg["seed"]))
+def load_split(cfg: Any) -> FederatedSplit:
+    """The configured dataset split into per-user train/test sets (cached).
+
+    ``cfg`` is the app config (anything with a ``dataset`` dataclass and a ``seed``);
+    the data package reads only those two, so it needs nothing from the app's packages.
+    """
+    return _load_split_cached(json.dumps(dataclasses.asdict(cfg.dataset), sort_keys=True), int(cfg.seed))
 
 
-def dataset_meta(cfg: dict[str, Any]) -> DatasetMeta:
+def dataset_meta(cfg: Any) -> DatasetMeta:
     split = load_split(cfg)
     return DatasetMeta(
-        name=cfg["dataset"]["name"], n_users=split.n_users, n_items=split.n_items,
+        name=cfg.dataset.name, n_users=split.n_users, n_items=split.n_items,
         n_user_features=split.user_features.shape[1], n_item_features=split.item_features.shape[1],
     )

@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from clients import distributed_mf, evaluation, fedmf, plaintext, registration, secemb, secfedrec
 from clients.environment import ClientEnv, client_env
+from schemas.config import AppConfig
 
 log = logging.getLogger("secrec.client")
 
@@ -36,7 +37,7 @@ def all_handlers() -> dict[str, Handler]:
     return table
 
 
-def make_client_app(cfg: dict[str, Any] | None = None, mods: list | None = None) -> ClientApp:
+def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> ClientApp:
     """A ClientApp using ``cfg``, or composing it from the run config when ``None``.
 
     ``mods`` are Flower client mods applied to every handler (tests use them to

@@ -14,16 +14,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from schemas.config import AppConfig, ConfigError, from_dict
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 STRATEGIES = ("plaintext", "distributed_mf", "fedmf", "secemb", "secfedrec")
 MODELS = ("mf", "ncf", "fm", "deepfm")
 DATASETS = ("ml_latest_small", "ml_100k", "ml_1m", "ml_10m", "ml_25m", "synthetic", "csv")
 MF_ONLY_STRATEGIES = ("distributed_mf", "fedmf")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
 
 
 def compose_config(overrides: str | list[str] = "") -> DictConfig:
@@ -130,5 +128,10 @@ def _validate_strategy(cfg: DictConfig) -> None:
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """Plain dict of the resolved config (for results.json and for shipping to apps)."""
+    """Plain dict of the resolved config."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def to_app_config(cfg: DictConfig) -> AppConfig:
+    """The typed config that clients and strategies read (see :mod:`schemas.config`)."""
+    return from_dict(to_container(cfg))

@@ -7,6 +7,7 @@ from typing import Any
 
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy
+from schemas.config import AppConfig
 
 STRATEGY_CLASSES = {
     "plaintext": "strategies.plaintext:PlaintextStrategy",
@@ -17,6 +18,6 @@ STRATEGY_CLASSES = {
 }
 
 
-def build_strategy(cfg: dict[str, Any], meta: DatasetMeta) -> RecStrategy:
-    module, cls = STRATEGY_CLASSES[cfg["strategy"]["name"]].split(":")
+def build_strategy(cfg: AppConfig, meta: DatasetMeta) -> RecStrategy:
+    module, cls = STRATEGY_CLASSES[cfg.strategy.name].split(":")
     return getattr(importlib.import_module(module), cls)(cfg, meta)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from schemas.config import AppConfig, to_dict
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -33,11 +35,12 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def write_results(out_dir: str | Path, config: dict[str, Any], run: dict[str, Any], wall_seconds: float) -> Path:
+def write_results(out_dir: str | Path, cfg: AppConfig, run: dict[str, Any], wall_seconds: float) -> Path:
     """Write results.json and rmse_bytes.png into ``out_dir``; return the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = run["records"]
+    config = to_dict(cfg)
     payload = {
         "config": config,
         "records": records,

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from recdata.dataset import DatasetMeta
 from schemas import common
 from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
+from schemas.config import AppConfig
 
 log = logging.getLogger("secrec.strategy")
 
@@ -45,7 +46,7 @@ class RecStrategy(ABC):
     name = "base"
     evaluate_type = common.EVALUATE  # message type of the evaluation phase
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         self.cfg = cfg
         self.meta = meta
         self.meter = Meter()
@@ -72,7 +73,7 @@ class RecStrategy(ABC):
     # ------------------------------------------------------------- the loop
     def start(self, grid: Grid, on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Register users, run ``rounds`` rounds, evaluate; return all records."""
-        timeout = self.cfg["simulation"].get("reply_timeout")
+        timeout = self.cfg.simulation.reply_timeout
         node_of_user = self._register(grid, timeout)
         self.exchange = Exchange(grid, node_of_user, timeout, self.meter)
         self.users = sorted(node_of_user)
@@ -80,8 +81,8 @@ class RecStrategy(ABC):
         self.setup()
         setup_seconds = time.perf_counter() - t_setup
         records: list[dict[str, Any]] = []
-        eval_every = int(self.cfg["train"]["eval_every"])
-        rounds = int(self.cfg["rounds"])
+        eval_every = int(self.cfg.train.eval_every)
+        rounds = int(self.cfg.rounds)
         for rnd in range(1, rounds + 1):
             self.round = rnd
             users = self.sample_users(rnd)
@@ -107,17 +108,17 @@ class RecStrategy(ABC):
     # ------------------------------------------------------------ pieces
     def sample_users(self, rnd: int) -> list[int]:
         """The users of round ``rnd``: a function of (seed, round) only."""
-        k = min(int(self.cfg["clients_per_round"]), len(self.users))
-        rng = np.random.default_rng([int(self.cfg["seed"]), rnd])
+        k = min(int(self.cfg.clients_per_round), len(self.users))
+        rng = np.random.default_rng([int(self.cfg.seed), rnd])
         chosen = rng.choice(len(self.users), size=k, replace=False)
         return sorted(self.users[i] for i in chosen)
 
     def evaluation_users(self) -> list[int]:
         """Users whose local test sets are evaluated: all, or a fixed seeded sample."""
-        n = self.cfg["train"].get("eval_clients")
+        n = self.cfg.train.eval_clients
         if n is None or n >= len(self.users):
             return list(self.users)
-        rng = np.random.default_rng([int(self.cfg["seed"]), 0xE7A1])
+        rng = np.random.default_rng([int(self.cfg.seed), 0xE7A1])
         return sorted(self.users[i] for i in rng.choice(len(self.users), size=int(n), replace=False))
 
     def evaluate(self, rnd: int) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class RecStrategy(ABC):
     def _register(self, grid: Grid, timeout: float | None) -> dict[int, int]:
         """Ask every node which user it holds; wait until all users are present."""
         expected = self.meta.n_users
-        deadline = time.monotonic() + float(self.cfg["simulation"].get("register_timeout", 300))
+        deadline = time.monotonic() + float(self.cfg.simulation.register_timeout)
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < expected and time.monotonic() < deadline:
             time.sleep(1.0)
@@ -176,7 +177,7 @@ class RecStrategy(ABC):
         rmse = "" if r["test_rmse"] is None else f" test_rmse={r['test_rmse']:.4f}"
         log.info(
             "[%s] round %d/%d clients=%d train_loss=%.4f%s up=%.1fKiB down=%.1fKiB client=%.3fs server=%.3fs",
-            self.name, r["round"], self.cfg["rounds"], r["clients"], r.get("train_loss", float("nan")), rmse,
+            self.name, r["round"], self.cfg.rounds, r["clients"], r.get("train_loss", float("nan")), rmse,
             r["bytes_up_per_client"] / 1024, r["bytes_down_per_client"] / 1024, r["client_seconds_mean"],
             r["server_seconds"],
         )

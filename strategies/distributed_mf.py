@@ -18,6 +18,7 @@ from models.fedmf_mf import init_item_matrix
 from schemas import distributed_mf as schema
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy, weighted_train_loss
+from schemas.config import AppConfig
 
 
 def expected_upload_count(mode: str, n_items: int) -> int | None:
@@ -28,19 +29,19 @@ class DistributedMFStrategy(RecStrategy):
     name = "distributed_mf"
     evaluate_type = schema.EVALUATE
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
-        self.dim = int(cfg["model"]["dim"])
-        self.V = init_item_matrix(meta.n_items, self.dim, int(cfg["seed"]), float(cfg["model"]["init_std"]))
-        self.mode = cfg["strategy"]["mode"]
-        self.record = bool(cfg["strategy"].get("record_uploads", False))
+        self.dim = int(cfg.model.dim)
+        self.V = init_item_matrix(meta.n_items, self.dim, int(cfg.seed), float(cfg.model.init_std))
+        self.mode = cfg.strategy.mode
+        self.record = bool(cfg.strategy.record_uploads)
         self.view: list[dict[str, Any]] = []  # the server's view, kept only when recording
 
     def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
         assert self.exchange is not None
         V_sent = self.V.copy()
         count = expected_upload_count(self.mode, self.meta.n_items)
-        pad_to = int(self.cfg["strategy"].get("pad_to") or 0)
+        pad_to = int(self.cfg.strategy.pad_to or 0)
         uploads = self.exchange.phase(
             schema.UPDATE, {u: schema.update_message(rnd, V_sent) for u in users}, str(rnd),
             lambda _u, c: self._check(schema.parse_update_reply(c, self.meta.n_items, self.dim, count), pad_to))

@@ -27,18 +27,19 @@ from crypto.packed_matrix import PackedMatrixCrypto
 from schemas import fedmf as schema
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy, weighted_train_loss
+from schemas.config import AppConfig
 
 
 class FedMFStrategy(RecStrategy):
     name = "fedmf"
     evaluate_type = schema.EVALUATE
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
-        s = cfg["strategy"]
-        self.mode, self.pad_to = s["mode"], int(s.get("pad_to") or 0)
-        self.key_bits = int(s["key_bits"])
-        self.dim = int(cfg["model"]["dim"])
+        s = cfg.strategy
+        self.mode, self.pad_to = s.mode, int(s.pad_to or 0)
+        self.key_bits = int(s.key_bits)
+        self.dim = int(cfg.model.dim)
         self.run_id = secrets.token_hex(8)
         self.crypto: PackedMatrixCrypto | None = None  # public-key only on the server
         self.cv: list | None = None
@@ -60,7 +61,7 @@ class FedMFStrategy(RecStrategy):
             raise RuntimeError("no user could generate the Paillier key")
         self.keyed = {self.holder}
         self.crypto = PackedMatrixCrypto.from_config(self.cfg, self.meta.n_items, n_bytes=self.n_bytes)
-        V = init_item_matrix(self.meta.n_items, self.dim, int(self.cfg["seed"]), float(self.cfg["model"]["init_std"]))
+        V = init_item_matrix(self.meta.n_items, self.dim, int(self.cfg.seed), float(self.cfg.model.init_std))
         self.cv = self.crypto.encrypt_matrix(V)
         self.distribute_keys([u for u in self.users if u != self.holder])
 

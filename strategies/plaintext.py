@@ -17,14 +17,15 @@ from schemas import plaintext as schema
 from recdata.dataset import DatasetMeta
 from strategies.base import weighted_train_loss
 from strategies.public_model import ModelStrategy
+from schemas.config import AppConfig
 
 
 class PlaintextStrategy(ModelStrategy):
     name = "plaintext"
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
-        self.m_prime: int | None = cfg["strategy"].get("m_prime")
+        self.m_prime: int | None = cfg.strategy.m_prime
 
     def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
         ex = self.exchange

@@ -18,6 +18,7 @@ from models.spec import ModelSpec
 from recdata.dataset import DatasetMeta
 from schemas.config import model_spec
 from strategies.base import RecStrategy
+from schemas.config import AppConfig
 
 
 class PublicModel:
@@ -61,8 +62,8 @@ class PublicModel:
 class ModelStrategy(RecStrategy):
     """Base of the strategies that train a :class:`PublicModel` (plaintext, SecEmb, Secure FedRec)."""
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
         self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
-        self.model = PublicModel(self.spec, meta.n_items, int(cfg["seed"]), float(cfg["model"]["lr"]),
-                                 cfg["train"]["server_optimizer"])
+        self.model = PublicModel(self.spec, meta.n_items, int(cfg.seed), float(cfg.model.lr),
+                                 cfg.train.server_optimizer)

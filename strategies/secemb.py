@@ -34,17 +34,18 @@ from recdata.dataset import DatasetMeta
 from strategies.base import weighted_train_loss
 from twoserver.party import SecEmbParty, fresh_aggregate
 from strategies.two_server import TwoServerStrategy
+from schemas.config import AppConfig
 
 
 
 class SecEmbStrategy(TwoServerStrategy):
     name = "secemb"
 
-    def __init__(self, cfg: dict[str, Any], meta: DatasetMeta) -> None:
+    def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
-        s = cfg["strategy"]
-        self.variant = s.get("variant", "secemb")
-        self.m_prime: int | None = s.get("m_prime")
+        s = cfg.strategy
+        self.variant = s.variant
+        self.m_prime: int | None = s.m_prime
         self.party0 = SecEmbParty(0, meta.n_items, self.ring)
 
     # ----------------------------------------------------------- server 1
@@ -65,7 +66,7 @@ class SecEmbStrategy(TwoServerStrategy):
                                      {f"box_{u}": r[1] for u, r in replies.items()})
         ok = [u for u in replies if str(u) not in meta["rejected"]]
         total = (sum((replies[u][0] for u in ok), np.zeros(1, np.uint64)) + arrays["sum"])[0]
-        return max(1, math.ceil(float(self.cfg["strategy"]["alpha"]) * int(total) / max(len(ok), 1)))
+        return max(1, math.ceil(float(self.cfg.strategy.alpha) * int(total) / max(len(ok), 1)))
 
     # -------------------------------------------------------------- round
     def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:

@@ -33,7 +33,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid, ServerApp
 
 from simulations.client_app import make_client_app
-from simulations.config import compose_config, to_container
+from simulations.config import compose_config, to_app_config
 from recdata.dataset import dataset_meta
 from simulations.server_app import run_server
 
@@ -98,7 +98,7 @@ def run_sim(tmp_path: Path, overrides: list[str], client_mods: list | None = Non
     """Run one simulation; return results.json and, if asked, the recording grid."""
     from flwr.simulation import run_simulation
 
-    cfg = to_container(compose_config(overrides))
+    cfg = to_app_config(compose_config(overrides))
     meta = dataset_meta(cfg)
     holder: dict[str, RecordingGrid] = {}
     server = ServerApp()

@@ -48,10 +48,10 @@ def test_secemb_is_lossless_against_plaintext(tmp_path_factory, model, rounds):
 
 def test_secemb_m_prime_comes_from_the_secure_count_sum(tmp_path_factory):
     res = _run(tmp_path_factory, "strategy=secemb", "model=mf", "strategy.alpha=1.0")
-    from simulations.config import compose_config, to_container
+    from simulations.config import compose_config, to_app_config
     from recdata.dataset import load_split
 
-    split = load_split(to_container(compose_config(SMALL + FEATURES)))
+    split = load_split(to_app_config(compose_config(SMALL + FEATURES)))
     counts = [len(set(split.user(u).train_items.tolist())) for u in range(split.n_users)]
     assert res["final"]["m_prime"] == math.ceil(sum(counts) / len(counts))
 

@@ -119,7 +119,7 @@ def test_leakage_attack_recovers_real_users_ratings(tmp_path):
     """FedMF Section 4 on the server's real view of a distributed_mf simulation of ml-latest-small users."""
 
     from models.fedmf_mf import MFHyper
-    from simulations.config import compose_config, to_container
+    from simulations.config import compose_config, to_app_config
     from recdata.dataset import load_split
     from simulations.leakage_attack import Observation, attack_error, recover_ratings
     from strategies import distributed_mf
@@ -143,10 +143,10 @@ def test_leakage_attack_recovers_real_users_ratings(tmp_path):
     finally:
         mp.undo()
     view = kept["strategy"].view
-    cfg = to_container(compose_config(overrides))
+    cfg = to_app_config(compose_config(overrides))
     split = load_split(cfg)
-    s = cfg["strategy"]
-    hp = MFHyper(s["lr"], s["reg_u"], s["reg_v"])
+    s = cfg.strategy
+    hp = MFHyper(s.lr, s.reg_u, s.reg_v)
     errors = []
     for user in range(split.n_users):
         first, second = [v for v in view if v["user"] == user]

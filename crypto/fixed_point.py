@@ -1,17 +1,35 @@
 """One fixed-point codec for all of crypto/ (python-paillier keeps EncodedNumber apart from the scheme too).
 
-A float x is represented by the integer round(x * 2^frac_bits). In the ring
-Z_2^k (secret sharing, DPF outputs) negatives are two's complement; for
-Paillier the packing layer adds offsets instead. ``value_bound`` is enforced
-on encoding, never assumed: an out-of-range value raises, naming how many
-values and the largest magnitude.
+A float x is represented by the integer e = round(x * 2^frac_bits). In the
+ring Z_2^k (secret sharing, DPF outputs) negatives are two's complement; for
+Paillier the packing layer (:mod:`crypto.paillier_codec`) adds offsets
+instead.
+
+The bound is a bound on the *integer*: every accepted value encodes to
+|e| <= max_int = floor(value_bound * 2^f), which is what the packing headroom
+and the two-server sum bounds (n_p users x R_u) are computed from. Rounding
+alone could break it: round(value_bound * 2^f) may be max_int + 1 (with
+frac_bits=20 and value_bound=0.1, 0.1 * 2^20 = 104857.6 rounds up), and one
+legal update would then fill its Paillier slot and carry into the next.
+So, consistently:
+
+* |x| > value_bound (or NaN / inf) is **rejected** with a ValueError naming
+  how many values and the largest magnitude; callers that want clipping clip
+  to value_bound first (the two-server clients do, and log it);
+* inside the bound the rounded integer is **clamped** to +-max_int, which
+  only moves values within one unit of the bound, by less than one unit:
+  the encoding error is <= 2^-(f+1) everywhere except in that last unit,
+  where it is < 2^-f.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from crypto.ring import check_ring, signed_view
 
 
 @dataclass(frozen=True)
@@ -22,8 +40,14 @@ class FixedPointCodec:
     def __post_init__(self) -> None:
         if not 0 < self.frac_bits <= 62:
             raise ValueError(f"frac_bits must be in 1..62, got {self.frac_bits}")
-        if not self.value_bound > 0:
-            raise ValueError(f"value_bound must be positive, got {self.value_bound}")
+        if not (self.value_bound > 0 and math.isfinite(self.value_bound)):
+            raise ValueError(f"value_bound must be positive and finite, got {self.value_bound}")
+        if self.value_bound * self.scale >= 2.0 ** 63:
+            raise ValueError(f"value_bound={self.value_bound} x 2^{self.frac_bits} does not fit int64; lower "
+                             "frac_bits or value_bound")
+        if self.max_int < 1:
+            raise ValueError(f"value_bound={self.value_bound} x 2^{self.frac_bits} < 1: every value would encode "
+                             "to 0; raise frac_bits or value_bound")
 
     @property
     def scale(self) -> float:
@@ -31,10 +55,11 @@ class FixedPointCodec:
 
     @property
     def max_int(self) -> int:
-        """Largest |encoded integer|."""
-        return int(np.floor(self.value_bound * self.scale))
+        """Largest |encoded integer| of any accepted value: floor(value_bound * 2^f)."""
+        return int(math.floor(self.value_bound * self.scale))  # exact: scaling by 2^f is exact in float64
 
     def check(self, x: np.ndarray) -> np.ndarray:
+        """x as float64 if every value is finite and within +-value_bound, else ValueError."""
         x = np.asarray(x, dtype=np.float64)
         if not np.isfinite(x).all():
             raise ValueError(f"{int((~np.isfinite(x)).sum())} values are NaN or infinite")
@@ -45,16 +70,17 @@ class FixedPointCodec:
         return x
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """Signed integers round(x * 2^f) as int64 (needs value_bound * 2^f < 2^63)."""
-        if self.max_int >= 2**63:
-            raise ValueError("encoded values would not fit int64; lower frac_bits or value_bound")
-        return np.rint(self.check(x) * self.scale).astype(np.int64)
+        """Signed integers round(x * 2^f), clamped to +-max_int, as int64 (see the module docstring)."""
+        e = np.rint(self.check(x) * self.scale)
+        np.clip(e, -self.max_int, self.max_int, out=e)
+        return e.astype(np.int64)
 
     def decode(self, v: np.ndarray) -> np.ndarray:
         return np.asarray(v, dtype=np.float64) / self.scale
 
     def ring_fits(self, ring_dtype: np.dtype | type) -> bool:
-        bits = np.dtype(ring_dtype).itemsize * 8
+        """Whether every encoded value has a two's-complement representative in the ring."""
+        bits = check_ring(ring_dtype).itemsize * 8
         return self.max_int < 2 ** (bits - 1)
 
     def to_ring(self, x: np.ndarray, ring_dtype: np.dtype | type) -> np.ndarray:
@@ -65,5 +91,4 @@ class FixedPointCodec:
 
     def from_ring(self, v: np.ndarray) -> np.ndarray:
         """Signed interpretation of ring elements, decoded to float64."""
-        signed = {4: np.int32, 8: np.int64}[np.asarray(v).dtype.itemsize]
-        return self.decode(np.asarray(v).view(signed))
+        return self.decode(signed_view(v))

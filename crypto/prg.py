@@ -43,7 +43,6 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 BLOCK = 16
-N_THREADS = max(1, min(2, os.cpu_count() or 1))
 TREE_LEFT, TREE_RIGHT = b"tree/left", b"tree/right"
 
 
@@ -76,8 +75,15 @@ def _bytes(a: np.ndarray) -> memoryview:
 
 
 def aes_into(label: bytes, blocks: np.ndarray, out: np.ndarray) -> None:
-    """out[:blocks.size] = AES_K(blocks) for contiguous uint64 [..., 2]; ``out`` has 2 spare words."""
-    encryptor(label).update_into(_bytes(blocks), _bytes(out))
+    """out[:blocks.size] = AES_K(blocks) for contiguous uint64 [..., 2]; ``out`` has 2 spare words.
+
+    Whole blocks only: ECB keeps a partial block for the next update, which would shift every
+    later output of this thread's cached context.
+    """
+    data = _bytes(blocks)
+    if data.nbytes % BLOCK:
+        raise ValueError(f"AES input of {data.nbytes} bytes is not a whole number of 16-byte blocks")
+    encryptor(label).update_into(data, _bytes(out))
 
 
 def mmo(label: bytes, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

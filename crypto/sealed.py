@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PUBLIC_KEY_BYTES = 32
+PRIVATE_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 OVERHEAD = PUBLIC_KEY_BYTES + NONCE_BYTES + TAG_BYTES
@@ -39,6 +40,23 @@ def generate_keypair() -> tuple[X25519PrivateKey, bytes]:
 
 def public_bytes(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def private_key_bytes(private: X25519PrivateKey) -> bytes:
+    """The raw 32-byte private key, for a client to keep in its own state between messages.
+
+    Virtual clients do not survive between rounds, so a one-round or announce key is stored
+    (in ``Context.state``, on the user's device) and rebuilt with :func:`private_key_from_bytes`.
+    """
+    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+
+
+def private_key_from_bytes(raw: bytes) -> X25519PrivateKey:
+    """Inverse of :func:`private_key_bytes`; anything but 32 bytes is refused."""
+    if len(raw) != PRIVATE_KEY_BYTES:
+        raise SealedMessageError(f"an X25519 private key is {PRIVATE_KEY_BYTES} bytes, got {len(raw)}")
+    return X25519PrivateKey.from_private_bytes(bytes(raw))
 
 
 def _key(shared: bytes, eph_pub: bytes, recipient_pub: bytes, context: bytes) -> bytes:

@@ -1,4 +1,5 @@
-"""Packed Paillier: codec properties, CRT decryption, phe interop, bounds, received-ciphertext checks."""
+"""The Paillier scheme: public and private types, CRT decryption, phe interop, received-ciphertext checks,
+and the obfuscator pool with its export / import."""
 
 from __future__ import annotations
 
@@ -7,62 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from phe import paillier
 
-from crypto.fixed_point import FixedPointCodec
-from crypto.packed_matrix import PackedMatrixCrypto
-from crypto.paillier import PackedPaillier, PackingCodec, generate_keypair
+from crypto.paillier import (
+    ObfuscatorPool, PaillierPrivate, PaillierPublic, check_key_bytes, generate_key_bytes, generate_keypair,
+    int_to_bytes,
+)
 
 
 @pytest.fixture(scope="module")
 def key512():
     pub, priv = generate_keypair(512, allow_insecure_test_key=True)
-    return PackedPaillier(pub.n, priv.p, priv.q), pub, priv
-
-
-@settings(max_examples=25, deadline=None)
-@given(frac=st.integers(8, 32), bound=st.floats(0.5, 64), users=st.integers(1, 40), seed=st.integers(0, 2**32),
-       count=st.integers(1, 40))
-def test_sum_of_users_round_trips_through_encryption(key512, frac, bound, users, seed, count):
-    scheme = key512[0]
-    codec = PackingCodec(FixedPointCodec(frac, bound), users, scheme.key_bits)
-    rng = np.random.default_rng(seed)
-    stored = rng.uniform(-bound, bound, count)
-    updates = [rng.uniform(-bound, bound, count) / users for _ in range(users)]
-    ct = scheme.encrypt_batch(codec.pack_stored(stored))
-    for u in updates:
-        ct = [scheme.mul(a, b) for a, b in zip(ct, scheme.encrypt_batch(codec.pack_update(u)))]
-    ct = [scheme.add_public(c, -codec.correction_plaintext(users)) for c in ct]
-    expected = stored - np.sum(updates, axis=0)
-    if np.abs(expected).max() > bound:  # a result that left the bound is reported, never wrapped
-        with pytest.raises(ValueError, match="value_bound"):
-            codec.unpack_stored(scheme.decrypt_batch(ct), count)
-        return
-    got = codec.unpack_stored(scheme.decrypt_batch(ct), count)
-    assert np.abs(got - expected).max() <= (users + 1) * 2.0 ** -frac
-
-
-def test_values_at_the_bound_and_negative_values(key512):
-    scheme = key512[0]
-    codec = PackingCodec(FixedPointCodec(20, 4.0), 3, scheme.key_bits)
-    v = np.array([-4.0, 4.0, -1e-6, 0.0, 3.999])
-    got = codec.unpack_stored(scheme.decrypt_batch(scheme.encrypt_batch(codec.pack_stored(v))), len(v))
-    assert np.allclose(got, v, atol=2**-20)
-
-
-def test_over_bound_and_non_finite_values_are_refused(key512):
-    codec = PackingCodec(FixedPointCodec(20, 4.0), 3, key512[0].key_bits)
-    with pytest.raises(ValueError, match="exceed the bound"):
-        codec.pack_update(np.array([4.5]))
-    with pytest.raises(ValueError, match="NaN"):
-        codec.pack_update(np.array([np.nan]))
-
-
-def test_parameters_that_cannot_fit_are_refused():
-    with pytest.raises(ValueError, match="does not fit"):
-        PackingCodec(FixedPointCodec(60, 1e6), 10**6, 512)
-    with pytest.raises(ValueError, match="headroom"):
-        PackingCodec(FixedPointCodec(16, 1.0), 5, 1024).correction_plaintext(6)
+    return PaillierPrivate(pub.n, priv.p, priv.q), pub, priv
 
 
 def test_crt_decryption_matches_phe_and_interop_both_ways(key512):
@@ -75,6 +31,40 @@ def test_crt_decryption_matches_phe_and_interop_both_ways(key512):
     assert priv.decrypt(enc) == -2.5
     cts = scheme.encrypt_batch(list(range(1, 20)))
     assert scheme.decrypt_batch(cts) == [priv.raw_decrypt(int(c)) for c in cts]
+
+
+def test_the_public_type_cannot_decrypt_and_holds_no_secret(key512):
+    """'The server holds no secret key' is a fact of types: PaillierPublic has no decrypt and no p, q."""
+    scheme, pub, _ = key512
+    public = PaillierPublic(pub.n)
+    assert not hasattr(public, "decrypt_batch")
+    assert not {"p", "q", "_p2", "_q2", "_hp", "_hq", "_q_inv"} & set(vars(public))
+    assert not isinstance(public, PaillierPrivate) and isinstance(scheme, PaillierPublic)
+    assert not hasattr(scheme.public(), "decrypt_batch") and scheme.public().n == scheme.n
+    ct = public.encrypt_batch([42])  # but anyone with the public key encrypts for the key holder
+    assert scheme.decrypt_batch(ct) == [42]
+
+
+@settings(max_examples=20, deadline=None)
+@given(a=st.integers(0, 2**400), b=st.integers(0, 2**400), x=st.integers(-(2**400), 2**400))
+def test_homomorphic_operations_are_their_definitions(key512, a, b, x):
+    """add_encrypted: Dec(Enc a * Enc b) = a + b mod n; add_public: Dec(c g^x) = m + x mod n, no randomness."""
+    scheme = key512[0]
+    n = int(scheme.n)
+    ca, cb = scheme.encrypt_batch([a % n, b % n])
+    assert scheme.decrypt_batch([scheme.add_encrypted(ca, cb)]) == [(a + b) % n]
+    assert scheme.decrypt_batch([scheme.add_public(ca, x)]) == [(a + x) % n]
+    assert scheme.add_public(ca, x) == scheme.add_public(ca, x)  # deterministic: g^x needs no obfuscator
+
+
+def test_encryption_is_randomised_and_refuses_plaintexts_outside_zn(key512):
+    scheme = key512[0]
+    c1, c2 = scheme.encrypt_batch([7, 7])
+    assert c1 != c2
+    with pytest.raises(ValueError, match="outside"):
+        scheme.encrypt_batch([int(scheme.n)])
+    with pytest.raises(ValueError, match="outside"):
+        scheme.encrypt_batch([-1])
 
 
 def test_pool_obfuscators_are_used(key512):
@@ -103,31 +93,81 @@ def test_ciphertext_parsing_rejects_out_of_range_and_bad_shapes(key512):
         scheme.from_array(arr.astype(np.uint16))
 
 
+def test_a_ciphertext_sharing_a_factor_with_n_is_refused(key512):
+    scheme = key512[0]
+    arr = scheme.to_array([scheme.p * 12345])
+    with pytest.raises(ValueError, match="ciphertext 0 is outside"):
+        scheme.from_array(arr)
+
+
 def test_wrong_secret_key_is_refused(key512):
     _, pub, priv = key512
     with pytest.raises(ValueError, match="does not match"):
-        PackedPaillier(pub.n, priv.p + 2, priv.q)
+        PaillierPrivate(pub.n, priv.p + 2, priv.q)
+    with pytest.raises(ValueError, match="odd"):
+        PaillierPublic(pub.n + 1)
 
 
-@pytest.mark.parametrize("bits", [1024, 2048])
-def test_real_key_sizes_pack_and_update_a_matrix(bits, caplog):
-    pub, priv = paillier.generate_paillier_keypair(n_length=bits)
-    cfg = {"strategy": {"frac_bits": 32, "value_bound": 64.0}, "clients_per_round": 3, "model": {"dim": 10}}
-    from crypto.paillier import int_to_bytes
-    crypto = PackedMatrixCrypto.from_config(cfg, 4, int_to_bytes(pub.n, bits // 8), int_to_bytes(priv.p, bits // 16),
-                                            int_to_bytes(priv.q, bits // 16))
-    V = np.random.default_rng(0).normal(size=(4, 10))
-    cv = crypto.encrypt_matrix(V)
-    g1, g2 = np.full((2, 10), 0.25), np.full((1, 10), -0.5)
-    up1 = crypto.from_bytes(crypto.encrypt_gradient_rows(g1))
-    up2 = crypto.from_bytes(crypto.encrypt_gradient_rows(g2))
-    cv = crypto.apply_updates(cv, [(np.array([0, 2]), up1), (np.array([2]), up2)])
-    want = V.copy()
-    want[[0, 2]] -= 0.25
-    want[2] += 0.5
-    assert np.allclose(crypto.decrypt_matrix(crypto.to_bytes(cv)), want, atol=1e-8)
+def test_key_bytes_round_trip_and_a_wrong_key_is_refused():
+    n, p, q = generate_key_bytes(1024)
+    assert n.shape == (128,) and p.shape == q.shape == (64,)
+    check_key_bytes(n, p, q)
+    with pytest.raises(ValueError, match="does not match"):
+        check_key_bytes(n, p, int_to_bytes(int.from_bytes(q.tobytes(), "big") + 2, 64))
 
 
 def test_1024_bit_keys_warn(caplog):
     generate_keypair(1024)
     assert "below current recommendations" in caplog.text
+
+
+# --------------------------------------------------------------------- pool
+def test_pool_export_consumes_and_import_restores_the_same_obfuscators(key512):
+    scheme = key512[0]
+    pool = ObfuscatorPool(int(scheme.n))
+    pool.fill(4)
+    values = sorted(int(v) for v in pool._items)
+    arr = pool.export()
+    assert len(pool) == 0 and arr.dtype == np.uint8 and arr.shape == (4, scheme.ciphertext_bytes)
+    assert pool.export().shape == (0, scheme.ciphertext_bytes)
+    back = ObfuscatorPool.from_export(int(scheme.n), arr)
+    assert len(back) == 4 and sorted(int(v) for v in back._items) == values
+    user = PaillierPrivate(int(scheme.n), scheme.p, scheme.q, pool=back)  # encryption with imported values works
+    assert user.decrypt_batch(user.encrypt_batch([11, 22, 33, 44])) == [11, 22, 33, 44]
+    assert back.computed_on_demand == 0 and len(back) == 0
+
+
+def test_every_imported_obfuscator_is_an_nth_power(key512):
+    """r^n mod n^2 has order dividing lambda(n) = lcm(p-1, q-1): y^lambda = 1 mod n^2 for an n-th power."""
+    scheme = key512[0]
+    pool = ObfuscatorPool(int(scheme.n))
+    pool.fill(3)
+    lam = gmpy2.lcm(scheme.p - 1, scheme.q - 1)
+    for y in ObfuscatorPool.from_export(int(scheme.n), pool.export())._items:
+        assert gmpy2.powmod(y, lam, scheme.n2) == 1
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (lambda a, s: a[:, :-1], "uint8"), (lambda a, s: a.astype(np.uint16), "uint8"), (lambda a, s: a[0], "uint8"),
+    (lambda a, s: np.zeros_like(a), "obfuscator 0 is outside"),
+    (lambda a, s: np.full_like(a, 0xFF), "outside"),
+    (lambda a, s: np.concatenate([a, s.to_array([s.q])]), "obfuscator 2 is outside"),
+])
+def test_pool_import_validates_every_value(key512, bad, needle):
+    scheme = key512[0]
+    pool = ObfuscatorPool(int(scheme.n))
+    pool.fill(2)
+    with pytest.raises(ValueError, match=needle):
+        ObfuscatorPool.from_export(int(scheme.n), bad(pool.export(), scheme))
+
+
+def test_a_pool_of_another_modulus_is_refused(key512):
+    other, _ = generate_keypair(512, allow_insecure_test_key=True)
+    with pytest.raises(ValueError, match="another modulus"):
+        PaillierPublic(key512[1].n, pool=ObfuscatorPool(other.n))
+
+
+def test_an_empty_pool_computes_on_demand_and_counts_it(key512):
+    pool = ObfuscatorPool(int(key512[0].n))
+    PaillierPublic(int(key512[0].n), pool=pool).encrypt_batch([1, 2])
+    assert pool.computed_on_demand == 2 and not hasattr(pool, "fill_in_background")

@@ -1,0 +1,100 @@
+"""The fixed-point codec: the rounded integer is bounded, at every bound the configs build, and ring sums
+of n_p users at their bound R_u never wrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from crypto.fixed_point import FixedPointCodec
+from crypto.ring import signed_view
+
+
+@given(st.lists(st.floats(-100, 100), min_size=1, max_size=30), st.integers(1, 20))
+@settings(max_examples=40, deadline=None)
+def test_ring_codec_sums_like_floats(values, users):
+    codec = FixedPointCodec(16, 100.0)
+    x = np.array(values)
+    ring = sum((codec.to_ring(x / users, np.uint32) for _ in range(users)), np.zeros(len(x), np.uint32))
+    assert np.allclose(codec.from_ring(ring), x, atol=users * 2**-16)
+
+
+def test_codec_refuses_out_of_range_and_rings_too_small():
+    with pytest.raises(ValueError, match="exceed the bound"):
+        FixedPointCodec(16, 1.0).to_ring(np.array([2.0]), np.uint32)
+    with pytest.raises(ValueError, match="ring"):
+        FixedPointCodec(20, 5000.0).to_ring(np.array([1.0]), np.uint32)
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((0, 1.0), "frac_bits"), ((63, 1.0), "frac_bits"), ((16, 0.0), "positive"), ((16, float("inf")), "finite"),
+    ((16, float("nan")), "positive"), ((40, 2.0**23), "int64"), ((3, 0.1), "encode to 0"),
+])
+def test_parameters_are_checked_at_construction(args, needle):
+    with pytest.raises(ValueError, match=needle):
+        FixedPointCodec(*args)
+
+
+def test_the_bound_is_on_the_rounded_integer():
+    """0.1 * 2^20 = 104857.6: rounding alone would give max_int + 1; the codec clamps to max_int."""
+    codec = FixedPointCodec(20, 0.1)
+    assert codec.max_int == 104857
+    assert codec.encode(np.array([0.1, -0.1, np.nextafter(0.1, 0)])).tolist() == [104857, -104857, 104857]
+    assert abs(codec.decode(codec.encode(np.array([0.1])))[0] - 0.1) < 2**-20
+    with pytest.raises(ValueError, match="exceed the bound"):
+        codec.encode(np.array([np.nextafter(0.1, 1)]))  # beyond the bound: rejected, not clamped
+
+
+@settings(max_examples=200, deadline=None)
+@given(frac=st.integers(1, 62), bound=st.floats(1e-6, 1e12), x=st.floats(-1.0, 1.0), seed=st.integers(0, 7))
+def test_every_accepted_value_encodes_within_max_int_and_within_one_unit(frac, bound, x, seed):
+    try:
+        codec = FixedPointCodec(frac, bound)
+    except ValueError:
+        assume(False)
+    v = np.array([x * bound, bound, -bound, np.nextafter(bound, 0), -np.nextafter(bound, 0)])
+    e = codec.encode(v)
+    assert np.abs(e).max() <= codec.max_int
+    assert np.abs(codec.decode(e) - v).max() < 2.0 ** -frac or np.abs(codec.decode(e) - v).max() <= bound * 2**-52
+
+
+# ------------------------------------------------- the two-server ring codecs the configs build
+def _server_and_user_codecs(bits: int, frac: int, users: int) -> tuple[FixedPointCodec, FixedPointCodec]:
+    """As strategies/two_server.py and clients/two_server.py build them: R = 2^(k-1-f) - 1, R_u = R / n_p."""
+    bound = 2.0 ** (bits - 1 - frac) - 1.0
+    return FixedPointCodec(frac, bound), FixedPointCodec(frac, bound / users)
+
+
+@st.composite
+def ring_configs(draw):
+    """(ring_bits, frac_bits, clients_per_round) as the config accepts them: frac < bits - 2 and R_u >= 1."""
+    bits = draw(st.sampled_from([32, 64]))
+    frac = draw(st.one_of(st.just(16), st.integers(1, bits - 3)))
+    users = draw(st.one_of(st.just(100), st.integers(1, 1000), st.just(2 ** min(bits - 1 - frac, 40) - 1)))
+    assume(1 <= users and (2.0 ** (bits - 1 - frac) - 1.0) / users >= 1.0)
+    return bits, frac, users
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=ring_configs(), signs=st.lists(st.sampled_from([-1, 1]), min_size=1, max_size=8), inside=st.booleans())
+def test_n_p_users_at_their_bound_sum_without_wrapping_the_ring(cfg, signs, inside):
+    bits, frac, users = cfg
+    ring = np.uint32 if bits == 32 else np.uint64
+    if bits == 64 and frac < 10:  # R = 2^(63-f) - 1 rounds to 2^(63-f) in float64: refused, never wrapped
+        with pytest.raises(ValueError, match="int64"):
+            _server_and_user_codecs(bits, frac, users)
+        return
+    server, user = _server_and_user_codecs(bits, frac, users)
+    assert server.ring_fits(ring) and user.ring_fits(ring)
+    r_u = np.nextafter(user.value_bound, 0) if inside else user.value_bound
+    x = np.array(signs, dtype=np.float64) * r_u
+    e = user.encode(x)
+    assert np.abs(e).max() <= user.max_int and users * user.max_int < 2 ** (bits - 1)
+    one = user.to_ring(x, ring)
+    assert np.array_equal(user.from_ring(one), user.decode(e))  # round trip of one value at the bound
+    assert np.abs(user.decode(e) - x).max() < 2.0 ** -frac
+    total = one * ring(users)  # n_p users all at the bound: the worst case of a round's sum
+    assert signed_view(total).astype(object).tolist() == (e.astype(object) * users).tolist()  # exact, no wrap
+    assert np.array_equal(server.from_ring(total), server.decode(signed_view(total)))

@@ -3,7 +3,10 @@
 Hydra composes ``conf/`` against these dataclasses (registered in a
 ConfigStore by :mod:`simulations.config`), so a wrong type or an unknown key
 is refused at composition. Clients and strategies receive an
-:class:`AppConfig` instance and read it by attribute. Each strategy config
+:class:`AppConfig` instance and read it by attribute. Each dataclass checks
+its own values in ``__post_init__`` (so ``OmegaConf.to_object`` after
+composition and :func:`from_dict` both refuse a bad value, raising
+:class:`ConfigError` naming the key). Each strategy config
 checks its protocol invariants in :meth:`StrategyConfig.check`, which the
 strategy calls at construction, before any client is contacted (as Flower's
 ``_check_init_params`` does).
@@ -15,6 +18,7 @@ The dataclasses live here, below ``clients/`` and ``strategies/`` and above
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,50 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# Value checks used by the dataclasses' __post_init__: they run whenever a
+# config object is built (OmegaConf.to_object after Hydra composition, or
+# from_dict), so a bad value is refused before any data is loaded.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any, key: str) -> None:
+    _require(_is_int(value) and value > 0, key, f"must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(value: Any, key: str) -> None:
+    _require(_is_int(value) and value >= 0, key, f"must be an integer >= 0, got {value!r}")
+
+
+def _optional_positive_int(value: Any, key: str) -> None:
+    if value is not None:
+        _positive_int(value, key)
+
+
+def _positive_float(value: Any, key: str) -> None:
+    _require(_is_number(value) and value > 0, key, f"must be a positive number, got {value!r}")
+
+
+def _non_negative_float(value: Any, key: str) -> None:
+    _require(_is_number(value) and value >= 0, key, f"must be a non-negative number, got {value!r}")
+
+
+def _one_of(value: Any, key: str, options: tuple[Any, ...]) -> None:
+    _require(value in options, key, f"{value!r} is not one of {', '.join(map(str, options))}")
+
+
+STRATEGIES = ("plaintext", "distributed_mf", "fedmf", "secemb", "secfedrec")
+MODELS = ("mf", "ncf", "fm", "deepfm")
+DATASETS = ("ml_latest_small", "ml_100k", "ml_1m", "ml_10m", "ml_25m", "synthetic", "csv")
+SYNTHETIC_PRESETS = ("ml_1m", "ml_10m", "ml_25m", "yelp")
+MF_ONLY_STRATEGIES = ("distributed_mf", "fedmf")
+PAILLIER_KEY_BITS = (1024, 2048, 3072, 4096)
+
+
 # ------------------------------------------------------------------- groups
 @dataclass
 class TrainConfig:
@@ -37,6 +85,12 @@ class TrainConfig:
     eval_every: int = 5              # rounds between test evaluations (0 = only after the last round)
     eval_clients: int | None = None  # None = every user; an int evaluates a fixed seeded sample of users
     server_optimizer: str = "adam"   # adam (SecEmb Appendix I) or sgd
+
+    def __post_init__(self) -> None:
+        _positive_int(self.local_user_steps, "train.local_user_steps")
+        _non_negative_int(self.eval_every, "train.eval_every")
+        _optional_positive_int(self.eval_clients, "train.eval_clients")
+        _one_of(self.server_optimizer, "train.server_optimizer", ("adam", "sgd"))
 
 
 @dataclass
@@ -46,6 +100,16 @@ class SimulationConfig:
     reply_timeout: float = 600.0      # seconds a phase waits for replies before leaving clients out
     register_timeout: float = 300.0   # seconds to wait for all nodes to connect before round 1
     telemetry: bool = False           # users report their compute seconds (reveals per-user timing; see README)
+    device_state_dir: str | None = None  # each device also keeps its private state here (set on checkpointing/resumed runs)
+    ray_address: str | None = None    # existing Ray cluster to run on ("host:port" or "auto"); null = $RAY_ADDRESS, else a local Ray
+
+    def __post_init__(self) -> None:
+        _positive_float(self.num_cpus_per_client, "simulation.num_cpus_per_client")
+        _require(isinstance(self.backend, str) and bool(self.backend), "simulation.backend", "must be a backend name")
+        _positive_float(self.reply_timeout, "simulation.reply_timeout")
+        _positive_float(self.register_timeout, "simulation.register_timeout")
+        _require(self.ray_address is None or (isinstance(self.ray_address, str) and bool(self.ray_address.strip())),
+                 "simulation.ray_address", "must be a Ray cluster address such as 127.0.0.1:6379 (or null)")
 
 
 @dataclass
@@ -55,6 +119,16 @@ class ModelConfig:
     lr: float = 0.025       # server Adam learning rate (and the clients' private-parameter rate)
     reg: float = 0.01       # L2 regularisation weight
     init_std: float = 0.1   # std of the normal initial embeddings
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "model.name", MODELS)
+        _positive_int(self.dim, "model.dim")
+        _positive_float(self.lr, "model.lr")
+        _non_negative_float(self.reg, "model.reg")
+        _positive_float(self.init_std, "model.init_std")
+        # NCF's MLP tower halves the width twice (2d -> d -> d/2).
+        _require(self.name != "ncf" or self.dim % 2 == 0, "model.dim",
+                 f"must be even for ncf (MLP 2d -> d -> d/2), got {self.dim}")
 
     def spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return ModelSpec(name=self.name, dim=int(self.dim), n_user_features=n_user_features,
@@ -75,14 +149,42 @@ class DatasetConfig:
     age_encoding: str = "bucket"     # ml_100k user ages: bucket (30 features) | raw (84, as the SecEmb paper)
     # synthetic only
     preset: str | None = None        # ml_1m | ml_10m | ml_25m | yelp: sizes of SecEmb Table 7
-    n_users: int = 100
-    n_items: int = 200
+    n_users: int = 100               # users of the planted matrix
+    n_items: int = 200               # items of the planted matrix
     rank: int = 8                    # rank of the planted rating matrix
     mean_ratings: int = 20           # mean ratings per user (lognormal counts)
-    popularity_exponent: float = 1.0  # Zipf-like item popularity (0 = uniform)
+    popularity_exponent: float = 0.0  # Zipf-like item popularity exponent (0 = uniform; the paper-size presets use 1.0)
     noise: float = 0.3               # std of the rating noise
-    n_user_features: int = 0
-    n_item_features: int = 0
+    n_user_features: int = 0         # random binary user features (FM/DeepFM inputs)
+    n_item_features: int = 0         # random binary item features (FM/DeepFM inputs)
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "dataset.name", DATASETS)
+        _require(self.name != "csv" or bool(self.path), "dataset.path", "is required for dataset=csv")
+        _one_of(self.split, "dataset.split", ("random", "last_k"))
+        _require(_is_number(self.test_fraction) and 0 < self.test_fraction < 1, "dataset.test_fraction",
+                 f"must be in (0, 1), got {self.test_fraction!r}")
+        _positive_int(self.k, "dataset.k")
+        _optional_positive_int(self.max_items, "dataset.max_items")
+        _optional_positive_int(self.max_users, "dataset.max_users")
+        _one_of(self.age_encoding, "dataset.age_encoding", ("bucket", "raw"))
+        if self.name == "synthetic":
+            _one_of(self.preset, "dataset.preset", (None, *SYNTHETIC_PRESETS))
+            for key in ("n_users", "n_items", "rank", "mean_ratings"):
+                _positive_int(getattr(self, key), f"dataset.{key}")
+            _non_negative_float(self.popularity_exponent, "dataset.popularity_exponent")
+            _non_negative_float(self.noise, "dataset.noise")
+            _non_negative_int(self.n_user_features, "dataset.n_user_features")
+            _non_negative_int(self.n_item_features, "dataset.n_item_features")
+
+
+def _paillier_codec_module() -> Any:
+    """The module holding FedMF's PackingCodec and FixedPointCodec (crypto.paillier_codec, or
+    crypto.paillier before the codec moved there); imported lazily, as the other strategies never need it."""
+    try:
+        return importlib.import_module("crypto.paillier_codec")
+    except ModuleNotFoundError:
+        return importlib.import_module("crypto.paillier")
 
 
 # ---------------------------------------------------------------- strategies
@@ -90,23 +192,39 @@ class DatasetConfig:
 class StrategyConfig:
     """Base of every protocol's settings."""
 
-    name: str = "plaintext"
+    name: str = "plaintext"  # the protocol: a key of STRATEGY_CONFIGS (set by the conf/strategy/ file chosen)
     min_users: int = 2  # a secure aggregate over fewer users is refused (it would reveal one user's values)
 
+    def __post_init__(self) -> None:
+        # Single-key value checks; cross-key invariants need the whole app and live in check().
+        _one_of(self.name, "strategy.name", STRATEGIES)
+        _positive_int(self.min_users, "strategy.min_users")
+
     def check(self, app: AppConfig) -> None:
-        """Protocol invariants, checked before any client is contacted; raises ConfigError naming the key."""
-        _require(self.min_users >= 1, "strategy.min_users", f"must be >= 1, got {self.min_users}")
+        """Protocol invariants, checked before any client is contacted; raises ConfigError naming the key.
+
+        Called by every strategy at construction and by ``simulations.config.to_app_config``,
+        so a config that cannot work fails at composition, not rounds into a run.
+        """
+        self.__post_init__()
+        expected = STRATEGY_CONFIGS.get(self.name)
+        _require(expected is None or isinstance(self, expected), "strategy.name",
+                 f"{self.name!r} needs a {expected.__name__ if expected else '?'}, got {type(self).__name__}")
 
 
 @dataclass
 class PlaintextConfig(StrategyConfig):
-    name: str = "plaintext"
+    name: str = "plaintext"     # plaintext federated training (the twin of secemb)
     m_prime: int | None = None  # pad/truncate each user's rated items to this count (None = use them all)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _optional_positive_int(self.m_prime, "strategy.m_prime")
 
 
 @dataclass
 class DistributedMFConfig(StrategyConfig):
-    name: str = "distributed_mf"
+    name: str = "distributed_mf"  # FedMF Algorithm 1 with plaintext gradients (the twin of fedmf)
     mode: str = "fulltext"        # parttext (rated items) | fulltext (all items) | padded
     lr: float = 0.01              # gamma of FedMF eqs. (3)-(4)
     reg_u: float = 0.001          # lambda
@@ -114,14 +232,58 @@ class DistributedMFConfig(StrategyConfig):
     pad_to: int = 0               # padded mode: rated items plus random unrated ones up to this count
     record_uploads: bool = False  # keep the server's view (uploads + V) for the leakage attack
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of(self.mode, "strategy.mode", ("parttext", "fulltext", "padded"))
+        _positive_float(self.lr, "strategy.lr")
+        _non_negative_float(self.reg_u, "strategy.reg_u")
+        _non_negative_float(self.reg_v, "strategy.reg_v")
+        _non_negative_int(self.pad_to, "strategy.pad_to")
+        _require(self.mode != "padded" or self.pad_to > 0, "strategy.pad_to",
+                 f"must be a positive integer in padded mode, got {self.pad_to!r}")
+
+    def check(self, app: AppConfig) -> None:
+        super().check(app)
+        # FedMF Algorithm 1 factorises the rating matrix: only biased MF has the U V^T form it updates.
+        _require(app.model.name == "mf", "model",
+                 f"strategy={self.name} trains matrix factorisation only; got model={app.model.name}")
+
 
 @dataclass
 class FedMFConfig(DistributedMFConfig):
-    name: str = "fedmf"
+    name: str = "fedmf"           # FedMF: Paillier-encrypted item matrix
     key_bits: int = 2048          # Paillier modulus bits; 1024 reproduces the paper (warns)
     frac_bits: int = 32           # fixed-point fraction bits of the packing codec
     value_bound: float = 64.0     # |value| bound of item-matrix entries and gradients (enforced)
     key_holder_fingerprint: str | None = None  # sha256 hex of the key holder's signing key (trust anchor)
+    precompute_obfuscators: bool = True  # users keep r^n values for their next upload in Context.state
+    key_holder: int | None = None  # user id that must generate the Paillier key (the one holding the signing key)
+    key_holder_key_file: str | None = None  # PEM Ed25519 private key of that user (simulation; deployments: node config)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.key_bits in PAILLIER_KEY_BITS, "strategy.key_bits",
+                 f"must be 1024, 2048, 3072 or 4096, got {self.key_bits!r}")
+        _positive_int(self.frac_bits, "strategy.frac_bits")
+        _positive_float(self.value_bound, "strategy.value_bound")
+        _require(self.key_holder is None or (_is_int(self.key_holder) and self.key_holder >= 0),
+                 "strategy.key_holder", f"must be a user id (an integer >= 0) or null, got {self.key_holder!r}")
+
+    def check(self, app: AppConfig) -> None:
+        """Also build the packing codec the protocol will use, so a codec that cannot fit fails here,
+        in microseconds, instead of after a multi-second Paillier key generation."""
+        super().check(app)
+        from crypto.fixed_point import FixedPointCodec
+
+        codec_module = _paillier_codec_module()
+        try:
+            fixed = FixedPointCodec(int(self.frac_bits), float(self.value_bound))
+            codec_module.PackingCodec(fixed, max_summands=int(app.clients_per_round), key_bits=int(self.key_bits))
+        except ValueError as exc:
+            raise ConfigError(
+                f"strategy.frac_bits={self.frac_bits} with strategy.value_bound={self.value_bound}, "
+                f"clients_per_round={app.clients_per_round} and strategy.key_bits={self.key_bits}: {exc}; "
+                "lower frac_bits, value_bound or clients_per_round") from None
 
 
 @dataclass
@@ -130,19 +292,46 @@ class TwoServerConfig(StrategyConfig):
     frac_bits: int = 16                     # fixed-point fraction bits in the ring
     server1_address: str | None = None      # host:port of a server 1 process (python -m twoserver); None = in-process
     server1_fingerprint: str | None = None  # sha256 hex of server 1's X25519 key, the users' trust anchor
+    server1_tls_dir: str | None = None      # folder of `python -m twoserver.certs` (ca.pem, server0.pem/.key); None = plain TCP, loopback only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.ring_bits in (32, 64), "strategy.ring_bits", f"must be 32 or 64, got {self.ring_bits!r}")
+        _positive_int(self.frac_bits, "strategy.frac_bits")
+        _require(self.frac_bits < self.ring_bits - 2, "strategy.frac_bits",
+                 f"must leave integer bits in the ring (frac_bits < ring_bits - 2), got {self.frac_bits} "
+                 f"with ring_bits={self.ring_bits}")
+
+    def per_user_bound(self, clients_per_round: int) -> float:
+        """R_u = (2^(k-1-f) - 1) / n_p (SecEmb Lemma L.2): each user's clip bound, so n_p sums never wrap."""
+        return (2.0 ** (self.ring_bits - 1 - self.frac_bits) - 1.0) / max(int(clients_per_round), 1)
+
+    def check(self, app: AppConfig) -> None:
+        super().check(app)
+        bound = self.per_user_bound(app.clients_per_round)
+        _require(bound >= 1.0, "strategy.frac_bits",
+                 f"frac_bits={self.frac_bits} in a {self.ring_bits}-bit ring leaves each of "
+                 f"clients_per_round={app.clients_per_round} users a value bound R_u={bound:.3g} < 1, so every "
+                 "gradient would be clipped; lower frac_bits or clients_per_round, or use ring_bits=64")
 
 
 @dataclass
 class SecEmbConfig(TwoServerConfig):
-    name: str = "secemb"
+    name: str = "secemb"          # SecEmb: two servers, DPF retrieval and row-wise DPF aggregation
     variant: str = "secemb"       # secemb (row encoding + shared path) | rowenc | init (ablations)
     m_prime: int | None = None    # None: m' = alpha x mean |I_u| from a secure sum (Appendix C)
-    alpha: float = 1.0
+    alpha: float = 1.0            # m' multiplier of the secure mean count (m_prime=None only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of(self.variant, "strategy.variant", ("secemb", "rowenc", "init"))
+        _optional_positive_int(self.m_prime, "strategy.m_prime")
+        _positive_float(self.alpha, "strategy.alpha")
 
 
 @dataclass
 class SecFedRecConfig(TwoServerConfig):
-    name: str = "secfedrec"
+    name: str = "secfedrec"  # the SecEmb paper's Secure FedRec baseline (full model, additive shares)
 
 
 STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
@@ -168,6 +357,18 @@ class AppConfig:
     strategy: Any = field(default_factory=PlaintextConfig)  # one of STRATEGY_CONFIGS' classes
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+    def __post_init__(self) -> None:
+        _positive_int(self.rounds, "rounds")
+        _positive_int(self.clients_per_round, "clients_per_round")
+        _non_negative_int(self.seed, "seed")
+        _non_negative_int(self.checkpoint_every, "checkpoint_every")
+        _require(isinstance(self.strategy, StrategyConfig), "strategy",
+                 f"must be one of {', '.join(STRATEGY_CONFIGS)}, got {type(self.strategy).__name__}")
+
+    def check(self) -> None:
+        """Every value and protocol invariant of this config (what a strategy checks at construction)."""
+        self.strategy.check(self)
 
     def model_spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return self.model.spec(n_user_features, n_item_features)

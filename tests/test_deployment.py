@@ -3,8 +3,12 @@
 Each SuperNode is told its user through ``--node-config partition-id=...``;
 the run trains 2 rounds of ``plaintext`` MF (and of ``secemb`` with server 1
 as its own process) and the test checks the results the ServerApp wrote.
-Processes are stopped by PID. Insecure mode is for loopback only; see the
-README for the TLS flags of a real deployment.
+Processes are stopped by PID. Everything runs over TLS with certificates made
+by the documented command ``python -m twoserver.certs``: the SuperLink serves
+its certificate (``--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile``), the
+SuperNodes and ``flwr`` verify it against the CA (``--root-certificates``,
+``root-certificates`` in ``~/.flwr/config.toml``), and server 0 and server 1
+authenticate each other with mutual TLS.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class Deployment:
         self.port = _free_port()
         self.procs: list[subprocess.Popen] = []
         self.n_nodes = n_nodes
+        self.certs = tmp / "certs"
+        subprocess.run([sys.executable, "-m", "twoserver.certs", "--out", str(self.certs)], env=self.env,
+                       cwd=ROOT, check=True, capture_output=True)
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
@@ -62,12 +69,15 @@ class Deployment:
         flwr_home.mkdir(parents=True)
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{self.port}"\n'
-            "insecure = true\n")
-        self._spawn([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            f'root-certificates = "{self.certs / "ca.pem"}"\n')
+        self._spawn([str(BIN / "flower-superlink"), "--ssl-certfile", str(self.certs / "superlink.pem"),
+                     "--ssl-keyfile", str(self.certs / "superlink.key"),
+                     "--ssl-ca-certfile", str(self.certs / "ca.pem"), "--disable-runtime-dependency-installation",
                      "--host", "127.0.0.1", "--port", str(self.port)], "superlink")
         _wait_port(self.port)
         for pid in range(self.n_nodes):
-            self._spawn([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+            self._spawn([str(BIN / "flower-supernode"), "--root-certificates", str(self.certs / "ca.pem"),
+                         "--superlink", f"127.0.0.1:{self.port}",
                          "--node-config", f"partition-id={pid} num-partitions={self.n_nodes}",
                          "--port", str(_free_port())], f"supernode{pid}")
 
@@ -77,7 +87,7 @@ class Deployment:
                               env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         (self.tmp / "flwr_run.log").write_text(proc.stdout + proc.stderr)
         results = out_dir / "results.json"
-        deadline = time.time() + timeout
+        deadline = time.time() + 30  # `flwr run --stream` returns when the run ended: results are written by then
         while not results.exists() and time.time() < deadline:
             time.sleep(1)
         assert results.exists(), f"no results; flwr run said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -118,7 +128,7 @@ def deployment(tmp_path):
 
 
 # A Flower app bundle carries no CSV files: the nodes read the data from a local folder, as devices would.
-DATA = ROOT / "simulations" / "data_sources" / "ml-latest-small"
+DATA = ROOT / "recdata" / "ml-latest-small"
 # Two rounds, so round 2 runs on the state nodes kept from round 1; the test set is evaluated after the
 # last one only: every message exchange here costs ~11 s (SuperNodes poll every 3 s and start a fresh
 # ClientApp process per message), and the simulation tests already evaluate every round.
@@ -134,10 +144,13 @@ def test_plaintext_mf_on_a_real_deployment(deployment, tmp_path):
 
 def test_secemb_with_server1_as_its_own_process(deployment, tmp_path):
     port = _free_port()
-    server1 = deployment._spawn([sys.executable, "-m", "twoserver", "--port", str(port)], "server1")
+    certs = deployment.certs
+    server1 = deployment._spawn([sys.executable, "-m", "twoserver", "--port", str(port),
+                                 "--cert", str(certs / "server1.pem"), "--key", str(certs / "server1.key"),
+                                 "--ca", str(certs / "ca.pem")], "server1")
     _wait_port(port)
-    res = deployment.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port}",
-                         tmp_path / "out")
+    res = deployment.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port} "
+                         f"strategy.server1_tls_dir={certs}", tmp_path / "out")
     assert server1.poll() is None  # server 1 served the run as a separate process
     assert [r["round"] for r in res["records"]] == [1, 2]
     assert 0 < res["final"]["final_test_rmse"] < 5

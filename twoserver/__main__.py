@@ -1,20 +1,84 @@
-"""``python -m twoserver --port P``: run server 1 as its own process."""
+"""``python -m twoserver``: run server 1 as its own process.
+
+    python -m twoserver --host H --port P --cert server1.pem --key server1.key --ca ca.pem [--key-file x25519.key]
+    python -m twoserver --port P --insecure        # plain TCP, loopback tests only
+
+Certificates come from ``python -m twoserver.certs``. At start server 1
+prints the sha256 fingerprint of its X25519 public key; operators put it in
+users' config (``strategy.server1_fingerprint``). With ``--key-file`` the key
+is kept (mode 0600) so the fingerprint survives restarts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
-from twoserver.transport import serve
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from twoserver.operations import Server1
+from twoserver.transport import TlsFiles, is_loopback, serve
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="SecEmb server 1 (non-colluding second server)")
+def load_or_create_key(path: Path) -> X25519PrivateKey:
+    """Server 1's X25519 key from a 0600 file (32 raw bytes), created there if missing."""
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise SystemExit(f"{path} is readable by others; chmod 600 it")
+        raw = path.read_bytes()
+        if len(raw) != 32:
+            raise SystemExit(f"{path} does not hold a 32-byte X25519 private key")
+        return X25519PrivateKey.from_private_bytes(raw)
+    key = X25519PrivateKey.generate()
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return key
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m twoserver",
+                                     description="SecEmb server 1 (the non-colluding second server)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    serve(args.host, args.port)
+    parser.add_argument("--cert", help="server 1's certificate (PEM), from python -m twoserver.certs")
+    parser.add_argument("--key", help="its private key (PEM)")
+    parser.add_argument("--ca", help="the CA that signs server 0's client certificate (PEM)")
+    parser.add_argument("--insecure", action="store_true", help="plain TCP, no authentication: loopback tests only")
+    parser.add_argument("--min-users", type=int, default=2,
+                        help="server 1's own floor for any sum over users (server 0 may raise it, not lower it)")
+    parser.add_argument("--read-timeout", type=float, default=60.0,
+                        help="seconds a peer may stall within a frame or the TLS handshake")
+    parser.add_argument("--idle-timeout", type=float, default=3600.0,
+                        help="seconds a connection may wait between frames")
+    parser.add_argument("--key-file", type=Path, help="keep server 1's X25519 key here (0600) across restarts")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    tls_args = (args.cert, args.key, args.ca)
+    if args.insecure:
+        if any(tls_args):
+            parser.error("--insecure excludes --cert/--key/--ca")
+        if not is_loopback(args.host):
+            parser.error(f"--insecure is refused for the non-loopback host {args.host}")
+        tls = None
+    elif not all(tls_args):
+        parser.error("give --cert, --key and --ca (make them with python -m twoserver.certs), "
+                     "or --insecure on loopback")
+    else:
+        tls = TlsFiles(Path(args.ca), Path(args.cert), Path(args.key))
+    if args.min_users < 1:
+        parser.error("--min-users must be >= 1")
+    server1 = Server1(min_users=args.min_users,
+                      private_key=load_or_create_key(args.key_file) if args.key_file else None)
+    print(f"server 1 X25519 public key fingerprint (strategy.server1_fingerprint): {server1.fingerprint}",
+          flush=True)
+    serve(args.host, args.port, server1, tls, args.read_timeout, args.idle_timeout)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,16 @@
 Per-user rejections by server 1 (a box that fails authentication, keys of the
 wrong shape) come back in the reply's ``rejected`` map; they are reported to
 ``on_reject`` so the round continues without those users. A refusal of the
-whole request raises :class:`Server1Error`.
+whole request raises :class:`Server1Error`; server 1 being unreachable (down,
+died mid-run, TLS refused) raises :class:`Server1Unavailable`, whose message
+names server 1 and its address, so the round loop stops after saving what is
+done.
+
+Server 0's side of the link is configured by ``strategy.server1_address``
+(``host:port``; null = server 1 in-process) and ``strategy.server1_tls_dir``
+(the folder ``python -m twoserver.certs`` writes: ``ca.pem``, ``server0.pem``,
+``server0.key``). Without a TLS folder the link is plain TCP and only to a
+loopback address.
 """
 
 from __future__ import annotations
@@ -13,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas.wire import decode_frame, encode_frame
-from twoserver.transport import link_for
+from schemas.wire import WireError, decode_frame, encode_frame
+from twoserver.operations import Server1
+from twoserver.transport import InProcessLink, Server1Unavailable, SocketLink, TlsFiles
+
+__all__ = ["Server1Client", "Server1Error", "Server1Unavailable"]
 
 
 class Server1Error(RuntimeError):
@@ -22,17 +34,37 @@ class Server1Error(RuntimeError):
 
 
 class Server1Client:
-    def __init__(self, address: str | None, on_reject: Callable[[int, str], None]) -> None:
-        self.link = link_for(address)
+    def __init__(self, address: str | None, on_reject: Callable[[int, str], None],
+                 tls_dir: str | None = None, min_users: int = 2, timeout: float = 600.0,
+                 retries: int = 3, backoff: float = 0.5) -> None:
+        """In-process server 1 when ``address`` is None (its floor is then this run's ``min_users``)."""
+        if address:
+            tls = TlsFiles.server0_in(tls_dir) if tls_dir else None
+            self.link: InProcessLink | SocketLink = SocketLink(address, tls, timeout, retries, backoff)
+        else:
+            self.link = InProcessLink(Server1(min_users=min_users))
         self.on_reject = on_reject
+
+    @classmethod
+    def from_config(cls, strategy_cfg: Any, on_reject: Callable[[int, str], None]) -> "Server1Client":
+        """The link a two-server strategy config describes (address, TLS folder, min_users)."""
+        return cls(strategy_cfg.server1_address, on_reject, getattr(strategy_cfg, "server1_tls_dir", None),
+                   int(getattr(strategy_cfg, "min_users", 2)))
 
     def call(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        status, out_meta, out_arrays = decode_frame(self.link.request(encode_frame(op, meta, arrays)))
+        reply = self.link.request(encode_frame(op, meta, arrays))
+        try:
+            status, out_meta, out_arrays = decode_frame(reply)
+        except WireError as exc:
+            raise Server1Error(f"server 1 sent a malformed reply to {op}: {exc}") from exc
         if status != "ok":
             raise Server1Error(f"server 1 refused {op}: {out_meta.get('reason')}")
-        for user, reason in out_meta.get("rejected", {}).items():
-            self.on_reject(int(user), f"server 1 rejected {op}: {reason}")
+        rejected = out_meta.get("rejected", {})
+        if not isinstance(rejected, dict) or not all(isinstance(u, str) and u.isdigit() for u in rejected):
+            raise Server1Error(f"server 1 sent a malformed 'rejected' map in its reply to {op}")
+        for user, reason in rejected.items():
+            self.on_reject(int(user), f"server 1 rejected {op}: {str(reason)[:200]}")
         return out_meta, out_arrays
 
     @property
@@ -42,3 +74,6 @@ class Server1Client:
     @property
     def bytes_received(self) -> int:
         return self.link.bytes_received
+
+    def close(self) -> None:
+        self.link.close()

@@ -6,7 +6,11 @@ back to users, and server 1's share of the round's *aggregate*. Server 1 has
 its own X25519 key pair; users seal their keys and dense shares to it, so
 server 0 cannot add both shares. It runs in-process in simulation
 (:class:`InProcessLink`) or as its own process (``python -m twoserver
---port P``, reached through :class:`twoserver.transport.SocketLink`).
+--port P --cert ... --key ... --ca ...``, reached over mutual TLS through
+:class:`twoserver.transport.SocketLink`). Before any operation runs, every
+meta field is range-checked and server 1's per-(run, round) state admits the
+request (:mod:`twoserver.guard`): one retrieval and one aggregation per round,
+over the retrieval's users less dropouts, never fewer than ``min_users``.
 
 Operations (frames of :mod:`schemas.wire`):
 ``hello`` -> public key; ``set_model`` (table in the ring); ``count`` (secure
@@ -19,15 +23,21 @@ FedRec: sum of sealed full-gradient shares).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from crypto.sealed import SealedMessageError, generate_keypair, open_sealed, seal
+from crypto.ring import ring_dtype
+from crypto.sealed import SealedMessageError, open_sealed, public_bytes, seal
 from schemas import secemb as schema
-from schemas.wire import WireError, decode_frame, encode_frame
-from twoserver.party import SecEmbParty, fresh_aggregate
+from schemas.wire import MAX_FRAME, WireError, decode_frame, encode_frame
+from twoserver.guard import RoundGuard, validate_request
+from twoserver.party import SecEmbParty
+from twoserver.variants import variant_of
 
 log = logging.getLogger("secrec.server1")
 
@@ -35,25 +45,58 @@ log = logging.getLogger("secrec.server1")
 class Server1:
     """State and operations of server 1 (party b = 1)."""
 
-    def __init__(self) -> None:
-        self._private, self.public_key = generate_keypair()
+    def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None) -> None:
+        """``min_users`` is server 1's own floor: server 0 may ask for more, never for fewer.
+
+        ``private_key`` lets a deployment keep server 1's X25519 key across restarts
+        (``--key-file``), so the fingerprint users pin stays valid.
+        """
+        self._private = private_key or X25519PrivateKey.generate()
+        self.public_key = public_bytes(self._private)
         self.table: np.ndarray | None = None
         self.party: SecEmbParty | None = None
-        self.ring_dtype: type = np.uint32
+        self.ring_dtype: np.dtype = ring_dtype(32)
+        # Per-(run, round) state: one retrieval and one aggregation per round, over the retrieval's
+        # users; the lock serialises every operation, since connections are served by several threads.
+        self.guard = RoundGuard(min_users)
+        self._lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of the raw X25519 public key: what operators put in ``strategy.server1_fingerprint``."""
+        return hashlib.sha256(self.public_key).hexdigest()
 
     # ------------------------------------------------------------ dispatch
     def handle(self, frame: bytes) -> bytes:
-        """Answer one request frame; malformed requests get an ``error`` frame."""
-        try:
-            op, meta, arrays = decode_frame(frame)
-            handler = getattr(self, f"_op_{op}", None)
-            if handler is None:
-                raise WireError(f"unknown operation {op!r}")
-            out_meta, out_arrays = handler(meta, arrays)
-            return encode_frame("ok", out_meta, out_arrays)
-        except (WireError, ValueError, KeyError) as exc:
-            log.warning("server 1 rejected a request: %s", exc)
-            return encode_frame("error", {"reason": str(exc)})
+        """Answer one request frame; malformed or refused requests get an ``error`` frame.
+
+        Every meta field is range-checked (:func:`twoserver.guard.validate_request`)
+        and the round state admits the request before an operation runs; the
+        state records it only after the operation succeeded.
+        """
+        with self._lock:
+            try:
+                if len(frame) > MAX_FRAME:
+                    raise WireError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
+                op, meta, arrays = decode_frame(frame)
+                handler = getattr(self, f"_op_{op}", None)
+                if handler is None:
+                    raise WireError(f"unknown operation {op!r}")
+                meta = validate_request(op, meta, arrays, self.table)
+                self.guard.admit(op, meta)
+                out_meta, out_arrays = handler(meta, arrays)
+                self.guard.commit(op, meta, out_meta)
+                return encode_frame("ok", out_meta, out_arrays)
+            except (WireError, ValueError, KeyError, TypeError) as exc:
+                reason = str(exc)[:1000]  # may quote request fields: bounded so the error frame always encodes
+                log.warning("server 1 rejected a request: %s", reason)
+                return encode_frame("error", {"reason": reason})
+            except (OverflowError, MemoryError, IndexError, AttributeError) as exc:
+                # Last line of defence: a request the checks above should have refused crashed an operation.
+                # Logged with its traceback (it names a missing check); answered like any refusal, so the
+                # service stays up.
+                log.error("server 1 refused a request that crashed an operation: %r", exc, exc_info=True)
+                return encode_frame("error", {"reason": f"internal error: {type(exc).__name__}"})
 
     def _open(self, box: np.ndarray, context: bytes) -> bytes:
         return open_sealed(self._private, box.tobytes(), context)
@@ -63,7 +106,7 @@ class Server1:
         return {}, {"public_key": np.frombuffer(self.public_key, dtype=np.uint8)}
 
     def _op_set_model(self, meta, arrays):
-        self.ring_dtype = np.uint64 if int(meta["ring_bits"]) == 64 else np.uint32
+        self.ring_dtype = ring_dtype(int(meta["ring_bits"]))
         table = arrays["table"]
         if table.dtype != self.ring_dtype or table.ndim != 2:
             raise WireError("table must be a 2-D array in the ring")
@@ -118,8 +161,8 @@ class Server1:
                 continue
             cws[user] = cw
             dense_sum += share
-        return {"rejected": rejected, "users": sorted(cws)}, {"sparse": self.party.aggregate(cws, width),
-                                                                "dense": dense_sum}
+        sparse = variant_of("secemb").aggregate(self.party, cws, width)
+        return {"rejected": rejected, "users": sorted(cws)}, {"sparse": sparse, "dense": dense_sum}
 
     def _op_aggregate_fresh(self, meta, arrays):
         rnd, run, width, dense = int(meta["round"]), meta["run"], int(meta["width"]), int(meta["dense_size"])
@@ -134,13 +177,38 @@ class Server1:
                 continue
             dense_sum += share
         party = SecEmbParty(1, n_items, self.ring_dtype)
-        sparse = fresh_aggregate(party, keys, width, meta["variant"])
+        sparse = variant_of(meta["variant"]).aggregate(party, keys, width)
         return {"rejected": rejected, "users": sorted(keys)}, {"sparse": sparse, "dense": dense_sum}
+
+    def _op_sum_metrics(self, meta, arrays):
+        """Secure evaluation sums (SecEmb / Secure FedRec): server 1's share of sum_u [SSE_u, count_u].
+
+        Each user's box holds its share 1 of a short metric vector, bound to
+        (run, round, user, "eval"). One sum per (run, round): a second sum over
+        a different user set would let server 0 difference out one user.
+        """
+        rnd, run, size = int(meta["round"]), meta["run"], int(meta["size"])
+        if not 1 <= size <= 16:
+            raise WireError(f"sum_metrics size {size} is outside 1..16")
+        done = self.__dict__.setdefault("_metric_sums", set())
+        if (run, rnd) in done:
+            raise WireError(f"sum_metrics for round {rnd} refused: run {run} already summed it")
+        ring = ring_dtype(int(meta["ring_bits"]))
+        total, rejected, used = np.zeros(size, dtype=ring), {}, []
+        for user in meta["users"]:
+            try:
+                raw = self._open(arrays[f"box_{user}"], schema.context(run, rnd, user, "eval"))
+                total += schema.parse_ring_vector(raw, size, ring)
+                used.append(user)
+            except (SealedMessageError, ValueError, KeyError) as exc:
+                rejected[str(user)] = str(exc)
+        done.add((run, rnd))
+        return {"rejected": rejected, "users": used}, {"sum": total}
 
     def _op_sum_shares(self, meta, arrays):
         rnd, run = int(meta["round"]), meta["run"]
         shape = tuple(int(s) for s in meta["shape"])
-        ring = np.uint64 if int(meta["ring_bits"]) == 64 else np.uint32
+        ring = ring_dtype(int(meta["ring_bits"]))
         total, rejected, used = np.zeros(shape, dtype=ring), {}, []
         for user in meta["users"]:
             try:

@@ -1,12 +1,21 @@
-"""Write a run's results: ``results.json`` (config + per-round records + final) and a PNG plot."""
+"""Write a run's results: ``records.jsonl`` as rounds end, ``results.json`` (config + records + final) and a plot.
+
+``records.jsonl`` gets one JSON object per round, appended, flushed and
+fsynced when the round ends, so a run that dies at round 290 still has rounds
+1..289 on disk (DESIGN "Nothing lost"). ``results.json`` and the plot are
+rewritten atomically (temporary file + ``os.replace``) at every checkpoint
+and at the end, so a reader never sees a half-written file.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from recdata.atomic import atomic_write_bytes
 from schemas.config import AppConfig, to_dict
 
 import matplotlib
@@ -48,10 +57,50 @@ def write_results(out_dir: str | Path, cfg: AppConfig, run: dict[str, Any], wall
                   **{k: v for k, v in run.items() if k != "records"}},
     }
     path = out / "results.json"
-    path.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
-    plot_results(records, out / "rmse_bytes.png", title=f"{config['strategy']['name']} / {config['model']['name']}"
+    atomic_write_bytes(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True).encode())
+    tmp_png = out / ".rmse_bytes.tmp.png"
+    plot_results(records, tmp_png, title=f"{config['strategy']['name']} / {config['model']['name']}"
                  f" / {config['dataset']['name']}")
+    os.replace(tmp_png, out / "rmse_bytes.png")
     return path
+
+
+RECORDS_FILE = "records.jsonl"
+
+
+def record_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=_json_default, allow_nan=True) + "\n"
+
+
+def append_record(out_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one round's record to ``records.jsonl`` and make it durable (flush + fsync) before returning."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / RECORDS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(record_line(record))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_records(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The rounds in ``records.jsonl`` (a torn last line, from a crash mid-write, is ignored)."""
+    path = Path(out_dir) / RECORDS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def rewrite_records(out_dir: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``records.jsonl`` with ``records`` (a fresh run: none; a resume: the checkpointed rounds)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / RECORDS_FILE, "".join(record_line(r) for r in records).encode())
 
 
 def _json_default(obj: Any) -> Any:

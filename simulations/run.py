@@ -2,52 +2,134 @@
 
 Composes the config with Hydra (so ``--multirun`` sweeps and ``hydra.run.dir``
 work), starts Flower's simulation engine with one virtual SuperNode per user,
-and writes results.json and the plot into the Hydra run directory.
+and writes records.jsonl (as rounds end), results.json and the plot into the
+Hydra run directory. ``checkpoint_every=K`` checkpoints there every K rounds;
+``hydra.run.dir=<that folder> resume=true`` (same overrides, ``rounds`` may
+grow) continues from the last checkpoint.
+
+User errors (a bad config value, an unknown key or option, a missing dataset,
+a folder that cannot be resumed, server 1 gone) print one line naming the
+problem and exit with status 1, without a traceback: a traceback tells a user
+nothing they can act on. Set ``HYDRA_FULL_ERROR=1`` to see the traceback
+anyway. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from simulations.config import to_app_config, validate_config
-from schemas.config import AppConfig
+from recdata import DatasetError
+from schemas.config import AppConfig, ConfigError
+from simulations.checkpoint import ResumeError, check_resumable, load_latest_checkpoint, prepare_simulation
+from simulations.config import _one_line, to_app_config
+from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec")
 
+# Mistakes a user can fix; they get one line, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable,
+                                                HydraException, OmegaConfBaseException)
 
-def simulate(cfg: AppConfig, out_dir: str) -> None:
-    """Run the configured protocol in Flower's simulation engine."""
+
+_USER_TRACE = "SECREC_USER_FULL_ERROR"  # set by cli() when the user asked for tracebacks (HYDRA_FULL_ERROR)
+
+
+class RunStopped(RuntimeError):
+    """The run ended early (e.g. server 1 died); its finished rounds are in the run folder."""
+
+
+def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
+    """Run the configured protocol in Flower's simulation engine; return what the server reported."""
+    from recdata.dataset import dataset_meta
+
+    cfg = prepare_simulation(cfg, out_dir)
+    if cfg.resume:  # refuse a wrong resume here, before Flower starts, so the message stays one line
+        check_resumable(cfg, load_latest_checkpoint(out_dir))
+    meta = dataset_meta(cfg)  # a missing or corrupt dataset is reported before Flower and Ray start
+
     from flwr.simulation import run_simulation
 
     from simulations.client_app import make_client_app
-    from recdata.dataset import dataset_meta
     from simulations.server_app import make_server_app
 
-    meta = dataset_meta(cfg)
     sim = cfg.simulation
     backend_config = {
         "client_resources": {"num_cpus": float(sim.num_cpus_per_client), "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "log_to_driver": True},
     }
+    ray_address = sim.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray_address:  # join an existing Ray cluster: it has its own CPUs (Ray refuses num_cpus when joining)
+        backend_config["init_args"] = {"address": ray_address, "log_to_driver": True}
+        log.info("simulation runs on the Ray cluster at %s", ray_address)
+    outcome: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app=make_server_app(cfg, out_dir), client_app=make_client_app(cfg),
+        run_simulation(server_app=make_server_app(cfg, out_dir, outcome), client_app=make_client_app(cfg),
                        num_supernodes=meta.n_users, backend_name=sim.backend, backend_config=backend_config)
+    if outcome.get("error"):
+        raise RunStopped(outcome["error"])
+    if outcome.get("stopped"):
+        raise RunStopped(f"{outcome['stopped']}; results so far in {out_dir}")
+    return outcome
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    validate_config(cfg)
-    out_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state database set-up chatter
     logging.getLogger("secrec").setLevel(logging.INFO)
-    simulate(to_app_config(cfg), out_dir)
+    try:
+        app_cfg = to_app_config(cfg)
+        simulate(app_cfg, app_cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    except (*USER_ERRORS, RunStopped) as exc:
+        # Reported here, not by Hydra: Hydra would first write "Error executing job with overrides ...".
+        # SystemExit is not an Exception, so Hydra lets it through untouched.
+        if os.environ.get(_USER_TRACE):
+            raise
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line naming the problem (Hydra's and OmegaConf's multi-line messages folded)."""
+    if isinstance(exc, (HydraException, OmegaConfBaseException)) and not isinstance(exc, ConfigError):
+        return _one_line(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run :func:`main`; print a user error as one line on stderr and return 1 (0 on success).
+
+    Hydra prints its own (multi-line) report of composition errors unless
+    ``HYDRA_FULL_ERROR`` is set, in which case it re-raises; so it is set here
+    for Hydra, and the exception is reported below in one line. A user who set
+    ``HYDRA_FULL_ERROR`` themselves gets the full traceback, as Hydra promises.
+    """
+    user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    if user_wants_trace:
+        os.environ[_USER_TRACE] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        main()
+    except (*USER_ERRORS, RunStopped) as exc:
+        if user_wants_trace:
+            raise
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -15,46 +15,119 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from recdata import DatasetError
 from simulations.config import compose_config, to_app_config
 from recdata.dataset import dataset_meta
 from simulations.registry import build_strategy
-from simulations.results import final_summary, write_results
-from schemas.config import AppConfig
+from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, check_resumable, clear_checkpoints,
+                                    load_latest_checkpoint, refuse_unsupported, save_checkpoint)
+from simulations.results import append_record, final_summary, read_records, rewrite_records, write_results
+from schemas.config import AppConfig, ConfigError
+from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec")
 
 
 def run_server(grid: Grid, cfg: AppConfig, out_dir: str) -> dict[str, Any]:
-    """Run one federated training and write its results into ``out_dir``."""
+    """Run one federated training (or resume one) and write its results into ``out_dir``.
+
+    Every round is appended to ``records.jsonl`` as it ends; every
+    ``checkpoint_every`` rounds the strategy's state is checkpointed and
+    results.json/the plot are refreshed, so a run that dies loses at most the
+    rounds since its last checkpoint, and ``resume=true`` continues from it.
+    """
     start = time.perf_counter()
+    refuse_unsupported(cfg)
     meta = dataset_meta(cfg)
     strategy = build_strategy(cfg, meta)
+    every = int(cfg.checkpoint_every)
+    can_checkpoint = hasattr(strategy, "checkpoint_state") and hasattr(strategy, "restore_state")
+    if every and not can_checkpoint:
+        log.warning("strategy=%s keeps no checkpoints (%s); rounds are still appended to records.jsonl",
+                    cfg.strategy.name, NOT_RESUMABLE.get(cfg.strategy.name, "no checkpoint_state"))
+    first_round, prior = 1, []
+    if cfg.resume:
+        ckpt = load_latest_checkpoint(out_dir)
+        check_resumable(cfg, ckpt)
+        strategy.restore_state(ckpt.arrays)  # type: ignore[attr-defined]
+        first_round = ckpt.round + 1
+        appended = read_records(out_dir)
+        prior = [r for r in appended if int(r["round"]) <= ckpt.round]
+        lost = [int(r["round"]) for r in appended if int(r["round"]) > ckpt.round]
+        if lost:
+            # Devices keep only their latest private state and are not told of the rollback, so the users
+            # of the redone rounds start them from a later state than the uninterrupted run had.
+            log.warning("rounds %d..%d ran after the last checkpoint and are redone; their users keep the "
+                        "private state they reached in them, so this run can differ slightly from an "
+                        "uninterrupted one (checkpoint_every=1 avoids it)", lost[0], lost[-1])
+        if [int(r["round"]) for r in prior] != list(range(1, ckpt.round + 1)):
+            raise ResumeError(f"{out_dir}/records.jsonl does not hold rounds 1..{ckpt.round} of the checkpointed run")
+        rewrite_records(out_dir, prior)  # rounds after the checkpoint are redone
+        log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, ckpt.round, out_dir)
+    else:
+        clear_checkpoints(out_dir)
+        rewrite_records(out_dir, [])
     log.info("strategy=%s model=%s dataset=%s users=%d items=%d rounds=%d clients/round=%d",
              cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items,
              cfg.rounds, cfg.clients_per_round)
-    run = strategy.start(grid)
+    done: list[dict[str, Any]] = list(prior)
+
+    def on_round(record: dict[str, Any]) -> None:
+        append_record(out_dir, record)
+        done.append(record)
+        if every and can_checkpoint and record["round"] % every == 0:
+            save_checkpoint(out_dir, record["round"], strategy.checkpoint_state(), cfg)  # type: ignore[attr-defined]
+            write_results(out_dir, cfg, {"records": done, "checkpoint_round": record["round"]},
+                          time.perf_counter() - start)
+
+    run = strategy.start(grid, on_round=on_round, first_round=first_round, prior_records=prior)
     wall = time.perf_counter() - start
     path = write_results(out_dir, cfg, run, wall)
     summary = final_summary(run["records"])
-    log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", summary["final_test_rmse"],
-             summary["rounds"], wall, path)
+    if run.get("stopped"):
+        log.error("run stopped: %s; results so far in %s", run["stopped"], path)
+    else:
+        log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", summary["final_test_rmse"],
+                 summary["rounds"], wall, path)
     return run
 
 
-def make_server_app(cfg: AppConfig, out_dir: str) -> ServerApp:
-    """A ServerApp bound to a composed config (used by ``python -m simulations.run``)."""
+def make_server_app(cfg: AppConfig, out_dir: str, outcome: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp bound to a composed config (used by ``python -m simulations.run``).
+
+    ``outcome`` receives ``stopped`` (the run ended early, e.g. server 1 died)
+    or ``error`` (a user error, one line) so the entry point can report it
+    once and exit non-zero; Flower would otherwise log a traceback.
+    """
     app = ServerApp()
+    holder = outcome if outcome is not None else {}
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, out_dir)
+        try:
+            run = run_server(grid, cfg, out_dir)
+        except USER_ERRORS as exc:
+            holder["error"] = one_line(exc)
+            log.error("%s", holder["error"])
+            return
+        if run.get("stopped"):
+            holder["stopped"] = run["stopped"]
 
     return app
 
 
-def cfg_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
+def cfg_from_run_config(run_config: dict[str, Any]) -> AppConfig:
     """Compose conf/ with the Hydra overrides carried in the Flower run config."""
     return to_app_config(compose_config(str(run_config.get("overrides", ""))))
+
+
+# Mistakes a user can fix: the ServerApp logs them as one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable)
+
+
+def one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"error: {' '.join(lines) if lines else type(exc).__name__}"
 
 
 app = ServerApp()
@@ -62,9 +135,23 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """``flwr run .``: compose the config from the run config's overrides, train, write results.
+
+    A user error is logged as one line and ends the run (no traceback).
+    Checkpoints and ``resume=true`` work as in ``python -m simulations.run``;
+    here the devices keep their private state where their node config's
+    ``device-state-dir`` says (the server never reads it).
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else every log push to the SuperLink is logged (and pushed)
     logging.getLogger("secrec").setLevel(logging.INFO)
-    cfg = cfg_from_run_config(dict(context.run_config))
-    out_dir = cfg.output_dir or str(context.run_config.get("output-dir", "outputs/flwr-run"))
-    run_server(grid, cfg, out_dir)
+    try:
+        cfg = cfg_from_run_config(dict(context.run_config))
+        out_dir = cfg.output_dir or str(context.run_config.get("output-dir", "outputs/flwr-run"))
+        run = run_server(grid, cfg, out_dir)
+    except USER_ERRORS as exc:
+        log.error("%s", one_line(exc))
+        return
+    if run.get("stopped"):
+        log.error("run stopped: %s", run["stopped"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, Context, Message
 
+from simulations.results import read_records
 from tests.sim_utils import SMALL, run_sim
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,10 @@ def test_two_round_simulation(tmp_path, strategy, model):
     res, _ = run_sim(tmp_path, SMALL + FEATURES + [f"strategy={strategy}", f"model={model}"])
     _check_results(res)
     assert (tmp_path / "rmse_bytes.png").stat().st_size > 1000
+    # Every round was also appended to records.jsonl as it ended (what a crashed run leaves behind).
+    appended = read_records(tmp_path)
+    assert [r["round"] for r in appended] == [1, 2]
+    assert [r["test_rmse"] for r in appended] == [r["test_rmse"] for r in res["records"]]
 
 
 def _corrupt(kinds: dict[int, str]):

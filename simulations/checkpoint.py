@@ -1,0 +1,155 @@
+"""Checkpoints of a run's server-side state, and resuming from them (DESIGN "Nothing lost").
+
+A checkpoint is two files in ``<run folder>/checkpoint/``:
+
+- ``round-<r>.npz``: the strategy's :meth:`checkpoint_state` arrays (public
+  item table and dense parameters, Adam's ``exp_avg``/``exp_avg_sq``/``step``
+  as numpy arrays, strategy extras such as SecEmb's m' or distributed MF's V),
+  written with ``np.savez`` of plain numeric arrays and read back with
+  ``np.load(allow_pickle=False)``: nothing is ever pickled;
+- ``round-<r>.json``: the round number and the run's config, which a resume
+  compares with its own.
+
+Both are written to temporary files and renamed, the ``.npz`` first, so a
+sidecar always names a complete archive. The last :data:`KEEP` are kept.
+
+What is not in a checkpoint, and why it need not be: the client sampler
+(:meth:`strategies.base.RecStrategy.sample_users` is a function of (seed,
+round)), and the users' private parameters, which live on the users' devices
+(:mod:`clients.private_state`; in simulation ``<run folder>/devices``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recdata.atomic import atomic_savez, atomic_write_bytes
+from schemas.config import AppConfig, to_dict
+
+CHECKPOINT_DIR = "checkpoint"
+DEVICES_DIR = "devices"
+KEEP = 2
+# Keys a resume may change; everything else must match the checkpointed run.
+RESUMABLE_CHANGES = ("resume", "rounds")
+# Strategies whose state cannot be checkpointed here (see :func:`check_resumable`).
+NOT_RESUMABLE = {
+    "fedmf": ("strategy=fedmf cannot be resumed: the server's item matrix is Paillier ciphertext under a key "
+              "only the users hold, and a restarted run makes a new key pair, so the checkpointed C_V could not "
+              "be decrypted; run it again from round 1"),
+}
+_NAME = re.compile(r"^round-(\d+)\.json$")
+
+
+class ResumeError(RuntimeError):
+    """A run folder that cannot be resumed as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    arrays: dict[str, np.ndarray]
+    config: dict[str, Any]
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR
+
+
+def save_checkpoint(out_dir: str | Path, rnd: int, arrays: dict[str, np.ndarray], cfg: AppConfig) -> Path:
+    """Write round ``rnd``'s checkpoint atomically; keep only the last :data:`KEEP`. Returns the .npz path."""
+    folder = checkpoint_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    npz = folder / f"round-{rnd}.npz"
+    atomic_savez(npz, arrays)
+    sidecar = {"round": int(rnd), "arrays": sorted(arrays), "config": to_dict(cfg)}
+    atomic_write_bytes(folder / f"round-{rnd}.json", json.dumps(sidecar, indent=2).encode())
+    for old in _rounds(folder)[:-KEEP]:
+        for suffix in (".json", ".npz"):
+            (folder / f"round-{old}{suffix}").unlink(missing_ok=True)
+    return npz
+
+
+def _rounds(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+
+
+def load_latest_checkpoint(out_dir: str | Path) -> Checkpoint:
+    """The newest complete checkpoint in the run folder; :class:`ResumeError` when there is none."""
+    folder = checkpoint_dir(out_dir)
+    rounds = _rounds(folder)
+    if not rounds:
+        raise ResumeError(f"resume=true but {folder} holds no checkpoint; the first run needs "
+                          "checkpoint_every=K (K > 0), and hydra.run.dir must name its folder")
+    rnd = rounds[-1]
+    sidecar = json.loads((folder / f"round-{rnd}.json").read_text())
+    with np.load(folder / f"round-{rnd}.npz", allow_pickle=False) as data:
+        arrays = {name: data[name].copy() for name in data.files}
+    return Checkpoint(round=int(sidecar["round"]), arrays=arrays, config=sidecar["config"])
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (allowed changes excluded)."""
+    out: list[str] = []
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        if dotted in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, f"{dotted}."))
+        elif a != b:
+            out.append(f"{dotted} (run: {a!r}, now: {b!r})")
+    return out
+
+
+def check_resumable(cfg: AppConfig, ckpt: Checkpoint) -> None:
+    """Refuse a resume whose config differs from the checkpointed run's in anything but resume/rounds."""
+    diffs = config_differences(ckpt.config, to_dict(cfg))
+    if diffs:
+        raise ResumeError("resume=true needs the same overrides as the run being resumed (only rounds may "
+                          "change); differs in: " + "; ".join(diffs))
+    if int(cfg.rounds) <= ckpt.round:
+        raise ResumeError(f"nothing to resume: the last checkpoint is round {ckpt.round} and rounds={cfg.rounds}; "
+                          "pass a larger rounds= to continue training")
+
+
+def refuse_unsupported(cfg: AppConfig) -> None:
+    """Strategies that cannot resume say so before anything starts."""
+    reason = NOT_RESUMABLE.get(cfg.strategy.name)
+    if cfg.resume and reason:
+        raise ResumeError(reason)
+
+
+def prepare_simulation(cfg: AppConfig, out_dir: str | Path) -> AppConfig:
+    """Point the simulated devices at ``<run folder>/devices`` on checkpointing or resumed runs.
+
+    Simulated devices have no disk of their own, so the run folder lends them
+    one; the server side never reads it. A fresh run clears it, so users do not
+    start from a previous run's private state.
+    """
+    refuse_unsupported(cfg)
+    sim = cfg.simulation
+    if sim.device_state_dir is None and (cfg.checkpoint_every or cfg.resume):
+        sim.device_state_dir = str(Path(out_dir).resolve() / DEVICES_DIR)
+    if not cfg.resume and sim.device_state_dir is not None:
+        devices = Path(sim.device_state_dir)
+        if devices.is_dir() and devices.resolve() == (Path(out_dir).resolve() / DEVICES_DIR):
+            shutil.rmtree(devices)
+    return cfg
+
+
+def clear_checkpoints(out_dir: str | Path) -> None:
+    """A fresh run in a used folder must not leave the old run's checkpoints to be resumed by mistake."""
+    folder = checkpoint_dir(out_dir)
+    for rnd in _rounds(folder):
+        for suffix in (".json", ".npz"):
+            (folder / f"round-{rnd}{suffix}").unlink(missing_ok=True)

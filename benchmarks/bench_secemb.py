@@ -20,14 +20,19 @@ import time
 
 import numpy as np
 
-from crypto import dpf, prg
+from crypto import dpf_eval, dpf_expand, dpf_gen, dpf_keys, prg, workers
+from crypto import ring as ring_ops
 from crypto.fixed_point import FixedPointCodec
 from crypto.sealed import generate_keypair, seal
 from crypto.secret_sharing import share
 from models import ModelSpec
 from schemas import secemb as S
 from schemas import secfedrec as SF
+from clients.two_server import share_with_metrics
+from schemas.two_server import MetricCodec
 from strategies.exchange import content_nbytes
+from twoserver.party import single_threaded_blas
+from twoserver.variants import variant_of
 
 MIB = 1024 * 1024
 CODEC = FixedPointCodec(16, 300.0)  # 16 fraction bits as in conf/strategy/secemb.yaml; 300 bounds the random values
@@ -83,29 +88,24 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
         t = time.perf_counter()
         full = np.zeros((m, spec.row_dim))
         full[items] = grads
-        s0, s1 = share(CODEC.to_ring(np.concatenate([full.reshape(-1), dense]), ring))
+        metrics = MetricCodec(32, 100).encode(0.1 * 10, 10, "bench")
+        s0, s1 = share_with_metrics(CODEC.to_ring(np.concatenate([full.reshape(-1), dense]), ring), metrics)
         gen_ms = (time.perf_counter() - t) * 1e3
         box = seal(pub1, SF.sealed_share_bytes(s1), b"ctx")
-        up = SF.update_reply(s0, box, 0.1, 10, 0.1)
+        up = SF.update_reply(s0, box, None)
         down = SF.update_message(1, rng.normal(size=(m, spec.row_dim)).astype(np.float32),
                                  rng.normal(size=spec.dense_size).astype(np.float32), pub1, "run", 32)
         return content_nbytes(up), content_nbytes(down), gen_ms
     t = time.perf_counter()
-    k0, k1, state = dpf.gen(items, np.ones((m_prime, 1), ring), m)
+    k0, k1, state = dpf_gen.gen(items, np.ones((m_prime, 1), ring), m)
     betas = CODEC.to_ring(grads, ring)
-    d0, d1 = share(CODEC.to_ring(dense, ring))
-    if variant == "secemb":
-        payload = dpf.convert_gen(state, betas, dpf.AGGREGATE_DOMAIN)
-    elif variant == "rowenc":
-        payload, fresh1, _ = dpf.gen(items, betas, m, domain=dpf.AGGREGATE_DOMAIN)
-    else:  # init: one key per element
-        payload, fresh1, _ = dpf.gen(np.repeat(items, spec.row_dim), betas.reshape(-1, 1), m,
-                                     domain=dpf.AGGREGATE_DOMAIN)
+    metrics = MetricCodec(32, 100).encode(0.1 * 10, 10, "bench")
+    d0, d1 = share_with_metrics(CODEC.to_ring(dense, ring), metrics)  # the product's client payload functions
+    payload, inner = variant_of(variant).client_payload(state, items, betas, m, d1)
     gen_ms = (time.perf_counter() - t) * 1e3
     _skU, pubU = generate_keypair()
     req = S.retrieve_reply(k0, seal(pub1, S.sealed_retrieval_bytes(k1, pubU), b"ctx"))
-    inner = S.sealed_dense_bytes(d1) if variant == "secemb" else S.sealed_fresh_upload_bytes(fresh1, d1)
-    up = S.upload_reply(payload, d0, seal(pub1, inner, b"ctx"), 0.1, 10, 0.1)
+    up = S.upload_reply(payload, d0, seal(pub1, inner, b"ctx"), None)
     shares = rng.integers(0, 2**32, (m_prime, spec.row_dim), dtype=np.uint64).astype(ring)  # random like real shares
     down = S.upload_message(1, shares, np.frombuffer(seal(pubU, S.share_bytes(shares), b"ctx"), np.uint8),
                             rng.normal(size=spec.dense_size).astype(np.float32))
@@ -156,7 +156,7 @@ def table_user_time(models: list[str], repeats: int = 20) -> None:
 
 def _tree_blocks(n_keys: int, m: int) -> int:
     """AES blocks of the pruned full-domain tree expansion: two per expanded parent node."""
-    n = dpf.depth(m)
+    n = dpf_keys.depth(m)
     return 2 * n_keys * sum(-(-m // (1 << (n - level))) for level in range(n))
 
 
@@ -173,17 +173,16 @@ def _server_inputs(users: int, variant: str, m: int, m_prime: int, width: int, r
             s0, s1 = share(g)
             out["agg"][0][u], out["agg"][1][u] = s0, s1
             continue
-        k0, k1, st = dpf.gen(items, np.ones((m_prime, 1), ring), m)
+        k0, k1, st = dpf_gen.gen(items, np.ones((m_prime, 1), ring), m)
         out["keys"][0][u], out["keys"][1][u] = k0, k1
-        if variant == "secemb":
-            cw = dpf.convert_gen(st, betas, dpf.AGGREGATE_DOMAIN)
-            out["agg"][0][u], out["agg"][1][u] = cw, cw
-        elif variant == "rowenc":
-            f0, f1, _ = dpf.gen(items, betas, m, domain=dpf.AGGREGATE_DOMAIN)
-            out["agg"][0][u], out["agg"][1][u] = f0, f1
-        else:  # init: one key per element
-            f0, f1, _ = dpf.gen(np.repeat(items, width), betas.reshape(-1, 1), m, domain=dpf.AGGREGATE_DOMAIN)
-            out["agg"][0][u], out["agg"][1][u] = f0, f1
+        # the product's client payload, and what server 1 reads from its sealed part (as twoserver.operations)
+        v = variant_of(variant)
+        payload0, inner = v.client_payload(st, items, betas, m, np.zeros(1, ring))
+        if v.server1_op == "aggregate":
+            out["agg"][0][u], out["agg"][1][u] = payload0, payload0
+        else:
+            meta = {"variant": variant, "m_prime": m_prime, "width": width, "dense_size": 1}
+            out["agg"][0][u], out["agg"][1][u] = payload0, S.parse_sealed_fresh_upload(inner, m, meta, ring)[0]
     return out
 
 
@@ -226,14 +225,12 @@ def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: in
                 p.retrieve(inputs["keys"][party], table)
             t1 = time.perf_counter()
             agg = inputs["agg"][party]
-            if variant == "secemb":
-                p.aggregate(agg, width)
-            elif variant == "secfedrec":
+            if variant == "secfedrec":
                 total = np.zeros((m, width), ring)
                 for share_u in agg.values():
                     total += share_u
             else:
-                p.aggregate_fresh(agg, width)
+                variant_of(variant).aggregate(p, agg, width)  # both servers' aggregation, as in the product
             t2 = time.perf_counter()
             if r or rounds == 1:
                 best_retrieve, best_aggregate = min(best_retrieve, t1 - t0), min(best_aggregate, t2 - t1)
@@ -261,14 +258,15 @@ def exact_products_seconds(users: int, m: int = 3883, m_prime: int = 300, width:
     the same float64 routines and pool split as a server (best of ``rounds``)."""
     ring, keys, chunk = np.uint32, users * m_prime, 128
     rng = np.random.default_rng(2)
-    table = dpf.RingRhs(_embedding_table(rng, m, width, ring))
+    table = ring_ops.RingRhs(_embedding_table(rng, m, width, ring))
     e = rng.integers(0, 2**32, (-(-keys // chunk), m, chunk), dtype=np.uint32)  # node-major, as expanded
     t = rng.integers(0, 2, (keys, m), dtype=np.uint8)
     cw = rng.integers(0, 2**32, (keys, width), dtype=np.uint32)
 
     def both_products() -> None:
-        dpf.parallel_map(lambda part: table.left_multiply(part.T), list(e))
-        dpf.bits_times_rows(t, cw)
+        with single_threaded_blas():  # as twoserver.party runs them
+            workers.parallel_map(lambda part: table.left_multiply(part.T), list(e))
+            ring_ops.bits_times_rows(t, cw)
 
     return 2 * _best_seconds(both_products, rounds)
 
@@ -276,13 +274,13 @@ def exact_products_seconds(users: int, m: int = 3883, m_prime: int = 300, width:
 def aes_rate() -> float:
     """This machine's AES-128-ECB blocks/s via ``cryptography`` on all cores: the best of a
     cache-resident and a 64 MiB buffer (the higher rate gives the stricter bound)."""
-    return max(prg.aes_blocks_per_second(1 << 22, threads=prg.N_THREADS),
-               prg.aes_blocks_per_second(1 << 15, threads=prg.N_THREADS, passes=64))
+    return max(prg.aes_blocks_per_second(1 << 22, threads=workers.N_THREADS),
+               prg.aes_blocks_per_second(1 << 15, threads=workers.N_THREADS, passes=64))
 
 
 def table_server(user_counts: list[int], variants: list[str]) -> None:
     print("\nServer compute per round at ML1M sizes (m=3883, m'=300, d=64+bias, 32-bit ring), both servers one "
-          f"after the other on {prg.N_THREADS} cores [paper Table 14]. AES bound = blocks / the highest AES-128-ECB "
+          f"after the other on {workers.N_THREADS} cores [paper Table 14]. AES bound = blocks / the highest AES-128-ECB "
           "rate of `cryptography` seen right before or after the row (the rate of this VM varies run to run)")
     print("(exact products s: the two exact ring matmuls of a SecEmb round alone, which the AES bound does not "
           "count; the last ratio is to AES bound + products)")
@@ -314,9 +312,9 @@ def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) 
     """
     ring = np.uint32
     per_user = _server_inputs(users, "secemb", m, m_prime, width, ring)["keys"][0]
-    keys = dpf.DpfKeyBatch.concatenate(list(per_user.values()))
+    keys = dpf_keys.DpfKeyBatch.concatenate(list(per_user.values()))
     table = _embedding_table(np.random.default_rng(1), m, width, ring)
-    ev = dpf.DpfEvaluator(0, m, ring)
+    ev = dpf_eval.DpfEvaluator(0, m, ring)
     step = ev.expand_chunk_keys
     chunks = [keys.select(slice(lo, lo + step)) for lo in range(0, keys.n_keys, step)]
     sizes = [c.n_keys for c in chunks]
@@ -325,27 +323,28 @@ def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) 
     def tree_aes(n_keys: int) -> None:
         """The AES blocks of one chunk's tree (both children of every expanded node), nothing else."""
         src = tree_in[:_tree_blocks(n_keys, m)]  # half the blocks, in uint64 words
-        out = dpf._scratch(2 * src.size + 2)  # the pool thread's own buffer
+        out = workers.scratch(2 * src.size + 2)  # the pool thread's own buffer
         prg.aes_into(prg.TREE_LEFT, src, out)
         prg.aes_into(prg.TREE_RIGHT, src, out[src.size:])
 
-    rhs = dpf.RingRhs(table[dpf._leaf_order(m)])
+    rhs = ring_ops.RingRhs(table[dpf_expand.leaf_order(m)])
     e = np.random.default_rng(2).integers(0, 2**32, (m, step), dtype=np.uint32)
-    ev.retrieve(keys, table)  # warm the reused buffers
-    rows = [("retrieval, whole", _best_seconds(lambda: ev.retrieve(keys, table))),
-            ("tree expansion + leaf cache", _best_seconds(lambda: ev.expand(keys))),
-            ("tree expansion", _best_seconds(lambda: dpf.parallel_map(dpf.expand_leaves, chunks))),
-            ("  its AES alone", _best_seconds(lambda: dpf.parallel_map(tree_aes, sizes))),
-            ("retrieval product", _best_seconds(lambda: dpf.parallel_map(lambda n: rhs.left_multiply(e[:, :n].T),
-                                                                          sizes)))]
-    print(f"\nOne server's retrieval, {users} users at ML1M sizes, {prg.N_THREADS} threads (best of 3 warm runs)")
+    with single_threaded_blas():  # as twoserver.party runs the evaluator
+        ev.retrieve(keys, table)  # warm the reused buffers
+        rows = [("retrieval, whole", _best_seconds(lambda: ev.retrieve(keys, table))),
+                ("tree expansion + leaf cache", _best_seconds(lambda: ev.expand(keys))),
+                ("tree expansion", _best_seconds(lambda: workers.parallel_map(dpf_expand.expand_leaves, chunks))),
+                ("  its AES alone", _best_seconds(lambda: workers.parallel_map(tree_aes, sizes))),
+                ("retrieval product", _best_seconds(
+                    lambda: workers.parallel_map(lambda n: rhs.left_multiply(e[:, :n].T), sizes)))]
+    print(f"\nOne server's retrieval, {users} users at ML1M sizes, {workers.N_THREADS} threads (best of 3 warm runs)")
     for name, sec in rows:
         print(f"  {name:30} {sec:7.3f} s")
     group = max(1, ev.group_blocks // m)
     src = np.frombuffer(os.urandom(group * m * prg.BLOCK), np.uint64).reshape(group, m, 2)
     out = np.empty(src.size + 2, np.uint64)
     acc = np.zeros(m * prg.BLOCK // np.dtype(ring).itemsize, ring)
-    label = prg.convert_label(dpf.AGGREGATE_DOMAIN, 0)
+    label = prg.convert_label(dpf_keys.AGGREGATE_DOMAIN, 0)
 
     def aes_only() -> None:
         prg.aes_into(label, src, out)

@@ -1,4 +1,10 @@
-"""Client of ``distributed_mf``: FedMF Algorithm 1 with plaintext gradient uploads."""
+"""Client of ``distributed_mf``: FedMF Algorithm 1 with plaintext gradient uploads.
+
+The plaintext twin promises no privacy and keeps its per-user metrics (loss,
+rating count, seconds) beside the upload; the step itself is
+:func:`clients.fedmf_common.compute_upload`, shared with ``fedmf`` and the
+leakage attack.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,8 @@ import time
 from flwr.app import Context, RecordDict
 
 from clients.environment import ClientEnv
-from clients.fedmf_common import (hyper, load_user_vector, rated_items, save_user_vector, scatter_rows,
-                                  upload_items)
-from models.fedmf_mf import squared_error, user_step
+from clients.fedmf_common import compute_user_upload, load_user_vector
+from models.fedmf_mf import squared_error
 from schemas import common
 from schemas import distributed_mf as schema
 
@@ -18,13 +23,8 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     start = time.perf_counter()
     dim = int(env.cfg.model.dim)
     _rnd, V = schema.parse_update_message(content, env.n_items, dim)
-    items_r, ratings = rated_items(env)
-    u_new, grads, loss = user_step(load_user_vector(context, env), V[items_r], ratings, hyper(env))
-    save_user_vector(context, u_new)
-    s = env.cfg.strategy
-    items = upload_items(s.mode, items_r, env.n_items, int(s.pad_to or 0))
-    rows = scatter_rows(items, items_r, grads)
-    return schema.update_reply(items, rows, loss, len(ratings), time.perf_counter() - start)
+    up = compute_user_upload(V, context, env)
+    return schema.update_reply(up.items, up.rows, up.loss, up.n_ratings, time.perf_counter() - start)
 
 
 def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:

@@ -28,6 +28,7 @@ class ClientEnv:
     n_items: int
     item_features: np.ndarray  # public [n_items, l_y]
     spec: ModelSpec
+    n_users: int = 0  # users of the dataset: bounds how many summands an evaluation sum can have
 
     @property
     def seed(self) -> int:
@@ -43,4 +44,4 @@ def client_env(cfg: AppConfig, context: Context) -> ClientEnv:
                          f"(0..{split.n_users - 1})")
     spec = model_spec(cfg, split.user_features.shape[1], split.item_features.shape[1])
     return ClientEnv(cfg=cfg, user=split.user(partition), n_items=split.n_items,
-                     item_features=split.item_features, spec=spec)
+                     item_features=split.item_features, spec=spec, n_users=split.n_users)

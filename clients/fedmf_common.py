@@ -1,14 +1,24 @@
-"""Client pieces shared by ``distributed_mf`` and ``fedmf``: the user vector and the upload set."""
+"""Client pieces shared by ``distributed_mf`` and ``fedmf``: the user vector, the upload set and the step.
+
+:func:`compute_upload` is the one implementation of what a user computes
+from the V it received: both protocols' handlers call it (``fedmf`` then
+encrypts the rows) and so does the leakage attack
+(:mod:`simulations.leakage_attack`), which therefore attacks exactly the
+uploads the Flower client produces.
+"""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Context
 
 from clients.environment import ClientEnv
-from models.fedmf_mf import MFHyper, init_user_vector
+from clients.private_state import device_state_dir, restore_arrays, store_arrays
+from models.fedmf_mf import MFHyper, init_user_vector, user_step
+from recdata import UserData
 from schemas.validation import array_record
 
 USER_KEY = "mf_user"
@@ -22,18 +32,56 @@ def hyper(env: ClientEnv) -> MFHyper:
 def load_user_vector(context: Context, env: ClientEnv) -> np.ndarray:
     if USER_KEY in context.state:
         return context.state[USER_KEY]["u"].numpy().copy()
+    stored = restore_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY)
+    if stored is not None:  # a new context after a resume: the device's own copy
+        return stored["u"].astype(np.float64)
     return init_user_vector(int(env.cfg.model.dim), env.user.user_id, env.seed,
                             float(env.cfg.model.init_std))
 
 
-def save_user_vector(context: Context, u: np.ndarray) -> None:
+def save_user_vector(context: Context, u: np.ndarray, env: ClientEnv | None = None) -> None:
     context.state[USER_KEY] = array_record(u=u.astype(np.float64))
+    if env is not None:  # also on the device's own disk, when it has a state folder (clients.private_state)
+        store_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY, {"u": u.astype(np.float64)})
 
 
 def rated_items(env: ClientEnv) -> tuple[np.ndarray, np.ndarray]:
     """The user's training items (sorted, unique) and their ratings."""
-    order = np.argsort(env.user.train_items, kind="stable")
-    return env.user.train_items[order].astype(np.int64), env.user.train_ratings[order].astype(np.float64)
+    return rated_items_of(env.user)
+
+
+def rated_items_of(user: UserData) -> tuple[np.ndarray, np.ndarray]:
+    """A user's training items (sorted, unique) and their ratings."""
+    order = np.argsort(user.train_items, kind="stable")
+    return user.train_items[order].astype(np.int64), user.train_ratings[order].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class MFUpload:
+    """What one participation produces: the new private u and the (plaintext) rows to upload."""
+
+    u: np.ndarray
+    items: np.ndarray  # uploaded item ids, sorted
+    rows: np.ndarray   # Gradient rows for ``items`` (zeros for padding / unrated items)
+    loss: float        # mean squared training error
+    n_ratings: int
+
+
+def compute_upload(V: np.ndarray, items_r: np.ndarray, ratings: np.ndarray, u: np.ndarray, hp: MFHyper,
+                   mode: str, pad_to: int) -> MFUpload:
+    """FedMF's user step on the received V, then the mode's upload set (PartText, FullText, padded)."""
+    u_new, grads, loss = user_step(u, V[items_r], ratings, hp)
+    items = upload_items(mode, items_r, V.shape[0], pad_to)
+    return MFUpload(u_new, items, scatter_rows(items, items_r, grads), loss, len(ratings))
+
+
+def compute_user_upload(V: np.ndarray, context: Context, env: ClientEnv) -> MFUpload:
+    """:func:`compute_upload` for this device's user and state; saves the new u in ``Context.state``."""
+    items_r, ratings = rated_items(env)
+    s = env.cfg.strategy
+    up = compute_upload(V, items_r, ratings, load_user_vector(context, env), hyper(env), s.mode, int(s.pad_to or 0))
+    save_user_vector(context, up.u, env)
+    return up
 
 
 def upload_items(mode: str, rated: np.ndarray, n_items: int, pad_to: int) -> np.ndarray:

@@ -3,25 +3,46 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 
 from clients.environment import ClientEnv
 from clients.item_selection import ratings_of, truncate_items
 from clients.local_training import train_locally
-from clients.private_state import load_private, save_private
+from clients.private_state import device_state_dir, load_private, save_private
 from schemas import plaintext as schema
 from schemas.validation import MessageError, array_record
 
 STATE = "plain_round"
 
 
+@dataclass
+class UpdateState:
+    """What the request leaves for the update of the same round; checks the stage it is read at."""
+
+    items: np.ndarray
+    round: int
+    stage: str = "update"
+
+    def to_record(self) -> ArrayRecord:
+        return array_record(stage=np.frombuffer(self.stage.encode(), dtype=np.uint8), items=self.items,
+                            round=np.array([self.round], dtype=np.int64))
+
+    @classmethod
+    def from_record(cls, record: ArrayRecord, expected_stage: str) -> UpdateState:
+        stage = record["stage"].numpy().tobytes().decode()
+        if stage != expected_stage:
+            raise MessageError(f"client state is at stage {stage!r}, this message needs {expected_stage!r}")
+        return cls(items=record["items"].numpy(), round=int(record["round"].numpy()[0]), stage=stage)
+
+
 def on_request(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     """Phase 1: name the items whose rows this user needs (truncated to m')."""
     rnd, m_prime = schema.parse_request_message(content)
     items = truncate_items(env.user.train_items, m_prime, env.seed, rnd, env.user.user_id)
-    context.state[STATE] = array_record(items=items, round=np.array([rnd], dtype=np.int64))
+    context.state[STATE] = UpdateState(items=items, round=rnd).to_record()
     return schema.request_reply(items)
 
 
@@ -31,9 +52,9 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     rnd, rows, dense = schema.parse_update_message(content, env.spec.row_dim, env.spec.dense_size)
     if STATE not in context.state:
         raise MessageError("update received before this user's item request")
-    saved = context.state[STATE]
-    items = saved["items"].numpy()
-    if int(saved["round"].numpy()[0]) != rnd or rows.shape[0] != len(items):
+    saved = UpdateState.from_record(context.state[STATE], "update")
+    items = saved.items
+    if saved.round != rnd or rows.shape[0] != len(items):
         raise MessageError(f"update for round {rnd} with {rows.shape[0]} rows does not match the request")
     result = local_step(env, context, items, rows, dense)
     del context.state[STATE]
@@ -44,12 +65,13 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
 def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.ndarray, dense: np.ndarray):
     """Train on the ratings of ``items`` given their rows; persist private state."""
     local, ratings = ratings_of(items, env.user.train_items, env.user.train_ratings)
-    private = load_private(context, env.spec, env.user.user_id, env.seed)
+    device_dir = device_state_dir(env, context)
+    private = load_private(context, env.spec, env.user.user_id, env.seed, device_dir)
     m = env.cfg.model
     result = train_locally(env.spec, rows, dense, private, local, ratings, env.user.user_features,
                            env.item_features[items[local]], float(m.lr), float(m.reg),
                            int(env.cfg.train.local_user_steps))
-    save_private(context, result.private)
+    save_private(context, result.private, env.user.user_id, device_dir)
     return result
 
 

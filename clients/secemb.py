@@ -2,55 +2,84 @@
 
 Round state that must survive between the retrieval and the upload message
 (the padded item list, the DPF generation state t_1^(n), s_0^(n), s_1^(n), the
-one-round X25519 key) is kept in ``Context.state``: these are the user's
-secrets and never leave the device.
+one-round X25519 key) is the :class:`UploadState` dataclass, kept in
+``Context.state``: these are the user's secrets and never leave the device.
+
+The upload carries no per-user metric in the clear: loss x n_ratings and
+n_ratings are two extra ring elements of the secret-shared dense vector
+(:mod:`clients.two_server`), and compute seconds travel only with
+``simulation.telemetry``. Server 1's relayed key is checked against the
+user's own trust anchor when it has one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 
+from clients import two_server as ts
 from clients.environment import ClientEnv
 from clients.item_selection import pad_items, truncate_items
 from clients.plaintext import local_step
-from crypto import dpf
-from crypto.fixed_point import FixedPointCodec
-from crypto.sealed import generate_keypair, open_sealed, seal
+from crypto.dpf_gen import gen as dpf_gen
+from crypto.dpf_keys import GenState
+from crypto.ring import ring_dtype
+from crypto.sealed import generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes, seal
 from crypto.secret_sharing import share
 from schemas import secemb as schema
 from schemas.validation import MessageError, array_record
+from twoserver.variants import variant_of
 
 log = logging.getLogger("secrec.client.secemb")
 STATE = "secemb_round"
+# kept importable for older callers; the shared versions live in clients/two_server.py
+ring_codec = ts.ring_codec
+clip_to_bound = ts.clip_to_bound
 
 
-def ring_codec(env: ClientEnv) -> tuple[FixedPointCodec, type]:
-    """Fixed-point codec in Z_2^k with each user's range bound R_u = (R - 1) / n_p (SecEmb L.2)."""
-    s = env.cfg.strategy
-    bits, frac = int(s.ring_bits), int(s.frac_bits)
-    n_p = max(int(env.cfg.clients_per_round), 1)
-    bound = (2.0 ** (bits - 1 - frac) - 1.0) / n_p
-    return FixedPointCodec(frac_bits=frac, value_bound=bound), schema.ring_of(bits)
+@dataclass
+class UploadState:
+    """What the retrieval leaves for the upload of the same round (never leaves the device).
 
+    Stored in ``Context.state`` under ``STATE`` with the stage name, so an
+    upload message that does not follow this round's retrieval is refused.
+    """
 
-def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.ndarray:
-    """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring."""
-    over = np.abs(values) > codec.value_bound
-    if over.any():
-        log.warning("%s: clipping %d values to the per-user bound %.3g", what, int(over.sum()), codec.value_bound)
-        values = np.clip(values, -codec.value_bound, codec.value_bound)
-    return values
+    items: np.ndarray          # padded item list (m')
+    n_real: int                # real items among them
+    round: int
+    user_private: bytes        # one-round X25519 key (server 1 seals the embedding shares to it)
+    seconds: float             # compute time of the retrieval stage
+    gen_state: GenState    # t_1^(n), s_0^(n), s_1^(n) for the final correction words
+    stage: str = "upload"
+
+    def to_record(self) -> ArrayRecord:
+        return array_record(
+            stage=np.frombuffer(self.stage.encode(), dtype=np.uint8), items=self.items,
+            n_real=np.array([self.n_real], dtype=np.int64), round=np.array([self.round], dtype=np.int64),
+            user_private=np.frombuffer(self.user_private, dtype=np.uint8),
+            seconds=np.array([self.seconds], dtype=np.float64),
+            **{f"gen_{k}": v for k, v in self.gen_state.to_arrays().items()})
+
+    @classmethod
+    def from_record(cls, record: ArrayRecord, expected_stage: str) -> UploadState:
+        saved = {k: record[k].numpy() for k in record}
+        stage = saved["stage"].tobytes().decode()
+        if stage != expected_stage:
+            raise MessageError(f"client state is at stage {stage!r}, this message needs {expected_stage!r}")
+        return cls(items=saved["items"], n_real=int(saved["n_real"][0]), round=int(saved["round"][0]),
+                   user_private=saved["user_private"].tobytes(), seconds=float(saved["seconds"][0]),
+                   gen_state=GenState.from_arrays({k[4:]: v for k, v in saved.items() if k.startswith("gen_")}),
+                   stage=stage)
 
 
 def on_count(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     """Appendix C: secret-share |I_u| so the servers learn only the sum over users."""
-    pub, run, _ = schema.parse_server_info(content)
+    pub, run, _ = ts.accept_server_info(content, context, env)
     count = np.array([len(np.unique(env.user.train_items))], dtype=np.uint64)
     s0, s1 = share(count)
     box = seal(pub, schema.count_share_bytes(s1), schema.context(run, 0, env.user.user_id, "count"))
@@ -61,87 +90,52 @@ def on_retrieve(content: RecordDict, context: Context, env: ClientEnv) -> Record
     """Phase 1: PadOrTruncIdx, then one DPF key pair per item (beta = 1)."""
     start = time.perf_counter()
     rnd, m_prime, pub, run, bits, variant = schema.parse_retrieve_message(content, env.n_items)
-    ring = schema.ring_of(bits)
-    remember_server(context, pub, run)
+    ts.check_pinned_key(pub, env, context)
+    ring = ring_dtype(bits)
+    ts.remember_server(context, pub, run)
     real = truncate_items(env.user.train_items, m_prime, env.seed, rnd, env.user.user_id)
     items = pad_items(real, m_prime, env.n_items)
-    keys0, keys1, gen_state = dpf.gen(items, np.ones((m_prime, 1), dtype=ring), env.n_items, domain=0)
+    keys0, keys1, gen_state = dpf_gen(items, np.ones((m_prime, 1), dtype=ring), env.n_items, domain=0)
     user_private, user_public = generate_keypair()
     box = seal(pub, schema.sealed_retrieval_bytes(keys1, user_public),
                schema.context(run, rnd, env.user.user_id, "retrieve"))
-    raw_private = user_private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                             serialization.NoEncryption())
-    context.state[STATE] = array_record(
-        items=items, n_real=np.array([len(real)], dtype=np.int64), round=np.array([rnd], dtype=np.int64),
-        user_private=np.frombuffer(raw_private, dtype=np.uint8), seconds=np.array([time.perf_counter() - start]),
-        **{f"gen_{k}": v for k, v in gen_state.to_arrays().items()})
+    state = UploadState(items=items, n_real=len(real), round=rnd, user_private=private_key_bytes(user_private),
+                        seconds=time.perf_counter() - start, gen_state=gen_state)
+    context.state[STATE] = state.to_record()
     return schema.retrieve_reply(keys0, box)
 
 
 def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
-    """Phase 2: rebuild the rows, train, and upload CW^(n+1) per row plus dense shares."""
+    """Phase 2: rebuild the rows, train, and upload CW^(n+1) per row plus shares of [dense, metrics]."""
     start = time.perf_counter()
     if STATE not in context.state:
         raise MessageError("upload request without a retrieval in this round")
-    saved = {k: context.state[STATE][k].numpy() for k in context.state[STATE]}
+    saved = UploadState.from_record(context.state[STATE], "upload")
     del context.state[STATE]
-    codec, ring = ring_codec(env)
-    s = env.cfg.strategy
-    items, n_real = saved["items"], int(saved["n_real"][0])
+    codec, ring = ts.ring_codec(env)
+    items, n_real = saved.items, saved.n_real
     m_prime = len(items)
     rnd, shares0, box, dense = schema.parse_upload_message(content, m_prime, env.spec.row_dim,
                                                            env.spec.dense_size, ring)
-    if rnd != int(saved["round"][0]):
-        raise MessageError(f"upload for round {rnd} but retrieval was for round {int(saved['round'][0])}")
-    user_private = X25519PrivateKey.from_private_bytes(saved["user_private"].tobytes())
-    raw = open_sealed(user_private, box.tobytes(), schema.context(_run_of(context), rnd, env.user.user_id, "shares"))
+    if rnd != saved.round:
+        raise MessageError(f"upload for round {rnd} but retrieval was for round {saved.round}")
+    run, uid = ts.run_of(context), env.user.user_id
+    user_private = private_key_from_bytes(saved.user_private)
+    raw = open_sealed(user_private, box.tobytes(), schema.context(run, rnd, uid, "shares"))
     shares1 = schema.parse_share_bytes(raw, (m_prime, env.spec.row_dim), ring)
     rows = codec.from_ring(shares0 + shares1).astype(np.float32)
-    real_items = items[:n_real]
-    result = local_step(env, context, real_items, rows[:n_real], dense)
+    result = local_step(env, context, items[:n_real], rows[:n_real], dense)
     grads = np.zeros((m_prime, env.spec.row_dim), dtype=np.float64)  # Algorithm 2: zero rows for padding
     grads[:n_real] = result.row_grads
-    betas = codec.to_ring(clip_to_bound(grads, codec, "row gradients"), ring)
-    dense_ring = codec.to_ring(clip_to_bound(result.dense_grad.astype(np.float64), codec, "dense gradient"), ring)
-    d0, d1 = share(dense_ring)
-    gen_state = dpf.GenState.from_arrays({k[4:]: v for k, v in saved.items() if k.startswith("gen_")})
-    variant = s.variant
-    uid = env.user.user_id
-    if variant == "secemb":
-        payload = dpf.convert_gen(gen_state, betas, domain=1)
-        sealed = seal(_server1_public(context), schema.sealed_dense_bytes(d1), schema.context(_run_of(context), rnd, uid, "dense"))
-    else:
-        payload, keys1 = _fresh_keys(variant, items, betas, env.n_items)
-        sealed = seal(_server1_public(context), schema.sealed_fresh_upload_bytes(keys1, d1),
-                      schema.context(_run_of(context), rnd, uid, "upload"))
-    seconds = time.perf_counter() - start + float(saved["seconds"][0])
-    return schema.upload_reply(payload, d0, sealed, result.loss, result.n_ratings, seconds)
-
-
-def _fresh_keys(variant: str, items: np.ndarray, betas: np.ndarray, n_items: int):
-    """Ablations: a full new key per row (rowenc) or per element (init)."""
-    if variant == "rowenc":
-        keys0, keys1, _ = dpf.gen(items, betas, n_items, domain=1)
-    else:
-        width = betas.shape[1]
-        keys0, keys1, _ = dpf.gen(np.repeat(items, width), betas.reshape(-1, 1), n_items, domain=1)
-    return keys0, keys1
-
-
-SERVER_INFO = "secemb_server"
-
-
-def remember_server(context: Context, pub: bytes, run: str) -> None:
-    context.state[SERVER_INFO] = array_record(pub=np.frombuffer(pub, dtype=np.uint8),
-                                              run=np.frombuffer(run.encode(), dtype=np.uint8))
-
-
-def _server1_public(context: Context) -> bytes:
-    return context.state[SERVER_INFO]["pub"].numpy().tobytes()
-
-
-def _run_of(context: Context) -> str:
-    return context.state[SERVER_INFO]["run"].numpy().tobytes().decode()
+    betas = codec.to_ring(ts.clip_to_bound(grads, codec, "row gradients"), ring)
+    dense_ring = codec.to_ring(ts.clip_to_bound(result.dense_grad.astype(np.float64), codec, "dense gradient"), ring)
+    metrics = ts.train_metric_codec(env).encode(result.loss * result.n_ratings, result.n_ratings, "training loss")
+    d0, d1 = ts.share_with_metrics(dense_ring, metrics)
+    variant = variant_of(env.cfg.strategy.variant)
+    payload, inner = variant.client_payload(saved.gen_state, items, betas, env.n_items, d1)
+    sealed = seal(ts.server1_public(context), inner, schema.context(run, rnd, uid, variant.box_purpose))
+    seconds = time.perf_counter() - start + saved.seconds
+    return schema.upload_reply(payload, d0, sealed, ts.telemetry_seconds(env, seconds))
 
 
 # This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.

@@ -13,25 +13,90 @@ Key distribution (set-up, and later for any user that has no key yet):
 
 Each round, ``train.fedmf_update``: server -> user the encrypted item matrix
 C_V (fixed-width big-endian ciphertexts, uint8 [m, c, width]); user -> server
-the item ids and encrypted (negated, offset) gradient rows it uploads.
-``evaluate.fedmf`` sends C_V; the user decrypts and reports its test error sum.
+the item ids and encrypted (negated, offset) gradient rows it uploads, plus
+one packed ciphertext of its metrics [loss sum, rating count, 1].
+``evaluate.fedmf`` sends C_V; the user answers one packed ciphertext of
+[test squared-error sum, test count, 1].
+
+Private metrics: nothing per-user travels in the clear (DESIGN.md, threat
+model). The server multiplies the round's metric ciphertexts (a homomorphic
+sum) and asks ONE keyed user, with ``query.fedmf_decrypt``, to decrypt the
+aggregate; it learns only the sums. The last slot counts the summed users:
+the decrypting user refuses an aggregate of fewer than ``strategy.min_users``
+users (so an honest-but-curious server cannot ask for one user's values),
+and the server refuses to ask for one. Per-user compute seconds ride along
+only with ``simulation.telemetry=true``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from crypto.packed_matrix import PackedMatrixPrivate, PackedMatrixPublic
+from crypto.paillier import bytes_to_int
 from schemas import common
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.config import AppConfig
+from schemas.validation import MessageError, array_record, get_array, get_float_list, get_scalar, require_record
 
 SETUP = "query.paillier_setup"
 KEY = "query.paillier_key"
 UPDATE = "train.fedmf_update"
 EVALUATE = "evaluate.fedmf"
+DECRYPT = "query.fedmf_decrypt"
 X25519_BYTES = 32
+SIGNATURE_BYTES = 64   # Ed25519
+SIGNER_KEY_BYTES = 32  # raw Ed25519 public key; its sha256 hex is the users' trust anchor
+
+# Metric slots: non-negative fixed-point values, one 128-bit slot each, then a user-counter slot.
+# A user's value is < 2^40 (refused otherwise), so 2^(40+32) x 2^56 users still fits 128 bits.
+METRIC_FRAC_BITS = 32
+METRIC_SLOT_BITS = 128
+METRIC_VALUE_LIMIT = float(2 ** 40)
+TRAIN_METRICS = ("loss_sum", "n_ratings")
+EVAL_METRICS = ("sse", "count")
+METRIC_KINDS = {"train": TRAIN_METRICS, "eval": EVAL_METRICS}
+
+
+def matrix_crypto(cfg: AppConfig, n_items: int, n_bytes: np.ndarray, p_bytes: np.ndarray | None = None,
+                  q_bytes: np.ndarray | None = None) -> PackedMatrixPublic:
+    """The packed-matrix crypto both sides build from the run config: the server's PackedMatrixPublic
+    without p, q; a user's PackedMatrixPrivate with them."""
+    s = cfg.strategy
+    n = bytes_to_int(n_bytes)
+    params = dict(dim=int(cfg.model.dim), n_rows=n_items, frac_bits=int(s.frac_bits),
+                  value_bound=float(s.value_bound), max_summands=int(cfg.clients_per_round))
+    if p_bytes is None or q_bytes is None:
+        return PackedMatrixPublic(n, **params)
+    return PackedMatrixPrivate(n, bytes_to_int(p_bytes), bytes_to_int(q_bytes), **params)
+
+
+def pack_metrics(values: Sequence[float]) -> int:
+    """[v_0, .., v_k-1] (each in [0, 2^40)) -> one plaintext: fixed-point slots, then a slot holding 1.
+
+    The counter slot makes the decrypted aggregate say how many users it sums.
+    """
+    slots = []
+    for v in values:
+        v = float(v)
+        if not 0.0 <= v < METRIC_VALUE_LIMIT:
+            raise ValueError(f"metric value {v} is outside [0, 2^40) and cannot be summed privately")
+        slots.append(int(round(v * 2 ** METRIC_FRAC_BITS)))
+    slots.append(1)
+    return sum(x << (i * METRIC_SLOT_BITS) for i, x in enumerate(slots))
+
+
+def unpack_metrics(plaintext: int, n_values: int) -> tuple[np.ndarray, int]:
+    """Inverse of a sum of :func:`pack_metrics` plaintexts: (summed values, number of users)."""
+    mask = (1 << METRIC_SLOT_BITS) - 1
+    slots = [(plaintext >> (i * METRIC_SLOT_BITS)) & mask for i in range(n_values + 1)]
+    if plaintext >> ((n_values + 1) * METRIC_SLOT_BITS):
+        raise MessageError("the metric aggregate has data beyond its slots (not a sum of metric ciphertexts)")
+    values = np.array([x / 2 ** METRIC_FRAC_BITS for x in slots[:n_values]], dtype=np.float64)
+    return values, int(slots[n_values])
 
 
 def modulus_bytes(key_bits: int) -> int:
@@ -84,15 +149,34 @@ def parse_announce_reply(content: RecordDict) -> bytes:
     return get_array(require_record(content, "key", ArrayRecord), "x25519", np.uint8, (X25519_BYTES,)).tobytes()
 
 
-def seal_reply(boxes: np.ndarray) -> RecordDict:
-    return RecordDict({"boxes": array_record(boxes=boxes)})
+def seal_reply(boxes: np.ndarray, sigs: np.ndarray | None = None, signer: np.ndarray | None = None) -> RecordDict:
+    """Sealed boxes, and with a signing key one Ed25519 signature per box plus the raw signer key."""
+    extra = {} if sigs is None else {"sigs": sigs, "signer": signer}
+    return RecordDict({"boxes": array_record(boxes=boxes, **extra)})
 
 
-def parse_seal_reply(content: RecordDict, n_users: int) -> np.ndarray:
-    boxes = get_array(require_record(content, "boxes", ArrayRecord), "boxes", np.uint8, (n_users, None))
+@dataclass
+class SealedKeys:
+    boxes: np.ndarray
+    sigs: np.ndarray | None
+    signer: np.ndarray | None
+
+
+def parse_seal_reply(content: RecordDict, n_users: int) -> SealedKeys:
+    rec = require_record(content, "boxes", ArrayRecord)
+    boxes = get_array(rec, "boxes", np.uint8, (n_users, None))
     if not 60 <= boxes.shape[1] <= 4096:
         raise MessageError(f"sealed key boxes of {boxes.shape[1]} bytes are outside the allowed size")
-    return boxes
+    if "sigs" not in rec:
+        return SealedKeys(boxes, None, None)
+    return SealedKeys(boxes, get_array(rec, "sigs", np.uint8, (n_users, SIGNATURE_BYTES)),
+                      get_array(rec, "signer", np.uint8, (SIGNER_KEY_BYTES,)))
+
+
+def signed_key_statement(run: str, n_bytes: bytes, user: int, announce_pub: bytes) -> bytes:
+    """What the key holder signs for each recipient: this run's modulus n is for this user's announce key."""
+    return b"fedmf-paillier-key|v1|" + run.encode() + b"|" + n_bytes + b"|" + str(int(user)).encode() + b"|" + \
+        announce_pub
 
 
 def ack_reply() -> RecordDict:
@@ -126,15 +210,70 @@ def parse_round(content: RecordDict) -> int:
 class Upload:
     items: np.ndarray
     cts: np.ndarray  # uint8 [k, c, width], checked in range by the strategy's ciphertext parser
-    loss: float
-    n_ratings: int
-    seconds: float
+    metric_ct: np.ndarray  # uint8 [1, width]: Enc([loss sum, n_ratings, 1])
+    seconds: float | None  # only with simulation.telemetry=true
     ct_list: list | None = None  # parsed ciphertexts, filled by the strategy after range checks
+    metric: object | None = None  # parsed metric ciphertext, filled by the strategy
 
 
-def update_reply(items: np.ndarray, cts: np.ndarray, loss: float, n: int, seconds: float) -> RecordDict:
+def telemetry_record(seconds: float | None) -> dict[str, MetricRecord]:
+    """The opt-in per-user timing record (empty unless telemetry is on)."""
+    return {} if seconds is None else {"telemetry": MetricRecord({common.CLIENT_SECONDS: float(seconds)})}
+
+
+def parse_telemetry(content: RecordDict) -> float | None:
+    if "telemetry" not in content:
+        return None
+    return float(get_scalar(require_record(content, "telemetry", MetricRecord), common.CLIENT_SECONDS, float, 0.0))
+
+
+def update_reply(items: np.ndarray, cts: np.ndarray, metric_ct: np.ndarray, seconds: float | None) -> RecordDict:
     return RecordDict({"grad": array_record(items=items.astype(np.int64), cts=cts),
-                       "metrics": common.train_metrics(loss, n, seconds)})
+                       "metric": array_record(ct=metric_ct), **telemetry_record(seconds)})
+
+
+def parse_metric_ct(content: RecordDict, key_bits: int) -> np.ndarray:
+    return get_array(require_record(content, "metric", ArrayRecord), "ct", np.uint8, (1, ciphertext_bytes(key_bits)))
+
+
+def evaluation_reply(metric_ct: np.ndarray, seconds: float | None) -> RecordDict:
+    """A user's test metrics, only as Enc([sse, count, 1]) (and its seconds with telemetry)."""
+    return RecordDict({"metric": array_record(ct=metric_ct), **telemetry_record(seconds)})
+
+
+def parse_evaluation_reply(content: RecordDict, key_bits: int) -> tuple[np.ndarray, float | None]:
+    return parse_metric_ct(content, key_bits), parse_telemetry(content)
+
+
+def decrypt_message(kind: str, rnd: int, users: int, aggregate: np.ndarray) -> RecordDict:
+    """Ask one keyed user to decrypt the product of ``users`` metric ciphertexts."""
+    return RecordDict({"cfg": ConfigRecord({"kind": kind, "round": rnd, "users": users}),
+                       "data": array_record(ct=aggregate)})
+
+
+def parse_decrypt_message(content: RecordDict, key_bits: int) -> tuple[str, int, int, np.ndarray]:
+    rec = require_record(content, "cfg", ConfigRecord)
+    kind = str(get_scalar(rec, "kind", str))
+    if kind not in METRIC_KINDS:
+        raise MessageError(f"unknown metric kind {kind!r}")
+    rnd = int(get_scalar(rec, "round", int, 0))
+    users = int(get_scalar(rec, "users", int, 1, 10**9))
+    ct = get_array(require_record(content, "data", ArrayRecord), "ct", np.uint8, (1, ciphertext_bytes(key_bits)))
+    return kind, rnd, users, ct
+
+
+def decrypt_reply(values: np.ndarray, users: int) -> RecordDict:
+    return RecordDict({"sums": MetricRecord({"values": [float(v) for v in values], "users": int(users)})})
+
+
+def parse_decrypt_reply(content: RecordDict, kind: str, users: int) -> np.ndarray:
+    rec = require_record(content, "sums", MetricRecord)
+    values = get_float_list(rec, "values")
+    if values.shape != (len(METRIC_KINDS[kind]),) or not np.isfinite(values).all() or (values < 0).any():
+        raise MessageError(f"decrypt reply values {values.tolist()} are not {len(METRIC_KINDS[kind])} sums >= 0")
+    if int(get_scalar(rec, "users", int, 0)) != users:
+        raise MessageError("decrypted aggregate covers a different number of users than were summed")
+    return values
 
 
 def parse_update_reply(content: RecordDict, n_items: int, cts_per_row: int, key_bits: int, mode: str,
@@ -148,5 +287,4 @@ def parse_update_reply(content: RecordDict, n_items: int, cts_per_row: int, key_
         raise MessageError(f"FullText upload has {len(items)} rows, expected all {n_items}")
     if mode == "padded" and len(items) < min(pad_to, n_items):
         raise MessageError(f"padded upload has {len(items)} rows, fewer than pad_to={pad_to}")
-    loss, n, seconds = common.parse_train_metrics(content)
-    return Upload(items, cts, loss, n, seconds)
+    return Upload(items, cts, parse_metric_ct(content, key_bits), parse_telemetry(content))

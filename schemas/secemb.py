@@ -29,38 +29,20 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from crypto.dpf import DpfKeyBatch
-from schemas import common
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from crypto.dpf_keys import DpfKeyBatch, DpfParams
+from schemas import two_server
+from schemas.two_server import (  # noqa: F401  (re-exported: server 1's operations read them from here)
+    MAX_BOX, PUBLIC_KEY_BYTES, box_field, check_ring_matrix, context, parse_ring_vector, parse_server_info,
+)
+from schemas.validation import (
+    MessageError, array_record, get_array, get_arrays_with_prefix, get_scalar, require_record,
+)
 from schemas.wire import decode_frame, encode_frame
 
 COUNT = "query.secemb_count"
 RETRIEVE = "query.secemb_retrieve"
 UPLOAD = "train.secemb_upload"
-PUBLIC_KEY_BYTES = 32
-MAX_BOX = 1 << 31
-
-
-def ring_of(bits: int) -> type:
-    return np.uint64 if bits == 64 else np.uint32
-
-
-def context(run: str, rnd: int, user: int, purpose: str) -> bytes:
-    """Associated data of a sealed box: what it is for, so it cannot be replayed elsewhere."""
-    return f"secemb|{run}|{rnd}|{user}|{purpose}".encode()
-
-
-def check_ring_matrix(arr: np.ndarray, shape: tuple[int, ...], ring: type, what: str) -> np.ndarray:
-    if arr.dtype != np.dtype(ring) or arr.shape != tuple(shape):
-        raise MessageError(f"{what}: got {arr.dtype} {arr.shape}, expected {np.dtype(ring)} {tuple(shape)}")
-    return arr
-
-
-def _box(rec: ArrayRecord, key: str = "box") -> np.ndarray:
-    box = get_array(rec, key, np.uint8, (None,))
-    if not 60 <= len(box) <= MAX_BOX:
-        raise MessageError(f"sealed box of {len(box)} bytes is outside the allowed size")
-    return box
+_box = box_field
 
 
 def keys_to_record(keys: DpfKeyBatch, prefix: str) -> dict[str, np.ndarray]:
@@ -71,7 +53,7 @@ def keys_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str, party: int, 
                      ring: type, n_keys: int) -> DpfKeyBatch:
     """Rebuild and validate a party's key batch; the count must be exactly ``n_keys``."""
     fields = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-    keys = DpfKeyBatch.from_arrays(fields, party=party, domain_size=n_items, width=width, ring_dtype=ring)
+    keys = DpfKeyBatch.from_arrays(fields, party=party, params=DpfParams(n_items, width, ring))
     if keys.n_keys != n_keys:
         raise MessageError(f"expected {n_keys} DPF keys, got {keys.n_keys}")
     return keys
@@ -80,14 +62,6 @@ def keys_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str, party: int, 
 # ------------------------------------------------------------------ set-up
 def count_message(server1_public: bytes, run: str) -> RecordDict:
     return RecordDict({"cfg": ConfigRecord({"server1_public": server1_public, "run": run})})
-
-
-def parse_server_info(content: RecordDict) -> tuple[bytes, str, dict[str, Any]]:
-    rec = require_record(content, "cfg", ConfigRecord)
-    pub = get_scalar(rec, "server1_public", bytes)
-    if len(pub) != PUBLIC_KEY_BYTES:
-        raise MessageError("server 1 public key must be 32 bytes")
-    return pub, str(get_scalar(rec, "run", str)), dict(rec)
 
 
 def count_reply(share0: np.ndarray, box: bytes) -> RecordDict:
@@ -106,7 +80,7 @@ def count_share_bytes(share1: np.ndarray) -> bytes:
 
 def parse_count_share(raw: bytes) -> np.ndarray:
     _, _, arrays = decode_frame(raw)
-    return check_ring_matrix(arrays["share"], (1,), np.uint64, "count share")
+    return check_ring_matrix(arrays.get("share", np.zeros(0)), (1,), np.uint64, "count share")
 
 
 # --------------------------------------------------------------- retrieval
@@ -134,7 +108,7 @@ def retrieve_reply(keys0: DpfKeyBatch, box: bytes) -> RecordDict:
 def parse_retrieve_reply(content: RecordDict, n_items: int, m_prime: int, ring: type) -> tuple[DpfKeyBatch, np.ndarray]:
     rec = require_record(content, "keys", ArrayRecord)
     box = _box(rec)
-    arrays = {k: rec[k].numpy() for k in rec if k.startswith("k0_")}
+    arrays = get_arrays_with_prefix(rec, "k0_", (np.uint8, ring))
     return keys_from_arrays(arrays, "k0_", 0, n_items, 1, ring, m_prime), box
 
 
@@ -180,18 +154,20 @@ def parse_upload_message(content: RecordDict, m_prime: int, row_dim: int, dense_
 class Upload:
     correction_words: np.ndarray | None  # [m', row_dim] ring (secemb)
     keys0: DpfKeyBatch | None            # fresh keys (ablations)
-    dense_share0: np.ndarray
+    dense_share0: np.ndarray             # share 0 of [dense gradient, loss x n_ratings, n_ratings]
     box: np.ndarray
-    loss: float
-    n_ratings: int
-    seconds: float
+    seconds: float | None                # only with simulation.telemetry
 
 
-def upload_reply(cw_or_keys: np.ndarray | DpfKeyBatch, dense_share0: np.ndarray, box: bytes, loss: float,
-                 n: int, seconds: float) -> RecordDict:
+def upload_reply(cw_or_keys: np.ndarray | DpfKeyBatch, dense_share0: np.ndarray, box: bytes,
+                 seconds: float | None) -> RecordDict:
+    """CWs (or fresh keys) and share 0 of the dense+metrics vector; no per-user metric in the clear."""
     arrays = keys_to_record(cw_or_keys, "k0_") if isinstance(cw_or_keys, DpfKeyBatch) else {"cw": cw_or_keys}
-    return RecordDict({"upload": array_record(**arrays, dense0=dense_share0, box=np.frombuffer(box, dtype=np.uint8)),
-                       "metrics": common.train_metrics(loss, n, seconds)})
+    content = RecordDict({"upload": array_record(**arrays, dense0=dense_share0,
+                                                 box=np.frombuffer(box, dtype=np.uint8))})
+    if seconds is not None:
+        content["telemetry"] = two_server.telemetry_record(seconds)
+    return content
 
 
 def fresh_key_shape(variant: str, m_prime: int, row_dim: int) -> tuple[int, int]:
@@ -204,23 +180,18 @@ def parse_upload_reply(content: RecordDict, variant: str, n_items: int, m_prime:
     rec = require_record(content, "upload", ArrayRecord)
     dense0 = get_array(rec, "dense0", ring, (dense_size,))
     box = _box(rec)
-    loss, n, seconds = common.parse_train_metrics(content)
+    seconds = two_server.parse_telemetry(content)
     if variant == "secemb":
         cw = get_array(rec, "cw", ring, (m_prime, row_dim))
-        return Upload(cw, None, dense0, box, loss, n, seconds)
+        return Upload(cw, None, dense0, box, seconds)
     n_keys, width = fresh_key_shape(variant, m_prime, row_dim)
-    arrays = {k: rec[k].numpy() for k in rec if k.startswith("k0_")}
+    arrays = get_arrays_with_prefix(rec, "k0_", (np.uint8, ring))
     keys = keys_from_arrays(arrays, "k0_", 0, n_items, width, ring, n_keys)
-    return Upload(None, keys, dense0, box, loss, n, seconds)
+    return Upload(None, keys, dense0, box, seconds)
 
 
 def sealed_dense_bytes(dense_share1: np.ndarray) -> bytes:
     return encode_frame("dense", {}, {"share": dense_share1})
-
-
-def parse_ring_vector(raw: bytes, size: int, ring: type) -> np.ndarray:
-    _, _, arrays = decode_frame(raw)
-    return check_ring_matrix(arrays.get("share", np.zeros(0)), (size,), ring, "dense share")
 
 
 def sealed_fresh_upload_bytes(keys1: DpfKeyBatch, dense_share1: np.ndarray) -> bytes:
@@ -230,7 +201,12 @@ def sealed_fresh_upload_bytes(keys1: DpfKeyBatch, dense_share1: np.ndarray) -> b
 def parse_sealed_fresh_upload(raw: bytes, n_items: int, meta: Mapping[str, Any], ring: type
                               ) -> tuple[DpfKeyBatch, np.ndarray]:
     _, _, arrays = decode_frame(raw)
-    n_keys, width = fresh_key_shape(meta["variant"], int(meta["m_prime"]), int(meta["width"]))
+    try:  # server 0's meta: a missing or mistyped field is a malformed request, not a crash
+        variant, m_prime, width, dense_size = (str(meta["variant"]), int(meta["m_prime"]), int(meta["width"]),
+                                               int(meta["dense_size"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise MessageError(f"fresh upload meta is malformed: {exc!r}") from exc
+    n_keys, width = fresh_key_shape(variant, m_prime, width)
     keys = keys_from_arrays(arrays, "k1_", 1, n_items, width, ring, n_keys)
-    share = check_ring_matrix(arrays.get("share", np.zeros(0)), (int(meta["dense_size"]),), ring, "dense share")
+    share = check_ring_matrix(arrays.get("share", np.zeros(0)), (dense_size,), ring, "dense share")
     return keys, share

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from schemas import common
-from schemas.secemb import _box, ring_of
+from crypto.ring import ring_dtype
+from schemas import two_server
+from schemas.two_server import box_field, server_info_record
 from schemas.validation import array_record, get_array, get_scalar, require_record
 from schemas.wire import encode_frame
 
@@ -24,30 +25,30 @@ UPDATE = "train.secfedrec_update"
 
 def update_message(rnd: int, table: np.ndarray, dense: np.ndarray, server1_public: bytes, run: str,
                    ring_bits: int) -> RecordDict:
-    return RecordDict({"cfg": ConfigRecord({"round": rnd, "server1_public": server1_public, "run": run,
-                                            "ring_bits": ring_bits}),
+    return RecordDict({"cfg": server_info_record(server1_public, run, round=rnd, ring_bits=ring_bits),
                        "model": array_record(table=table.astype(np.float32), dense=dense.astype(np.float32))})
 
 
 @dataclass
 class Upload:
-    share0: np.ndarray
+    share0: np.ndarray  # share 0 of [full gradient, dense gradient, loss x n_ratings, n_ratings]
     box: np.ndarray
-    loss: float
-    n_ratings: int
-    seconds: float
+    seconds: float | None  # only with simulation.telemetry
 
 
-def update_reply(share0: np.ndarray, box: bytes, loss: float, n: int, seconds: float) -> RecordDict:
-    return RecordDict({"upload": array_record(share0=share0, box=np.frombuffer(box, dtype=np.uint8)),
-                       "metrics": common.train_metrics(loss, n, seconds)})
+def update_reply(share0: np.ndarray, box: bytes, seconds: float | None) -> RecordDict:
+    """Share 0 in the clear, share 1 sealed; no per-user metric travels outside the shares."""
+    content = RecordDict({"upload": array_record(share0=share0, box=np.frombuffer(box, dtype=np.uint8))})
+    if seconds is not None:
+        content["telemetry"] = two_server.telemetry_record(seconds)
+    return content
 
 
 def parse_update_reply(content: RecordDict, size: int, ring_bits: int) -> Upload:
+    """``size`` includes the two metric elements."""
     rec = require_record(content, "upload", ArrayRecord)
-    share0 = get_array(rec, "share0", ring_of(ring_bits), (size,))
-    loss, n, seconds = common.parse_train_metrics(content)
-    return Upload(share0, _box(rec), loss, n, seconds)
+    share0 = get_array(rec, "share0", ring_dtype(ring_bits), (size,))
+    return Upload(share0, box_field(rec), two_server.parse_telemetry(content))
 
 
 def parse_round(content: RecordDict) -> tuple[int, int]:

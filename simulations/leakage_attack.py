@@ -87,8 +87,14 @@ def attack_error(recovered: dict[int, float], items: np.ndarray, ratings: np.nda
 
 
 def _simulate_all_users(dim: int, hp: MFHyper, seed: int) -> list[float]:
-    """Every ml-latest-small user takes two FedMF steps; attack each from its uploads."""
-    from models.fedmf_mf import init_item_matrix, init_user_vector, user_step
+    """Every ml-latest-small user takes two FedMF steps; attack each from its uploads.
+
+    The uploads come from :func:`clients.fedmf_common.compute_upload`, the
+    function the Flower client's ``distributed_mf`` handler runs (PartText),
+    so the attack sees exactly what that client would send.
+    """
+    from clients.fedmf_common import compute_upload, rated_items_of
+    from models.fedmf_mf import init_item_matrix, init_user_vector
     from recdata import load_ratings, split_users
 
     split = split_users(load_ratings("ml_latest_small"), method="last_k", k=3, seed=seed)
@@ -97,20 +103,18 @@ def _simulate_all_users(dim: int, hp: MFHyper, seed: int) -> list[float]:
     state = {}
     obs1, total = {}, np.zeros_like(V1)
     for ud in users:  # round t: every user uploads against V1
-        items = np.unique(ud.train_items)
-        order = np.argsort(ud.train_items)
-        r = ud.train_ratings[order].astype(float)
-        u_new, g, _ = user_step(init_user_vector(dim, ud.user_id, seed, 0.1), V1[items], r, hp)
-        state[ud.user_id] = (items, r, u_new)
-        obs1[ud.user_id] = Observation(V1, items, g)
-        np.add.at(total, items, g)
+        items_r, r = rated_items_of(ud)
+        up = compute_upload(V1, items_r, r, init_user_vector(dim, ud.user_id, seed, 0.1), hp, "parttext", 0)
+        state[ud.user_id] = (items_r, r, up.u)
+        obs1[ud.user_id] = Observation(V1, up.items, up.rows)
+        np.add.at(total, up.items, up.rows)
     V2 = V1 - total
     errors = []
     for ud in users:  # round t+1 against V2, then attack
-        items, r, u = state[ud.user_id]
-        _, g2, _ = user_step(u, V2[items], r, hp)
-        rec = recover_ratings(obs1[ud.user_id], Observation(V2, items, g2), hp)
-        errors.append(attack_error(rec, items, r))
+        items_r, r, u = state[ud.user_id]
+        up2 = compute_upload(V2, items_r, r, u, hp, "parttext", 0)
+        rec = recover_ratings(obs1[ud.user_id], Observation(V2, up2.items, up2.rows), hp)
+        errors.append(attack_error(rec, items_r, r))
     return errors
 
 

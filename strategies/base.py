@@ -16,22 +16,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from contextlib import nullcontext
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recdata.dataset import DatasetMeta
 from schemas import common
-from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
 from schemas.config import AppConfig
+from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
+from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec.strategy")
-
 
 
 def weighted_train_loss(uploads) -> float:
@@ -39,6 +44,24 @@ def weighted_train_loss(uploads) -> float:
     ups = list(uploads)
     total = sum(u.n_ratings for u in ups)
     return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")
+
+
+EvalSums = tuple[float, int, int, "list[float] | None"]
+
+
+@dataclass
+class RoundState:
+    """Base of every strategy's round state: round, users, the metrics the round reports, a refusal."""
+
+    rnd: int
+    users: list[int]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    refused: str | None = None
+
+    def refuse(self, reason: str) -> None:
+        """Stop the round without updating the model (e.g. fewer than ``min_users`` in an aggregate)."""
+        self.refused = reason
+
 
 class RecStrategy(ABC):
     """Base of all server-side protocols: registration, sampling, rounds, evaluation."""
@@ -58,9 +81,32 @@ class RecStrategy(ABC):
     def setup(self) -> None:
         """Protocol set-up before round 1 (e.g. key distribution). Default: nothing."""
 
-    @abstractmethod
-    def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
-        """Run one round with the sampled users; return at least ``train_loss``."""
+    @property
+    def stages(self) -> tuple[Callable[[Any], None], ...]:
+        """The round's named stage methods, in the paper's order (as Flower's SecAgg+ workflow)."""
+        return ()
+
+    def new_round_state(self, rnd: int, users: list[int]) -> RoundState:
+        """The state the stages of one round read and fill (subclasses return their dataclass)."""
+        return RoundState(rnd, users)
+
+    def train_round(self, rnd: int, users: list[int]) -> dict[str, Any]:
+        """Run one round with the sampled users; return at least ``train_loss``.
+
+        Default: ``for stage in self.stages: stage(state)`` over
+        :meth:`new_round_state`; a stage may refuse the round
+        (:meth:`RoundState.refuse`), which stops it without a model update.
+        Strategies without stages override this method.
+        """
+        if not self.stages:
+            raise NotImplementedError(f"{type(self).__name__} defines neither stages nor train_round")
+        state = self.new_round_state(rnd, users)
+        for stage in self.stages:
+            stage(state)
+            if state.refused is not None:
+                log.warning("[%s] round %d refused at %s: %s", self.name, rnd, stage.__name__, state.refused)
+                return {"train_loss": None, "refused": state.refused}
+        return state.metrics
 
     @abstractmethod
     def evaluation_content(self) -> RecordDict:
@@ -71,39 +117,78 @@ class RecStrategy(ABC):
         return {}
 
     # ------------------------------------------------------------- the loop
-    def start(self, grid: Grid, on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Register users, run ``rounds`` rounds, evaluate; return all records."""
+    def start(self, grid: Grid, on_round: Callable[[dict[str, Any]], None] | None = None,
+              first_round: int = 1, prior_records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Register users, run rounds ``first_round..rounds``, evaluate; return all records.
+
+        ``on_round`` is called with each round's record as the round ends: the
+        entry points append it to the run folder and checkpoint there, so a run
+        that dies keeps every finished round (DESIGN "Nothing lost"). A resumed
+        run passes ``first_round`` (checkpoint round + 1) and the records it
+        already has; the strategy's model state was restored before this call.
+        Nothing else needs restoring for the loop: the sampled users are a
+        function of (seed, round) (:meth:`sample_users`).
+
+        If server 1 becomes unreachable mid-run, the loop stops at that round
+        (its partial work is not recorded) and returns what is done, with
+        ``stopped`` naming server 1, instead of losing the finished rounds.
+        """
         timeout = self.cfg.simulation.reply_timeout
         node_of_user = self._register(grid, timeout)
         self.exchange = Exchange(grid, node_of_user, timeout, self.meter)
         self.users = sorted(node_of_user)
-        t_setup = time.perf_counter()
-        self.setup()
-        setup_seconds = time.perf_counter() - t_setup
-        records: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = list(prior_records or [])
         eval_every = int(self.cfg.train.eval_every)
         rounds = int(self.cfg.rounds)
-        for rnd in range(1, rounds + 1):
-            self.round = rnd
-            users = self.sample_users(rnd)
-            self.meter.reset()
-            start = time.perf_counter()
-            metrics = self.train_round(rnd, users)
-            wall = time.perf_counter() - start
-            participants = [u for u in users if u not in self.meter.dropped]
-            record: dict[str, Any] = {"round": rnd, "clients": len(participants), **metrics}
-            record.update(summarize_meter(self.meter, participants))
-            record["dropped_users"] = {str(u): reason for u, reason in self.meter.dropped.items()}
-            record["server_seconds"] = max(wall - self.meter.wait_seconds, 0.0)
-            record["round_seconds"] = wall
-            record["test_rmse"] = None
-            if rnd == rounds or (eval_every and rnd % eval_every == 0):
-                record.update(self.evaluate(rnd))
-            records.append(record)
-            self._log_round(record)
-            if on_round is not None:
-                on_round(record)
-        return {"records": records, "setup_seconds": setup_seconds, **self.server_state_summary()}
+        stopped: str | None = None
+        # A bar people can watch; tqdm's disable=None turns it off when stderr is not a TTY (pipes, CI), and
+        # it is off under pytest too (pytest -s keeps the TTY).
+        quiet = True if "PYTEST_CURRENT_TEST" in os.environ else None
+        bar = tqdm(total=rounds, initial=first_round - 1, desc=self.name, unit="round", disable=quiet,
+                   dynamic_ncols=True)
+        t_setup = time.perf_counter()
+        try:
+            self.setup()
+        except Server1Unavailable as exc:
+            bar.close()
+            raise Server1Unavailable(f"server 1 is unavailable before round {first_round}: {exc}") from exc
+        setup_seconds = time.perf_counter() - t_setup
+        with bar, (logging_redirect_tqdm() if not bar.disable else nullcontext()):
+            for rnd in range(first_round, rounds + 1):
+                self.round = rnd
+                users = self.sample_users(rnd)
+                self.meter.reset()
+                start = time.perf_counter()
+                try:
+                    metrics = self.train_round(rnd, users)
+                    wall = time.perf_counter() - start
+                    evaluated = rnd == rounds or bool(eval_every and rnd % eval_every == 0)
+                    evaluation = self.evaluate(rnd) if evaluated else {}
+                except Server1Unavailable as exc:
+                    stopped = (f"server 1 became unavailable in round {rnd}: {exc}; rounds up to {rnd - 1} "
+                               "are kept in the run folder (resume=true continues from the last checkpoint)")
+                    log.error("[%s] %s", self.name, stopped)
+                    break
+                participants = [u for u in users if u not in self.meter.dropped]
+                record: dict[str, Any] = {"round": rnd, "clients": len(participants), **metrics}
+                record.update(summarize_meter(self.meter, participants))
+                record["dropped_users"] = {str(u): reason for u, reason in self.meter.dropped.items()}
+                record["server_seconds"] = max(wall - self.meter.wait_seconds, 0.0)
+                record["round_seconds"] = wall
+                record["test_rmse"] = None
+                record.update(evaluation)
+                records.append(record)
+                self._log_round(record)
+                bar.set_postfix(_progress_fields(records), refresh=False)
+                bar.update(1)
+                if on_round is not None:
+                    on_round(record)
+        out: dict[str, Any] = {"records": records, "setup_seconds": setup_seconds, **self.server_state_summary()}
+        if first_round > 1:
+            out["resumed_from_round"] = first_round - 1
+        if stopped is not None:
+            out["stopped"] = stopped
+        return out
 
     # ------------------------------------------------------------ pieces
     def sample_users(self, rnd: int) -> list[int]:
@@ -122,24 +207,47 @@ class RecStrategy(ABC):
         return sorted(self.users[i] for i in rng.choice(len(self.users), size=int(n), replace=False))
 
     def evaluate(self, rnd: int) -> dict[str, Any]:
-        """Send the public model to users, who report their local test error sums."""
+        """Send the public model to users, who report their local test error sums.
+
+        How the sums reach the server is the protocol's: in the clear per user
+        (plaintext twins, the default here) or as a secure sum over users
+        (two-server protocols override :meth:`evaluation_message`,
+        :meth:`parse_evaluation` and :meth:`evaluation_sums`).
+        """
         assert self.exchange is not None
         content = self.evaluation_content()
         users = self.evaluation_users()
         eval_meter = Meter()
         ex = Exchange(self.exchange.grid, self.exchange.node_of_user, self.exchange.timeout, eval_meter)
-        replies = ex.phase(self.evaluate_type, {u: content for u in users}, f"eval-{rnd}",
-                           lambda _u, c: common.parse_evaluation_reply(c))
-        sse = sum(r[0] for r in replies.values())
-        count = sum(r[1] for r in replies.values())
-        rmse = math.sqrt(sse / count) if count else float("nan")
+        replies = ex.phase(self.evaluate_type, {u: self.evaluation_message(rnd, content) for u in users},
+                           f"eval-{rnd}", self.parse_evaluation)
+        sums = self.evaluation_sums(rnd, replies)
         n = max(len(users), 1)
+        out: dict[str, Any] = {"eval_bytes_down_per_client": sum(eval_meter.down.values()) / n}
+        if isinstance(sums, str):
+            log.warning("[%s] evaluation of round %d refused: %s", self.name, rnd, sums)
+            return {**out, "test_rmse": None, "eval_clients": 0, "eval_refused": sums,
+                    "eval_client_seconds_max": None}
+        sse, count, n_users, seconds = sums
         return {
-            "test_rmse": rmse,
-            "eval_clients": len(replies),
-            "eval_bytes_down_per_client": sum(eval_meter.down.values()) / n,
-            "eval_client_seconds_max": max((r[2] for r in replies.values()), default=0.0),
+            **out,
+            "test_rmse": math.sqrt(sse / count) if count else float("nan"),
+            "eval_clients": n_users,
+            "eval_client_seconds_max": max(seconds) if seconds else None,
         }
+
+    def evaluation_message(self, rnd: int, content: RecordDict) -> RecordDict:
+        """What one evaluated user receives (default: the public model itself)."""
+        return content
+
+    def parse_evaluation(self, user: int, content: RecordDict) -> Any:
+        """Validate one evaluation reply (default: a plaintext (sse, count, seconds) triple)."""
+        return common.parse_evaluation_reply(content)
+
+    def evaluation_sums(self, rnd: int, replies: dict[int, Any]) -> EvalSums | str:
+        """(sum SSE, sum count, users summed, per-user seconds or None), or a refusal reason."""
+        return (sum(r[0] for r in replies.values()), sum(r[1] for r in replies.values()), len(replies),
+                [r[2] for r in replies.values()])
 
     def record_client_seconds(self, user: int, seconds: float) -> None:
         client_seconds_of(self.meter, user, seconds)
@@ -174,10 +282,28 @@ class RecStrategy(ABC):
         return node_of_user
 
     def _log_round(self, r: dict[str, Any]) -> None:
-        rmse = "" if r["test_rmse"] is None else f" test_rmse={r['test_rmse']:.4f}"
+        rmse = "" if r.get("test_rmse") is None else f" test_rmse={r['test_rmse']:.4f}"
+        loss = r.get("train_loss")
+        loss_s = "refused" if loss is None else f"{loss:.4f}"
+        secs = r.get("client_seconds_mean")
+        secs_s = "n/a" if secs is None else f"{secs:.3f}s"
         log.info(
-            "[%s] round %d/%d clients=%d train_loss=%.4f%s up=%.1fKiB down=%.1fKiB client=%.3fs server=%.3fs",
-            self.name, r["round"], self.cfg.rounds, r["clients"], r.get("train_loss", float("nan")), rmse,
-            r["bytes_up_per_client"] / 1024, r["bytes_down_per_client"] / 1024, r["client_seconds_mean"],
-            r["server_seconds"],
+            "[%s] round %d/%d clients=%d train_loss=%s%s up=%.1fKiB down=%.1fKiB client=%s server=%.3fs",
+            self.name, r["round"], self.cfg.rounds, r["clients"], loss_s, rmse,
+            r["bytes_up_per_client"] / 1024, r["bytes_down_per_client"] / 1024, secs_s, r["server_seconds"],
         )
+
+
+def _progress_fields(records: list[dict[str, Any]]) -> dict[str, str]:
+    """The progress bar's postfix: latest train loss and latest test RMSE (and epsilon when reported)."""
+    last = records[-1]
+    fields: dict[str, str] = {}
+    if last.get("train_loss") is not None:
+        fields["loss"] = f"{last['train_loss']:.4f}"
+    rmse = next((r["test_rmse"] for r in reversed(records) if r.get("test_rmse") is not None), None)
+    if rmse is not None:
+        fields["rmse"] = f"{rmse:.4f}"
+    if last.get("epsilon") is not None:
+        fields["eps"] = f"{last['epsilon']:.3g}"
+    return fields
+

@@ -9,6 +9,7 @@ with ``strategy.record_uploads=true`` the server keeps what it received
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,16 @@ from flwr.app import RecordDict
 from models.fedmf_mf import init_item_matrix
 from schemas import distributed_mf as schema
 from recdata.dataset import DatasetMeta
-from strategies.base import RecStrategy, weighted_train_loss
+from strategies.base import RecStrategy, RoundState as BaseRoundState, weighted_train_loss
 from schemas.config import AppConfig
+
+
+@dataclass
+class RoundState(BaseRoundState):
+    """One round's working state, passed through :attr:`DistributedMFStrategy.stages` in order."""
+
+    V_sent: np.ndarray | None = None
+    uploads: dict[int, schema.Upload] = field(default_factory=dict)
 
 
 def expected_upload_count(mode: str, n_items: int) -> int | None:
@@ -37,27 +46,54 @@ class DistributedMFStrategy(RecStrategy):
         self.record = bool(cfg.strategy.record_uploads)
         self.view: list[dict[str, Any]] = []  # the server's view, kept only when recording
 
-    def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
+    @property
+    def stages(self) -> tuple:
+        """FedMF Algorithm 1, one round, run by :meth:`RecStrategy.train_round` in this order."""
+        return (self.update_stage, self.aggregate_stage, self.train_metrics_stage)
+
+    def new_round_state(self, rnd: int, users: list[int]) -> RoundState:
+        return RoundState(rnd, users)
+
+    def update_stage(self, state: RoundState) -> None:
+        """Send V; receive each user's item ids, plaintext Gradient rows and its metrics."""
         assert self.exchange is not None
-        V_sent = self.V.copy()
+        state.V_sent = self.V.copy()
         count = expected_upload_count(self.mode, self.meta.n_items)
         pad_to = int(self.cfg.strategy.pad_to or 0)
-        uploads = self.exchange.phase(
-            schema.UPDATE, {u: schema.update_message(rnd, V_sent) for u in users}, str(rnd),
+        state.uploads = self.exchange.phase(
+            schema.UPDATE, {u: schema.update_message(state.rnd, state.V_sent) for u in state.users}, str(state.rnd),
             lambda _u, c: self._check(schema.parse_update_reply(c, self.meta.n_items, self.dim, count), pad_to))
-        total = np.zeros_like(self.V)
-        for u, up in uploads.items():
-            np.add.at(total, up.items, up.grads)
+        for u, up in state.uploads.items():
             self.record_client_seconds(u, up.seconds)
             if self.record:
-                self.view.append({"round": rnd, "user": u, "V": V_sent, "items": up.items, "grads": up.grads})
+                self.view.append({"round": state.rnd, "user": u, "V": state.V_sent, "items": up.items,
+                                  "grads": up.grads})
+
+    def aggregate_stage(self, state: RoundState) -> None:
+        """v_j <- v_j - sum of the uploaded Gradient_j."""
+        total = np.zeros_like(self.V)
+        for up in state.uploads.values():
+            np.add.at(total, up.items, up.grads)
         self.V -= total
-        return {"train_loss": weighted_train_loss(uploads.values())}
+
+    def train_metrics_stage(self, state: RoundState) -> None:
+        """The plaintext twin promises nothing: per-user losses, weighted by their rating counts."""
+        state.metrics = {"train_loss": weighted_train_loss(state.uploads.values())}
 
     def _check(self, up: schema.Upload, pad_to: int) -> schema.Upload:
         if self.mode == "padded" and len(up.items) < pad_to:
             raise ValueError(f"padded upload has {len(up.items)} rows, fewer than pad_to={pad_to}")
         return up
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The server's state a resumed run needs: V (plain SGD, no moments)."""
+        return {"V": self.V.copy()}
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        V = np.asarray(arrays["V"], dtype=self.V.dtype)
+        if V.shape != self.V.shape:
+            raise ValueError(f"checkpoint V has shape {V.shape}, expected {self.V.shape}")
+        self.V = V.copy()
 
     def evaluation_content(self) -> RecordDict:
         return schema.evaluate_message(self.V)

@@ -114,12 +114,13 @@ def client_seconds_of(meter: Meter, user: int, seconds: float) -> None:
 
 
 def summarize_meter(meter: Meter, users: list[int]) -> dict[str, Any]:
-    """Mean bytes per participating user and compute seconds of the round."""
+    """Mean bytes per participating user and compute seconds of the round (None when no user reported any)."""
     n = max(len(users), 1)
+    timed = bool(meter.client_seconds)  # secure strategies receive seconds only with simulation.telemetry
     return {
         "bytes_down_per_client": sum(meter.down.get(u, 0) for u in users) / n,
         "bytes_up_per_client": sum(meter.up.get(u, 0) for u in users) / n,
-        "client_seconds_mean": sum(meter.client_seconds.get(u, 0.0) for u in users) / n,
-        "client_seconds_max": max((meter.client_seconds.get(u, 0.0) for u in users), default=0.0),
+        "client_seconds_mean": sum(meter.client_seconds.get(u, 0.0) for u in users) / n if timed else None,
+        "client_seconds_max": max((meter.client_seconds.get(u, 0.0) for u in users), default=0.0) if timed else None,
         "dropped": len(meter.dropped),
     }

@@ -58,6 +58,35 @@ class PublicModel:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Table, dense parameters and optimiser moments as plain numpy arrays (checkpoints never pickle).
+
+        Torch's optimiser state (Adam: ``step``, ``exp_avg``, ``exp_avg_sq`` per
+        parameter) is flattened to ``opt.<param index>.<name>``.
+        """
+        arrays = {"table": self.table_numpy().copy(), "dense": self.dense_numpy().copy()}
+        for index, values in self.opt.state_dict()["state"].items():
+            for name, value in values.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                arrays[f"opt.{index}.{name}"] = tensor.detach().cpu().numpy().copy()
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_arrays` produced (shapes are checked)."""
+        for name, param in (("table", self.table), ("dense", self.dense)):
+            value = np.asarray(arrays[name], dtype=np.float32)
+            if value.shape != tuple(param.shape):
+                raise ValueError(f"checkpoint {name} has shape {value.shape}, the model {tuple(param.shape)}")
+            with torch.no_grad():
+                param.copy_(torch.from_numpy(value))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in arrays.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = torch.from_numpy(np.array(value))
+        current = self.opt.state_dict()
+        self.opt.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
 
 class ModelStrategy(RecStrategy):
     """Base of the strategies that train a :class:`PublicModel` (plaintext, SecEmb, Secure FedRec)."""
@@ -67,3 +96,11 @@ class ModelStrategy(RecStrategy):
         self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
         self.model = PublicModel(self.spec, meta.n_items, int(cfg.seed), float(cfg.model.lr),
                                  cfg.train.server_optimizer)
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The server-side state a resumed run needs: the public model and its optimiser moments."""
+        return self.model.state_arrays()
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load :meth:`checkpoint_state`'s arrays (before the loop starts)."""
+        self.model.load_state_arrays(arrays)

@@ -17,25 +17,50 @@ Each round (Algorithm 3), in the order of the paper:
    (dropouts between the phases are simply left out), server 1 sends its
    aggregate share to server 0, which reconstructs the sum, averages and
    steps the public model with Adam — exactly what ``plaintext`` does with
-   its plaintext sum.
+   its plaintext sum. The round's training loss and rating count travel only
+   as two extra elements of the shared dense vector, so server 0 learns their
+   sums over the kept users; an aggregate over fewer than ``min_users`` users
+   is refused.
+
+The round is the stage list :attr:`SecEmbStrategy.stages` over a
+:class:`SecEmbRoundState`; what differs between SecEmb and its ablations
+(payload, both servers' aggregation) is one :mod:`twoserver.variants` object.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
+from recdata.dataset import DatasetMeta
 from schemas import plaintext as plain_schema
 from schemas import secemb as schema
-from recdata.dataset import DatasetMeta
-from strategies.base import weighted_train_loss
-from twoserver.party import SecEmbParty, fresh_aggregate
-from strategies.two_server import TwoServerStrategy
+from schemas import two_server as ts
 from schemas.config import AppConfig
+from strategies.base import RoundState
+from strategies.two_server import TwoServerStrategy
+from twoserver.party import SecEmbParty
+from twoserver.variants import variant_of
 
+
+@dataclass
+class SecEmbRoundState(RoundState):
+    """What the stages of one SecEmb round (Algorithm 3) read and fill, in order."""
+
+    m_prime: int = 0
+    requests: dict[int, Any] = field(default_factory=dict)    # user -> (party-0 DPF keys, box for server 1)
+    table_ring: np.ndarray | None = None                       # public table in the ring (both servers)
+    boxes1: dict[str, np.ndarray] = field(default_factory=dict)  # server 1's sealed embedding shares
+    retrieved: list[int] = field(default_factory=list)         # users both servers evaluated
+    shares0: dict[int, np.ndarray] = field(default_factory=dict)  # server 0's embedding shares
+    uploads: dict[int, schema.Upload] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)              # users in both servers' aggregates
+    sparse1: np.ndarray | None = None                          # server 1's aggregate shares
+    dense1: np.ndarray | None = None
 
 
 class SecEmbStrategy(TwoServerStrategy):
@@ -44,11 +69,9 @@ class SecEmbStrategy(TwoServerStrategy):
     def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
         s = cfg.strategy
-        self.variant = s.variant
+        self.variant = variant_of(s.variant)
         self.m_prime: int | None = s.m_prime
         self.party0 = SecEmbParty(0, meta.n_items, self.ring)
-
-    # ----------------------------------------------------------- server 1
 
     def setup(self) -> None:
         super().setup()
@@ -62,59 +85,97 @@ class SecEmbStrategy(TwoServerStrategy):
         replies = self.exchange.phase(schema.COUNT, {u: schema.count_message(self.server1_public, self.run_id)
                                                      for u in self.users}, "setup",
                                       lambda _u, c: schema.parse_count_reply(c), count_bytes=False)
-        meta, arrays = self.server1.call("count", {"run": self.run_id, "users": sorted(replies)},
-                                     {f"box_{u}": r[1] for u, r in replies.items()})
+        refused = self.too_few(replies, "count sum")
+        if refused:
+            raise RuntimeError(f"cannot derive m' securely: {refused}; set strategy.m_prime")
+        meta, arrays = self.server1.call("count", {"run": self.run_id, "users": sorted(replies),
+                                                  "min_users": self.min_users},
+                                         {f"box_{u}": r[1] for u, r in replies.items()})
         ok = [u for u in replies if str(u) not in meta["rejected"]]
         total = (sum((replies[u][0] for u in ok), np.zeros(1, np.uint64)) + arrays["sum"])[0]
         return max(1, math.ceil(float(self.cfg.strategy.alpha) * int(total) / max(len(ok), 1)))
 
     # -------------------------------------------------------------- round
-    def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
-        ex = self.exchange
-        assert ex is not None and self.m_prime is not None
-        m_prime, row_dim, dense_size = self.m_prime, self.spec.row_dim, self.spec.dense_size
+    def new_round_state(self, rnd: int, users: list[int]) -> SecEmbRoundState:
+        assert self.m_prime is not None
+        return SecEmbRoundState(rnd, users, m_prime=self.m_prime)
 
-        # 1. Retrieval
-        requests = ex.phase(
-            schema.RETRIEVE,
-            {u: schema.retrieve_message(rnd, m_prime, self.server1_public, self.run_id, self.ring_bits, self.variant)
-             for u in users}, str(rnd),
-            lambda _u, c: schema.parse_retrieve_reply(c, self.meta.n_items, m_prime, self.ring))
-        table_ring = self.codec.to_ring(self.model.table_numpy().astype(np.float64), self.ring)
-        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": table_ring})
-        meta1, boxes1 = self.server1.call("retrieve", {"run": self.run_id, "round": rnd, "m_prime": m_prime,
-                                                   "users": sorted(requests)},
-                                      {f"box_{u}": box for u, (_k, box) in requests.items()})
-        retrieved = [u for u in requests if str(u) not in meta1["rejected"]]
-        shares0 = self.party0.retrieve({u: requests[u][0] for u in retrieved}, table_ring)
+    @property
+    def stages(self):
+        return (self.retrieval_stage, self.server_retrieval_stage, self.aggregation_stage,
+                self.server_aggregation_stage, self.update_stage)
 
-        # 2. Aggregation
+    def retrieval_stage(self, st: SecEmbRoundState) -> None:
+        """Users pad/truncate to m' and send DPF keys (party 1's sealed for server 1)."""
+        assert self.exchange is not None
+        msg = schema.retrieve_message(st.rnd, st.m_prime, self.server1_public, self.run_id, self.ring_bits,
+                                      self.variant.name)
+        st.requests = self.exchange.phase(
+            schema.RETRIEVE, {u: msg for u in st.users}, str(st.rnd),
+            lambda _u, c: schema.parse_retrieve_reply(c, self.meta.n_items, st.m_prime, self.ring))
+        refused = self.too_few(st.requests, "retrieval")  # its aggregate could not reach min_users anyway
+        if refused:
+            st.refuse(refused)
+
+    def server_retrieval_stage(self, st: SecEmbRoundState) -> None:
+        """Both servers evaluate their keys over the item domain (server 1's shares go back sealed)."""
+        st.table_ring = self.codec.to_ring(self.model.table_numpy().astype(np.float64), self.ring)
+        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": st.table_ring})
+        meta1, st.boxes1 = self.server1.call(
+            "retrieve", {"run": self.run_id, "round": st.rnd, "m_prime": st.m_prime, "users": sorted(st.requests)},
+            {f"box_{u}": box for u, (_k, box) in st.requests.items()})
+        st.retrieved = [u for u in st.requests if str(u) not in meta1["rejected"]]
+        st.shares0 = self.party0.retrieve({u: st.requests[u][0] for u in st.retrieved}, st.table_ring)
+
+    def aggregation_stage(self, st: SecEmbRoundState) -> None:
+        """Users rebuild rows, train, upload CWs (or fresh keys) and shares of [dense, loss x n, n]."""
+        assert self.exchange is not None
         dense = self.model.dense_numpy()
-        uploads = ex.phase(
-            schema.UPLOAD, {u: schema.upload_message(rnd, shares0[u], boxes1[f"box_{u}"], dense) for u in retrieved},
-            str(rnd), lambda _u, c: schema.parse_upload_reply(c, self.variant, self.meta.n_items, m_prime, row_dim,
-                                                              dense_size, self.ring))
-        agg_meta = {"run": self.run_id, "round": rnd, "width": row_dim, "dense_size": dense_size,
-                    "users": sorted(uploads), "variant": self.variant, "m_prime": m_prime,
-                    "n_items": self.meta.n_items}
-        if self.variant == "secemb":
-            meta1, agg1 = self.server1.call("aggregate", agg_meta,
-                                        {**{f"cw_{u}": up.correction_words for u, up in uploads.items()},
-                                         **{f"box_{u}": up.box for u, up in uploads.items()}})
-            kept = [int(u) for u in meta1["users"]]
-            sparse0 = self.party0.aggregate({u: uploads[u].correction_words for u in kept}, row_dim)
-        else:
-            meta1, agg1 = self.server1.call("aggregate_fresh", agg_meta, {f"box_{u}": up.box for u, up in uploads.items()})
-            kept = [int(u) for u in meta1["users"]]
-            sparse0 = fresh_aggregate(SecEmbParty(0, self.meta.n_items, self.ring),
-                                             {u: uploads[u].keys0 for u in kept}, row_dim, self.variant)
-        dense0 = sum((uploads[u].dense_share0 for u in kept), np.zeros(dense_size, dtype=self.ring))
-        table_grad = self.codec.from_ring(sparse0 + agg1["sparse"])
-        dense_grad = self.codec.from_ring(dense0 + agg1["dense"])
-        self.model.step(table_grad, dense_grad, len(kept))
-        for u in kept:
-            self.record_client_seconds(u, uploads[u].seconds)
-        return {"train_loss": weighted_train_loss(uploads[u] for u in kept), "m_prime": m_prime}
+        size = self.spec.dense_size + ts.TRAIN_METRICS
+        st.uploads = self.exchange.phase(
+            schema.UPLOAD,
+            {u: schema.upload_message(st.rnd, st.shares0[u], st.boxes1[f"box_{u}"], dense) for u in st.retrieved},
+            str(st.rnd), lambda _u, c: schema.parse_upload_reply(c, self.variant.name, self.meta.n_items,
+                                                                 st.m_prime, self.spec.row_dim, size, self.ring))
+        refused = self.too_few(st.uploads, "aggregation")
+        if refused:
+            st.refuse(refused)
+
+    def server_aggregation_stage(self, st: SecEmbRoundState) -> None:
+        """Server 1 aggregates its shares for the users it accepts; server 0 the same users."""
+        meta = {"run": self.run_id, "round": st.rnd, "width": self.spec.row_dim,
+                "dense_size": self.spec.dense_size + ts.TRAIN_METRICS, "users": sorted(st.uploads),
+                **self.variant.server1_meta(st.m_prime, self.meta.n_items)}
+        answer = self.server1_sum(self.variant.server1_op, meta, self.variant.server1_arrays(st.uploads),
+                                  "aggregation")
+        if isinstance(answer, str):
+            st.refuse(answer)
+            return
+        _meta1, agg1, st.kept = answer
+        st.sparse1, st.dense1 = agg1["sparse"], agg1["dense"]
+
+    def update_stage(self, st: SecEmbRoundState) -> None:
+        """Server 0 reconstructs the sums, averages over the kept users and steps the public model."""
+        sparse0 = self.variant.aggregate_uploads(self.party0, {u: st.uploads[u] for u in st.kept},
+                                                 self.spec.row_dim)
+        dense0 = sum((st.uploads[u].dense_share0 for u in st.kept),
+                     np.zeros(self.spec.dense_size + ts.TRAIN_METRICS, dtype=self.ring))
+        dense_ring, train_loss = self.split_metrics(dense0 + st.dense1, self.spec.dense_size)
+        self.model.step(self.codec.from_ring(sparse0 + st.sparse1), self.codec.from_ring(dense_ring), len(st.kept))
+        self.record_telemetry(st.uploads, st.kept)
+        st.metrics = {"train_loss": train_loss, "m_prime": st.m_prime}
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The public model plus m' (so a resumed run keeps it and skips the secure count)."""
+        arrays = super().checkpoint_state()
+        if self.m_prime is not None:
+            arrays["m_prime"] = np.array([self.m_prime], dtype=np.int64)
+        return arrays
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        super().restore_state(arrays)
+        if "m_prime" in arrays:
+            self.m_prime = int(arrays["m_prime"][0])
 
     def evaluation_content(self) -> RecordDict:
         return plain_schema.model_content(self.model.table_numpy(), self.model.dense_numpy())

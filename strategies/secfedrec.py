@@ -2,45 +2,85 @@
 
 Every sampled user downloads the full model, trains, and secret-shares its
 full gradient (m x row_dim + dense) between server 0 and server 1 (two-server
-additive secret sharing, the cheapest SecAgg of SecEmb Table 6). Each server
+additive secret sharing, the cheapest SecAgg of SecEmb Table 6), with the
+round's loss x n_ratings and n_ratings as two extra ring elements. Each server
 sums its shares; server 1 sends its sum to server 0, which reconstructs the
-aggregate and steps the same public model as ``plaintext`` and ``secemb``.
+aggregate (and the metric sums, never one user's) and steps the same public
+model as ``plaintext`` and ``secemb``. Fewer than ``min_users`` users: refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import RecordDict
 
 from schemas import plaintext as plain_schema
 from schemas import secfedrec as schema
-from strategies.base import weighted_train_loss
+from schemas import two_server as ts
+from strategies.base import RoundState
 from strategies.two_server import TwoServerStrategy
+
+
+@dataclass
+class SecFedRecRoundState(RoundState):
+    uploads: dict[int, schema.Upload] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)
+    sum1: np.ndarray | None = None  # server 1's share of the sum
 
 
 class SecFedRecStrategy(TwoServerStrategy):
     name = "secfedrec"
 
+    @property
+    def n_table(self) -> int:
+        return self.meta.n_items * self.spec.row_dim
 
-    def train_round(self, rnd: int, users: list[int]) -> dict[str, float]:
+    @property
+    def size(self) -> int:
+        """Length of the shared vector: all rows, the dense gradient, then the metric elements."""
+        return self.n_table + self.spec.dense_size + ts.TRAIN_METRICS
+
+    def new_round_state(self, rnd: int, users: list[int]) -> SecFedRecRoundState:
+        return SecFedRecRoundState(rnd, users)
+
+    @property
+    def stages(self):
+        return (self.update_stage, self.server_sum_stage, self.step_stage)
+
+    def update_stage(self, st: SecFedRecRoundState) -> None:
+        """Users get the full model, train, and upload share 0 (clear) and share 1 (sealed for server 1)."""
         assert self.exchange is not None
-        n_table = self.meta.n_items * self.spec.row_dim
-        size = n_table + self.spec.dense_size
-        content = schema.update_message(rnd, self.model.table_numpy(), self.model.dense_numpy(),
+        content = schema.update_message(st.rnd, self.model.table_numpy(), self.model.dense_numpy(),
                                         self.server1_public, self.run_id, self.ring_bits)
-        uploads = self.exchange.phase(schema.UPDATE, {u: content for u in users}, str(rnd),
-                                      lambda _u, c: schema.parse_update_reply(c, size, self.ring_bits))
-        meta1, arrays1 = self.server1.call("sum_shares", {"run": self.run_id, "round": rnd, "users": sorted(uploads),
-                                                      "shape": [size], "ring_bits": self.ring_bits},
-                                       {f"box_{u}": up.box for u, up in uploads.items()})
-        kept = [int(u) for u in meta1["users"]]
-        total0 = sum((uploads[u].share0 for u in kept), np.zeros(size, dtype=self.ring))
-        grad = self.codec.from_ring(total0 + arrays1["sum"])
-        self.model.step(grad[:n_table].reshape(self.meta.n_items, self.spec.row_dim), grad[n_table:], len(kept))
-        for u in kept:
-            self.record_client_seconds(u, uploads[u].seconds)
-        return {"train_loss": weighted_train_loss(uploads[u] for u in kept)}
+        st.uploads = self.exchange.phase(schema.UPDATE, {u: content for u in st.users}, str(st.rnd),
+                                         lambda _u, c: schema.parse_update_reply(c, self.size, self.ring_bits))
+        refused = self.too_few(st.uploads, "aggregation")
+        if refused:
+            st.refuse(refused)
+
+    def server_sum_stage(self, st: SecFedRecRoundState) -> None:
+        """Server 1 sums the shares it can open; server 0 keeps the same users."""
+        answer = self.server1_sum(
+            "sum_shares", {"run": self.run_id, "round": st.rnd, "users": sorted(st.uploads), "shape": [self.size],
+                           "ring_bits": self.ring_bits}, {f"box_{u}": up.box for u, up in st.uploads.items()},
+            "aggregation")
+        if isinstance(answer, str):
+            st.refuse(answer)
+            return
+        _meta1, arrays1, st.kept = answer
+        st.sum1 = arrays1["sum"]
+
+    def step_stage(self, st: SecFedRecRoundState) -> None:
+        """Reconstruct the sums, average over the kept users, step the public model."""
+        total0 = sum((st.uploads[u].share0 for u in st.kept), np.zeros(self.size, dtype=self.ring))
+        grad_ring, train_loss = self.split_metrics(total0 + st.sum1, self.n_table + self.spec.dense_size)
+        grad = self.codec.from_ring(grad_ring)
+        self.model.step(grad[:self.n_table].reshape(self.meta.n_items, self.spec.row_dim), grad[self.n_table:],
+                        len(st.kept))
+        self.record_telemetry(st.uploads, st.kept)
+        st.metrics = {"train_loss": train_loss}
 
     def evaluation_content(self) -> RecordDict:
         return plain_schema.model_content(self.model.table_numpy(), self.model.dense_numpy())

@@ -1,16 +1,32 @@
-"""Server 0 of a two-server protocol (SecEmb, Secure FedRec): the ring codec and the link to server 1."""
+"""Server 0 of a two-server protocol (SecEmb, Secure FedRec): ring codec, link to server 1, private metrics.
+
+What both protocols' server 0 does alike lives here: the fixed-point codec,
+the link to server 1, the ``min_users`` floor of every aggregate, decoding
+the metric elements appended to the shared dense vector (the round's loss
+and rating count arrive only as sums), and the secure evaluation (users
+secret-share [SSE, count]; server 1 sums its shares with ``sum_metrics``;
+server 0 reconstructs only the sums).
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
+import numpy as np
+from flwr.app import RecordDict
+
 from crypto.fixed_point import FixedPointCodec
+from crypto.ring import ring_dtype
 from recdata.dataset import DatasetMeta
-from schemas.secemb import ring_of
-from strategies.public_model import ModelStrategy
-from twoserver.link import Server1Client
+from schemas import two_server as ts
 from schemas.config import AppConfig
+from strategies.base import EvalSums
+from strategies.public_model import ModelStrategy
+from twoserver.link import Server1Client, Server1Error
+
+log = logging.getLogger("secrec.strategy")
 
 
 class TwoServerStrategy(ModelStrategy):
@@ -19,13 +35,77 @@ class TwoServerStrategy(ModelStrategy):
     def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
         super().__init__(cfg, meta)
         s = cfg.strategy
+        s.check(cfg)
         self.ring_bits = int(s.ring_bits)
-        self.ring = ring_of(self.ring_bits)
+        self.ring = ring_dtype(self.ring_bits)
         frac = int(s.frac_bits)
         self.codec = FixedPointCodec(frac_bits=frac, value_bound=2.0 ** (self.ring_bits - 1 - frac) - 1.0)
-        self.server1 = Server1Client(s.server1_address, self._reject)
+        self.min_users = int(s.min_users)
+        # the metric codecs are the users' (both sides derive them from the config alone)
+        self.train_metrics = ts.MetricCodec(self.ring_bits, int(cfg.clients_per_round))
+        self.eval_metrics = ts.MetricCodec(self.ring_bits, ts.eval_summands(cfg.train.eval_clients, meta.n_users))
+        self.server1 = Server1Client.from_config(s, self._reject)
         self.run_id = secrets.token_hex(8)
         self.server1_public = b""
 
     def setup(self) -> None:
-        self.server1_public = self.server1.call("hello", {})[1]["public_key"].tobytes()
+        self.server1_public = self.server1.call(
+            "hello", {"run": self.run_id, "min_users": self.min_users})[1]["public_key"].tobytes()
+        log.info("[%s] server 1 key fingerprint %s", self.name, ts.fingerprint(self.server1_public))
+
+    # ------------------------------------------------------- aggregates
+    def too_few(self, users, what: str) -> str | None:
+        """The refusal reason when an aggregate would cover fewer than ``min_users`` users."""
+        n = len(list(users))
+        if n < self.min_users:
+            return f"{what} over {n} users refused: strategy.min_users={self.min_users}"
+        return None
+
+    def server1_sum(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[int]] | str:
+        """Server 1's share of a sum over users: (its meta, its arrays, the users it kept), or why it is refused.
+
+        Server 1 refuses a whole request below its own ``min_users`` floor (Server1Error);
+        server 0 refuses again when server 1's per-user rejections leave too few users.
+        Server1Unavailable (server 1 unreachable) is not a refusal and propagates to the loop.
+        """
+        try:
+            meta1, arrays1 = self.server1.call(op, {**meta, "min_users": self.min_users}, arrays)
+        except Server1Error as exc:
+            return str(exc)
+        kept = [int(u) for u in meta1["users"]]
+        return self.too_few(kept, what) or (meta1, arrays1, kept)
+
+    def split_metrics(self, dense_total: np.ndarray, dense_size: int) -> tuple[np.ndarray, float]:
+        """Split a reconstructed [dense, loss x n, n] sum; return the dense sum (ring) and the round's train loss."""
+        loss_sum, n_ratings = self.train_metrics.decode(dense_total[dense_size:])
+        return dense_total[:dense_size], ts.mean_of(loss_sum, n_ratings)
+
+    def record_telemetry(self, uploads: dict[int, Any], kept: list[int]) -> None:
+        for u in kept:
+            if uploads[u].seconds is not None:
+                self.record_client_seconds(u, uploads[u].seconds)
+
+    # ------------------------------------------------------- evaluation
+    def evaluation_message(self, rnd: int, content: RecordDict) -> RecordDict:
+        return ts.eval_message(content, rnd, self.server1_public, self.run_id, self.ring_bits)
+
+    def parse_evaluation(self, user: int, content: RecordDict) -> Any:
+        return ts.parse_secure_eval_reply(content, self.ring)
+
+    def evaluation_sums(self, rnd: int, replies: dict[int, Any]) -> EvalSums | str:
+        """Secure sum of [SSE, count] over the evaluated users; refused below ``min_users``."""
+        refused = self.too_few(replies, "evaluation sum")
+        if refused:
+            return refused
+        answer = self.server1_sum(
+            "sum_metrics", {"run": self.run_id, "round": rnd, "users": sorted(replies), "size": ts.EVAL_METRICS,
+                            "ring_bits": self.ring_bits}, {f"box_{u}": r[1] for u, r in replies.items()},
+            "evaluation sum")
+        if isinstance(answer, str):
+            return answer
+        _meta1, arrays1, kept = answer
+        total = sum((replies[u][0] for u in kept), np.zeros(ts.EVAL_METRICS, dtype=self.ring)) + arrays1["sum"]
+        sse, count = self.eval_metrics.decode(total)
+        seconds = [replies[u][2] for u in kept if replies[u][2] is not None]
+        return sse, count, len(kept), seconds or None

@@ -81,12 +81,25 @@ def test_secemb_leaves_out_each_bad_user_and_trains_the_rest(tmp_path):
     assert math.isfinite(res["final"]["final_test_rmse"]) and res["records"][-1]["eval_clients"] == 12
 
 
+def test_secemb_users_refuse_an_unpinned_server1_key_and_the_round_is_refused(tmp_path):
+    """A trust anchor that does not match server 1's key: every user refuses, so no aggregate reaches
+    min_users; training and evaluation are refused and logged, the model is not updated, the run ends."""
+    overrides = SMALL + ["strategy=secemb", "model=mf", "strategy.m_prime=6", "rounds=1",
+                         "strategy.server1_fingerprint=" + "0" * 64]
+    res, _ = run_sim(tmp_path, overrides)
+    (r,) = res["records"]
+    assert r["train_loss"] is None and "min_users" in r["refused"]
+    assert r["dropped_users"] and all("trust anchor" in why for why in r["dropped_users"].values())
+    assert r["test_rmse"] is None and "min_users" in r["eval_refused"]
+
+
 FEDMF = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", "rounds=2", "train.eval_every=1",
          "strategy.mode=fulltext"]
 FEDMF_FAULTS = {
     3: ("train.fedmf_update", _edit_array("grad", "cts", _zero_first_ciphertext), "outside Z*"),
     4: ("train.fedmf_update", _edit_array("grad", "cts", lambda a: a[:-1]), "'cts' has shape"),
     5: ("train.fedmf_update", _edit_array("grad", "items", _duplicate_first), "not unique"),
+    6: ("train.fedmf_update", _edit_array("metric", "ct", lambda a: a[:, :-1]), "'ct' has shape"),
 }
 
 
@@ -94,7 +107,7 @@ def test_fedmf_bad_uploads_are_left_out_and_the_encrypted_matrix_stays_sound(tmp
     table = {u: (t, f) for u, (t, f, _) in FEDMF_FAULTS.items()}
     res, _ = run_sim(tmp_path, FEDMF, client_mods=[_faults(table)])
     for r in res["records"]:
-        assert r["clients"] == 4 and r["dropped"] == 3
+        assert r["clients"] == 3 and r["dropped"] == 4
         for user, (_t, _f, needle) in FEDMF_FAULTS.items():
             assert needle in r["dropped_users"][str(user)], (user, r["dropped_users"].get(str(user)))
     # every user still decrypts C_V and evaluates: the matrix was not corrupted

@@ -43,8 +43,7 @@ def _key_spy(folder: Path):
         reply = call_next(msg, context)
         if "paillier" in context.state and msg.metadata.message_type == "query.paillier_setup":
             rec = context.state["paillier"]
-            (folder / "secret.json").write_text(json.dumps({"p": rec["p"].numpy().tobytes().hex(),
-                                                            "q": rec["q"].numpy().tobytes().hex()}))
+            (folder / "secret.json").write_text(json.dumps({"p": bytes(rec["p"]).hex(), "q": bytes(rec["q"]).hex()}))
         return reply
 
     return mod
@@ -155,3 +154,118 @@ def test_leakage_attack_recovers_real_users_ratings(tmp_path):
         ud = split.user(user)
         errors.append(attack_error(rec, ud.train_items, ud.train_ratings.astype(float)))
     assert len(errors) == 25 and max(errors) <= 1e-3
+
+
+# ---------------------------------------------------------------- SecEmb / Secure FedRec: values
+_PROTOCOL_META = {"run", "round", "users", "width", "dense_size", "variant", "m_prime", "n_items", "ring_bits",
+                  "shape", "min_users", "size"}  # server 0's own protocol parameters, not users' data
+_VALUE_BASE = SMALL + ["model=mf", "rounds=2", "clients_per_round=12"]
+_M_PRIME = ["strategy.m_prime=10"]  # SecEmb and its twin pad/truncate; Secure FedRec's twin uses every item
+_value_runs: dict[str, tuple] = {}
+
+
+def _plausible(arr: np.ndarray) -> np.ndarray | None:
+    """Elements worth comparing: every float, and the elements of small integer arrays (not bytes)."""
+    if arr.dtype.kind == "f":
+        return arr.reshape(-1).astype(np.float64)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize >= 2 and arr.size <= 64:
+        return arr.reshape(-1)
+    return None
+
+
+def _view_values(content) -> tuple[list[float], list[np.ndarray]]:
+    """Scalars of every Config/MetricRecord and the plausible arrays of a received Flower content."""
+    scalars, arrays = [], []
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            arrays.extend(a for a in (_plausible(record[k].numpy()) for k in record) if a is not None)
+        else:
+            for v in record.values():
+                for x in (v if isinstance(v, list) else [v]):
+                    if isinstance(x, (int, float)) and not isinstance(x, bool):
+                        scalars.append(x)
+    return scalars, arrays
+
+
+def _frame_values(frame: bytes) -> tuple[list[float], list[np.ndarray]]:
+    from schemas.wire import decode_frame
+
+    _op, meta, arrays = decode_frame(frame)
+    scalars = [v for k, v in meta.items() if k not in _PROTOCOL_META and isinstance(v, (int, float))
+               and not isinstance(v, bool)]
+    return scalars, [a for a in (_plausible(x) for x in arrays.values()) if a is not None]
+
+
+def _matches(values: np.ndarray, ints: np.ndarray, floats: np.ndarray) -> bool:
+    """Ints compare exactly, floats within 1e-6 relative."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return False
+    if values.dtype.kind in "iu":
+        return bool(np.isin(values.astype(np.int64), ints).any())
+    v = values.astype(np.float64)[:, None]
+    hit_int = np.isclose(v, ints[None, :].astype(np.float64), rtol=1e-6, atol=0).any()
+    hit_float = np.isclose(v, floats[None, :], rtol=1e-6, atol=0).any()
+    return bool(hit_int or hit_float)
+
+
+def _secret_values(tmp_path_factory, twin: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user rated counts, test counts, training losses (and loss sums) and test SSEs, from the plaintext twin."""
+    key = " ".join(twin)
+    if key not in _value_runs:
+        _, plain = run_sim(tmp_path_factory.mktemp("plain"), _VALUE_BASE + ["strategy=plaintext"] + twin,
+                           record=True)
+        _value_runs[key] = plain
+    plain = _value_runs[key]
+    from recdata.dataset import load_split
+    from simulations.config import compose_config, to_app_config
+
+    split = load_split(to_app_config(compose_config(_VALUE_BASE)))
+    ints = {len(np.unique(split.user(u).train_items)) for u in range(split.n_users)}
+    ints |= {len(split.user(u).test_items) for u in range(split.n_users)}
+    floats: set[float] = set()
+    for t, _n, c in plain.received:
+        if t == "train.plain_update":
+            loss, n = float(c["metrics"]["loss"]), int(c["metrics"]["n_ratings"])
+            ints.add(n)
+            floats |= {loss, loss * n}
+        elif t == "evaluate":
+            ints.add(int(c["eval"]["count"]))
+            floats.add(float(c["eval"]["sse"]))
+    floats = {f for f in floats if f != 0.0}
+    ints.discard(0)
+    return np.array(sorted(ints), dtype=np.int64), np.array(sorted(floats), dtype=np.float64)
+
+
+@pytest.mark.parametrize("protocol", ["secemb", "rowenc", "init", "secfedrec"])
+def test_secure_views_hold_no_per_user_metric_value(tmp_path_factory, monkeypatch, protocol):
+    """No value either server receives equals a user's rated count, test count, training loss or test SSE."""
+    server1_frames: list[bytes] = []
+    original = secemb_server1.InProcessLink.request
+
+    def recording(self, frame):
+        server1_frames.append(frame)
+        return original(self, frame)
+
+    monkeypatch.setattr(secemb_server1.InProcessLink, "request", recording)
+    twin = [] if protocol == "secfedrec" else _M_PRIME
+    ints, floats = _secret_values(tmp_path_factory, twin)
+    assert ints.size >= 3 and floats.size >= 10
+    overrides = ["strategy=secfedrec"] if protocol == "secfedrec" else ["strategy=secemb",
+                                                                        f"strategy.variant={protocol}", *twin]
+    results, secure = run_sim(tmp_path_factory.mktemp(protocol), _VALUE_BASE + overrides, record=True)
+    # registration replies name the node's user (partition id): server 0 must know whom it addresses
+    views = {"server 0": [(t, *_view_values(c)) for t, _n, c in secure.received if t != "query.register"],
+             "server 1": [("frame", *_frame_values(f)) for f in server1_frames]}
+    assert views["server 0"] and views["server 1"]
+    for who, entries in views.items():
+        for msg_type, scalars, arrays in entries:
+            assert not _matches(np.array(scalars, dtype=np.float64), ints, floats), \
+                f"{who} received a per-user metric value among {scalars} in a {msg_type} message"
+            for arr in arrays:
+                assert not _matches(arr, ints, floats), \
+                    f"{who} received a per-user metric value in {arr[:8]} in a {msg_type} message"
+    # the metrics still arrive, as sums: train loss and test RMSE are reported every round
+    for rec in results["records"]:
+        assert np.isfinite(rec["train_loss"]) and rec["test_rmse"] is not None
+        assert rec["client_seconds_mean"] is None  # no telemetry: no per-user timing either

@@ -1,0 +1,99 @@
+"""User-side pieces SecEmb and Secure FedRec share: ring codec with R_u, server 1's pinned identity, private metrics.
+
+Neither protocol's client imports the other's; both import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import Context, RecordDict
+
+from clients.environment import ClientEnv
+from crypto.fixed_point import FixedPointCodec
+from crypto.ring import ring_dtype
+from crypto.sealed import seal
+from crypto.secret_sharing import share
+from schemas import two_server
+from schemas.validation import array_record
+
+log = logging.getLogger("secrec.client.two_server")
+SERVER_INFO = "two_server_info"
+
+
+def ring_codec(env: ClientEnv) -> tuple[FixedPointCodec, np.dtype]:
+    """Fixed-point codec in Z_2^k with each user's range bound R_u = (R - 1) / n_p (SecEmb L.2)."""
+    s = env.cfg.strategy
+    bits, frac = int(s.ring_bits), int(s.frac_bits)
+    n_p = max(int(env.cfg.clients_per_round), 1)
+    bound = (2.0 ** (bits - 1 - frac) - 1.0) / n_p
+    return FixedPointCodec(frac_bits=frac, value_bound=bound), ring_dtype(bits)
+
+
+def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.ndarray:
+    """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring."""
+    over = np.abs(values) > codec.value_bound
+    if over.any():
+        log.warning("%s: clipping %d values to the per-user bound %.3g", what, int(over.sum()), codec.value_bound)
+        values = np.clip(values, -codec.value_bound, codec.value_bound)
+    return values
+
+
+def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:
+    """Metric elements of a training upload: summed over at most ``clients_per_round`` users."""
+    return two_server.MetricCodec(int(env.cfg.strategy.ring_bits), int(env.cfg.clients_per_round))
+
+
+def eval_metric_codec(env: ClientEnv, ring_bits: int) -> two_server.MetricCodec:
+    """Metric elements of an evaluation reply: summed over at most the evaluated users."""
+    return two_server.MetricCodec(ring_bits, two_server.eval_summands(env.cfg.train.eval_clients, env.n_users))
+
+
+def trust_anchor(env: ClientEnv, context: Context) -> str | None:
+    """The user's own anchor for server 1's key: its node config first, then the run config."""
+    node = context.node_config.get("server1-fingerprint")
+    return str(node) if node else env.cfg.strategy.server1_fingerprint
+
+
+def accept_server_info(content: RecordDict, context: Context, env: ClientEnv) -> tuple[bytes, str, dict]:
+    """Parse server 1's key and the run id relayed by server 0, check the pin, remember them for the round."""
+    pub, run, rec = two_server.parse_server_info(content)
+    check_pinned_key(pub, env, context)
+    remember_server(context, pub, run)
+    return pub, run, rec
+
+
+def check_pinned_key(pub: bytes, env: ClientEnv, context: Context) -> None:
+    """MessageError unless server 1's relayed key matches the user's anchor (when it has one)."""
+    two_server.check_pinned(pub, trust_anchor(env, context))
+
+
+def remember_server(context: Context, pub: bytes, run: str) -> None:
+    context.state[SERVER_INFO] = array_record(pub=np.frombuffer(pub, dtype=np.uint8),
+                                              run=np.frombuffer(run.encode(), dtype=np.uint8))
+
+
+def server1_public(context: Context) -> bytes:
+    return context.state[SERVER_INFO]["pub"].numpy().tobytes()
+
+
+def run_of(context: Context) -> str:
+    return context.state[SERVER_INFO]["run"].numpy().tobytes().decode()
+
+
+def telemetry_seconds(env: ClientEnv, seconds: float) -> float | None:
+    """Compute seconds travel only when the run opted in to telemetry (they are a per-user value)."""
+    return float(seconds) if env.cfg.simulation.telemetry else None
+
+
+def share_with_metrics(values_ring: np.ndarray, metrics_ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Additive shares of [values, metrics]: the metrics ride inside the protocol's own shared vector."""
+    return share(np.concatenate([values_ring, metrics_ring.astype(values_ring.dtype)]))
+
+
+def sealed_metric_shares(pub: bytes, run: str, rnd: int, user: int, metrics_ring: np.ndarray
+                         ) -> tuple[np.ndarray, bytes]:
+    """Share 0 in the clear for server 0, share 1 sealed for server 1 (evaluation sums)."""
+    s0, s1 = share(metrics_ring)
+    return s0, seal(pub, two_server.ring_vector_bytes(s1, "metrics"), two_server.context(run, rnd, user, "eval"))

@@ -1,72 +1,184 @@
-"""Flower's per-round overhead versus the clients' own compute, 100 clients per round.
+"""Flower's per-round overhead against its floor, 100 clients per round (plaintext MF on ml_100k).
 
-Runs ``plaintext`` through Flower's simulation engine and splits each round's
-wall time into: client compute (each client's self-reported handler time,
-summed, divided by the number of parallel workers), server compute, and the
-rest — message passing, (de)serialisation, Ray scheduling — which is Flower's
-overhead. Prints one row per configuration.
+One Flower simulation (Ray backend, one virtual SuperNode per user: 943 on
+ml_100k) runs, in the same ServerApp and on the same warm actors:
 
-    python -m benchmarks.bench_flower_overhead --dataset ml_100k --rounds 5
+1. the real ``plaintext`` rounds, recording the size of every message of
+   every training phase (2 phases x 100 clients per round) as Flower
+   serialises it;
+2. the floor: a trivial ClientApp handler exchanging messages of the same
+   count and sizes with the same nodes, replaying each real round (a payload
+   of zeros sized to the real message down, and the real reply's size up).
+
+The real round splits into client compute (the clients' self-reported
+handler seconds summed, divided by the parallel workers), server compute,
+and the rest — message passing, (de)serialisation, Ray scheduling — which is
+Flower's overhead. The floor round is all overhead. Round 1 of each is a
+warm-up and left out of the means.
+
+    python -m benchmarks.bench_flower_overhead --dataset ml_100k --data-path ../shared/data/ml-100k --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import tempfile
 import time
+import warnings
+from collections import defaultdict
+from typing import Any
 
-from simulations.config import compose_config, to_container
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from recdata.dataset import dataset_meta
+from schemas.config import AppConfig
+from schemas.validation import array_record
+from simulations.client_app import make_client_app
+from simulations.config import compose_config, to_app_config
+from simulations.server_app import run_server
+from strategies.exchange import content_nbytes
+
+FLOOR = "floor"  # action of the trivial handler: message type "query.floor"
 
 
-def run_one(overrides: list[str]) -> dict:
-    from simulations.run import simulate
+def floor_message(payload: int, reply: int) -> RecordDict:
+    return RecordDict({"cfg": ConfigRecord({"reply": int(reply)}),
+                       "p": array_record(x=np.zeros(max(int(payload), 0), np.uint8))})
 
-    cfg = to_container(compose_config(overrides))
-    with tempfile.TemporaryDirectory() as out:
+
+def floor_reply(size: int) -> RecordDict:
+    return RecordDict({"p": array_record(x=np.zeros(max(int(size), 0), np.uint8))})
+
+
+BASE_DOWN = content_nbytes(floor_message(0, 0))  # framing bytes of an empty floor message
+BASE_UP = content_nbytes(floor_reply(0))
+
+
+def add_floor_handler(app) -> None:
+    """The floor's ClientApp side: reply with zeros of the requested size, nothing else."""
+
+    @app.query(FLOOR)
+    def floor(msg: Message, context: Context) -> Message:
+        n = int(msg.content["cfg"]["reply"]) - BASE_UP
+        return Message(floor_reply(n), reply_to=msg)
+
+
+class Recorder:
+    """Wraps ``grid.send_and_receive``: the byte sizes of every training-phase message, per round."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.inner = grid.send_and_receive
+        # round -> list of phases; a phase is [(node_id, bytes down, bytes up)]
+        self.phases: dict[int, list[list[tuple[int, int, int]]]] = defaultdict(list)
+
+    def __call__(self, messages, *, timeout: float | None = None):
+        messages = list(messages)
+        replies = list(self.inner(messages, timeout=timeout))
+        group = messages[0].metadata.group_id if messages else ""
+        if group.isdigit():  # training phases use the round number as group id (not "register", "eval-N")
+            up = {r.metadata.src_node_id: content_nbytes(r.content) for r in replies if not r.has_error()}
+            self.phases[int(group)].append([(m.metadata.dst_node_id, content_nbytes(m.content),
+                                             up.get(m.metadata.dst_node_id, 0)) for m in messages])
+        return replies
+
+
+def replay_floor(grid: Grid, phases: list[list[tuple[int, int, int]]], timeout: float) -> tuple[float, int, int]:
+    """One floor round: the same phases, nodes and byte sizes; return (wall seconds, bytes down, bytes up)."""
+    seconds, down_bytes, up_bytes = 0.0, 0, 0
+    for phase in phases:
+        msgs = [Message(content=floor_message(down - BASE_DOWN, up), dst_node_id=node, message_type=f"query.{FLOOR}")
+                for node, down, up in phase]
+        down_bytes += sum(content_nbytes(m.content) for m in msgs)  # checked outside the timed part
         start = time.perf_counter()
-        simulate(cfg, out)
-        total = time.perf_counter() - start
-        with open(os.path.join(out, "results.json")) as fh:
-            res = json.load(fh)
-    res["total_seconds"] = total
-    return res
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        seconds += time.perf_counter() - start
+        bad = [r for r in replies if r.has_error()]
+        if bad or len(replies) != len(msgs):
+            raise RuntimeError(f"floor phase: {len(bad)} errors, {len(replies)}/{len(msgs)} replies")
+        up_bytes += sum(content_nbytes(r.content) for r in replies)
+    return seconds, down_bytes, up_bytes
+
+
+def run_bench(cfg: AppConfig) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    meta = dataset_meta(cfg)
+    out: dict[str, Any] = {"n_nodes": meta.n_users}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        recorder = Recorder(grid)
+        grid.send_and_receive = recorder  # type: ignore[method-assign]  # instance attribute: Exchange calls it
+        with tempfile.TemporaryDirectory() as run_dir:
+            out["real"] = run_server(grid, cfg, run_dir)
+        grid.send_and_receive = recorder.inner  # type: ignore[method-assign]
+        out["phases"] = dict(recorder.phases)
+        out["floor"] = {rnd: replay_floor(grid, recorder.phases[rnd], cfg.simulation.reply_timeout)
+                        for rnd in sorted(recorder.phases)}
+
+    client = make_client_app(cfg)
+    add_floor_handler(client)
+    backend_config = {
+        "client_resources": {"num_cpus": float(cfg.simulation.num_cpus_per_client), "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "log_to_driver": True},
+    }
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=server, client_app=client, num_supernodes=meta.n_users,
+                       backend_config=backend_config)
+    out["total_seconds"] = time.perf_counter() - start
+    if "floor" not in out:
+        raise RuntimeError("the ServerApp did not finish (see the log above)")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml_100k")
     parser.add_argument("--data-path", default="../shared/data/ml-100k")
-    parser.add_argument("--models", default="mf,deepfm")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", default="mf")
+    parser.add_argument("--rounds", type=int, default=4, help="real rounds (round 1 is a warm-up, left out)")
     parser.add_argument("--clients", type=int, default=100)
     args = parser.parse_args()
-    workers = os.cpu_count() or 2
-    rows = []
-    for model in args.models.split(","):
-        overrides = [f"dataset={args.dataset}", f"model={model}", f"rounds={args.rounds}",
-                     f"clients_per_round={args.clients}", "train.eval_every=0", "train.eval_clients=10"]
-        if args.dataset != "ml_latest_small":
-            overrides.append(f"dataset.path={args.data_path}")
-        res = run_one(overrides)
-        recs = res["records"][:-1] or res["records"]  # the last round also evaluates
-        n = len(recs)
-        wall = sum(r["round_seconds"] for r in recs) / n
-        server = sum(r["server_seconds"] for r in recs) / n
-        client_sum = sum(r["client_seconds_mean"] * r["clients"] for r in recs) / n
-        client_par = client_sum / workers
-        overhead = max(wall - server - client_par, 0.0)
-        msgs = 2 * args.clients
-        rows.append((model, wall, client_sum, client_par, server, overhead, overhead / msgs * 1e3,
-                     res["final"]["wall_seconds"], res["total_seconds"]))
-    print(f"\nFlower simulation, {args.dataset}, {args.clients} clients/round, {workers} workers, "
-          f"2 messages per client per round (plaintext)")
-    head = ("model", "round s", "client cpu s", "client s /workers", "server s", "flower overhead s",
-            "overhead ms/msg", "run s (server)", "total s (incl. start)")
+    logging.getLogger("secrec").setLevel(logging.INFO)
+    overrides = [f"dataset={args.dataset}", "strategy=plaintext", f"model={args.model}", f"rounds={args.rounds}",
+                 f"clients_per_round={args.clients}", "train.eval_every=0", "train.eval_clients=10"]
+    if args.dataset != "ml_latest_small":
+        overrides.append(f"dataset.path={args.data_path}")
+    cfg = to_app_config(compose_config(overrides))
+    res = run_bench(cfg)
+    workers = int(os.cpu_count() or 2)
+    records = {r["round"]: r for r in res["real"]["records"]}
+    rounds = [r for r in sorted(records) if r > 1] or sorted(records)
+    n = len(rounds)
+    msgs = sum(len(p) for r in rounds for p in res["phases"][r]) / n
+    down = sum(d for r in rounds for p in res["phases"][r] for _, d, _ in p) / n
+    up = sum(u for r in rounds for p in res["phases"][r] for _, _, u in p) / n
+    wall = sum(records[r]["round_seconds"] for r in rounds) / n
+    server = sum(records[r]["server_seconds"] for r in rounds) / n
+    client_sum = sum((records[r]["client_seconds_mean"] or 0.0) * records[r]["clients"] for r in rounds) / n
+    overhead = max(wall - server - client_sum / workers, 0.0)
+    floor = sum(res["floor"][r][0] for r in rounds) / n
+    floor_down = sum(res["floor"][r][1] for r in rounds) / n
+    floor_up = sum(res["floor"][r][2] for r in rounds) / n
+    print(f"\nFlower simulation, {args.dataset}, {res['n_nodes']} nodes, {args.clients} clients/round, {workers} "
+          f"workers, plaintext {args.model}; means over rounds {rounds[0]}..{rounds[-1]} (round 1 = warm-up); "
+          f"{msgs:.0f} messages/round, {down / 2**20:.3f} MiB down + {up / 2**20:.3f} MiB up per round "
+          f"(floor: {floor_down / 2**20:.3f} + {floor_up / 2**20:.3f} MiB)")
+    head = ("run", "round s", "client cpu s", "client s/workers", "server s", "flower overhead s", "overhead ms/msg")
+    rows = [("real", wall, client_sum, client_sum / workers, server, overhead, overhead / msgs * 1e3),
+            ("floor (trivial ClientApp, same messages)", floor, 0.0, 0.0, 0.0, floor, floor / msgs * 1e3)]
     print(" | ".join(head))
-    for r in rows:
-        print(" | ".join([r[0]] + [f"{v:.3f}" for v in r[1:]]))
+    for name, *vals in rows:
+        print(" | ".join([name] + [f"{v:.3f}" for v in vals]))
+    print(f"ratio real/floor: round {wall / floor:.2f}x, Flower overhead {overhead / floor:.2f}x; "
+          f"simulation total {res['total_seconds']:.1f} s (incl. Ray start and registering {res['n_nodes']} nodes)")
 
 
 if __name__ == "__main__":

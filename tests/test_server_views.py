@@ -74,15 +74,21 @@ def test_fedmf_server_view(tmp_path, mode):
         assert all(a[1] < b[1] for a, b in zip(by_count, by_count[1:]))
 
 
-def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeypatch):
-    server1_frames: list[bytes] = []
+def _record_server1_frames(monkeypatch) -> list[bytes]:
+    """Every frame server 1 receives in this test (its view), through the in-process link."""
+    frames: list[bytes] = []
     original = secemb_server1.InProcessLink.request
 
     def recording(self, frame):
-        server1_frames.append(frame)
+        frames.append(frame)
         return original(self, frame)
 
     monkeypatch.setattr(secemb_server1.InProcessLink, "request", recording)
+    return frames
+
+
+def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeypatch):
+    server1_frames = _record_server1_frames(monkeypatch)
     base = SMALL + ["model=mf", "rounds=2", "clients_per_round=12", "strategy.m_prime=10"]
     _, secure = run_sim(tmp_path / "s", base + ["strategy=secemb"], record=True)
     _, plain = run_sim(tmp_path / "p", base + ["strategy=plaintext"], record=True)
@@ -240,14 +246,7 @@ def _secret_values(tmp_path_factory, twin: list[str]) -> tuple[np.ndarray, np.nd
 @pytest.mark.parametrize("protocol", ["secemb", "rowenc", "init", "secfedrec"])
 def test_secure_views_hold_no_per_user_metric_value(tmp_path_factory, monkeypatch, protocol):
     """No value either server receives equals a user's rated count, test count, training loss or test SSE."""
-    server1_frames: list[bytes] = []
-    original = secemb_server1.InProcessLink.request
-
-    def recording(self, frame):
-        server1_frames.append(frame)
-        return original(self, frame)
-
-    monkeypatch.setattr(secemb_server1.InProcessLink, "request", recording)
+    server1_frames = _record_server1_frames(monkeypatch)
     twin = [] if protocol == "secfedrec" else _M_PRIME
     ints, floats = _secret_values(tmp_path_factory, twin)
     assert ints.size >= 3 and floats.size >= 10

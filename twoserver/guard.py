@@ -203,9 +203,7 @@ class RoundGuard:
                 raise WireError(f"count already done for run {meta['run']}")
             self._enough(state, len(users), "count")
         elif op == "retrieve":
-            if meta["round"] <= state.last_retrieval:
-                raise WireError(f"retrieval for round {meta['round']} refused: run {meta['run']} already "
-                                f"retrieved round {state.last_retrieval} (one per round, rounds increase)")
+            _one_per_round("retrieval", "retrieved", meta, state.last_retrieval)
         elif op in AGGREGATIONS:
             rnd = meta["round"]
             if rnd != state.last_retrieval or self._last_retrieval != (meta["run"], rnd):
@@ -217,9 +215,7 @@ class RoundGuard:
                 raise WireError(f"aggregation names users {sorted(extra)} that were not in round {rnd}'s retrieval")
             self._enough(state, len(users), "aggregation")
         elif op == "sum_shares":
-            if meta["round"] <= state.last_sum:
-                raise WireError(f"sum_shares for round {meta['round']} refused: run {meta['run']} already "
-                                f"summed round {state.last_sum} (one per round, rounds increase)")
+            _one_per_round("sum_shares", "summed", meta, state.last_sum)
             self._enough(state, len(users), "sum_shares")
         elif users is not None:  # any other sum over users (e.g. secure metric sums)
             self._enough(state, len(users), op)
@@ -247,3 +243,10 @@ class RoundGuard:
             state.last_sum = meta["round"]
         elif "users" in meta:
             self._enough(state, len(kept), op)
+
+
+def _one_per_round(what: str, done: str, meta: dict[str, Any], last: int) -> None:
+    """Refuse a second ``what`` for a round, or one for an earlier round (rounds only increase)."""
+    if meta["round"] <= last:
+        raise WireError(f"{what} for round {meta['round']} refused: run {meta['run']} already {done} "
+                        f"round {last} (one per round, rounds increase)")

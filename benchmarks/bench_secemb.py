@@ -181,8 +181,8 @@ def _server_inputs(users: int, variant: str, m: int, m_prime: int, width: int, r
         if v.server1_op == "aggregate":
             out["agg"][0][u], out["agg"][1][u] = payload0, payload0
         else:
-            meta = {"variant": variant, "m_prime": m_prime, "width": width, "dense_size": 1}
-            out["agg"][0][u], out["agg"][1][u] = payload0, S.parse_sealed_fresh_upload(inner, m, meta, ring)[0]
+            out["agg"][0][u] = payload0
+            out["agg"][1][u] = S.parse_sealed_fresh_upload(inner, m, v.key_shape(m_prime, width), 1, ring)[0]
     return out
 
 

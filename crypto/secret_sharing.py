@@ -34,9 +34,3 @@ def reconstruct(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     if x0.dtype != x1.dtype or x0.shape != x1.shape:
         raise ValueError("shares differ in dtype or shape")
     return x0 + x1
-
-
-def validate_share(arr: np.ndarray, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    if arr.dtype != np.dtype(dtype) or arr.shape != tuple(shape):
-        raise ValueError(f"share has {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {tuple(shape)}")
-    return arr

@@ -46,9 +46,6 @@ class FederatedSplit:
         return UserData(u, self.train_item[a:b], self.train_rating[a:b], self.test_item[c:d],
                         self.test_rating[c:d], self.user_features[u])
 
-    def n_ratings_per_user(self) -> np.ndarray:
-        return np.diff(self.train_ptr)
-
 
 def split_users(r: Ratings, method: str = "random", test_fraction: float = 0.2, k: int = 3,
                 seed: int = 0) -> FederatedSplit:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -170,21 +169,17 @@ def upload_reply(cw_or_keys: np.ndarray | DpfKeyBatch, dense_share0: np.ndarray,
     return content
 
 
-def fresh_key_shape(variant: str, m_prime: int, row_dim: int) -> tuple[int, int]:
-    """(number of keys, width) of a fresh aggregation upload for the ablation variants."""
-    return (m_prime * row_dim, 1) if variant == "init" else (m_prime, row_dim)
-
-
-def parse_upload_reply(content: RecordDict, variant: str, n_items: int, m_prime: int, row_dim: int,
-                       dense_size: int, ring: type) -> Upload:
+def parse_upload_reply(content: RecordDict, key_shape: tuple[int, int] | None, n_items: int, m_prime: int,
+                       row_dim: int, dense_size: int, ring: type) -> Upload:
+    """An aggregation upload: correction words (``key_shape`` None), or fresh keys of ``key_shape`` (n, width)."""
     rec = require_record(content, "upload", ArrayRecord)
     dense0 = get_array(rec, "dense0", ring, (dense_size,))
     box = _box(rec)
     seconds = two_server.parse_telemetry(content)
-    if variant == "secemb":
+    if key_shape is None:
         cw = get_array(rec, "cw", ring, (m_prime, row_dim))
         return Upload(cw, None, dense0, box, seconds)
-    n_keys, width = fresh_key_shape(variant, m_prime, row_dim)
+    n_keys, width = key_shape
     arrays = get_arrays_with_prefix(rec, "k0_", (np.uint8, ring))
     keys = keys_from_arrays(arrays, "k0_", 0, n_items, width, ring, n_keys)
     return Upload(None, keys, dense0, box, seconds)
@@ -198,15 +193,11 @@ def sealed_fresh_upload_bytes(keys1: DpfKeyBatch, dense_share1: np.ndarray) -> b
     return encode_frame("upload", {}, {**keys_to_record(keys1, "k1_"), "share": dense_share1})
 
 
-def parse_sealed_fresh_upload(raw: bytes, n_items: int, meta: Mapping[str, Any], ring: type
+def parse_sealed_fresh_upload(raw: bytes, n_items: int, fresh_shape: tuple[int, int], dense_size: int, ring: type
                               ) -> tuple[DpfKeyBatch, np.ndarray]:
+    """Server 1's part of a fresh-keys upload: the keys (``fresh_shape`` = (n, width)) and its dense share."""
     _, _, arrays = decode_frame(raw)
-    try:  # server 0's meta: a missing or mistyped field is a malformed request, not a crash
-        variant, m_prime, width, dense_size = (str(meta["variant"]), int(meta["m_prime"]), int(meta["width"]),
-                                               int(meta["dense_size"]))
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise MessageError(f"fresh upload meta is malformed: {exc!r}") from exc
-    n_keys, width = fresh_key_shape(variant, m_prime, width)
+    n_keys, width = fresh_shape
     keys = keys_from_arrays(arrays, "k1_", 1, n_items, width, ring, n_keys)
     share = check_ring_matrix(arrays.get("share", np.zeros(0)), (dense_size,), ring, "dense share")
     return keys, share

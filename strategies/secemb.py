@@ -132,11 +132,12 @@ class SecEmbStrategy(TwoServerStrategy):
         assert self.exchange is not None
         dense = self.model.dense_numpy()
         size = self.spec.dense_size + ts.TRAIN_METRICS
+        key_shape = self.variant.upload_key_shape(st.m_prime, self.spec.row_dim)
         st.uploads = self.exchange.phase(
             schema.UPLOAD,
             {u: schema.upload_message(st.rnd, st.shares0[u], st.boxes1[f"box_{u}"], dense) for u in st.retrieved},
-            str(st.rnd), lambda _u, c: schema.parse_upload_reply(c, self.variant.name, self.meta.n_items,
-                                                                 st.m_prime, self.spec.row_dim, size, self.ring))
+            str(st.rnd), lambda _u, c: schema.parse_upload_reply(c, key_shape, self.meta.n_items, st.m_prime,
+                                                                 self.spec.row_dim, size, self.ring))
         refused = self.too_few(st.uploads, "aggregation")
         if refused:
             st.refuse(refused)

@@ -73,7 +73,8 @@ for _sc in SCENARIOS:
     _sc.update(n_users=N_USERS, n_items=N_ITEMS, dim=DIM, row_dim=ROW_DIM, dense_size=DENSE, m_prime=M_PRIME, k=K,
                max_items=M_PRIME + 2, key_bits=KEY_BITS, cts_per_row=CTS, pad_to=PAD_TO, party=1, users=N_USERS,
                size=SIZE, ring_dtype=_sc["ring"], shape=(M_PRIME, ROW_DIM),
-               meta={"variant": _sc["variant"], "m_prime": M_PRIME, "width": ROW_DIM, "dense_size": DENSE})
+               key_shape={"secemb": None, "rowenc": (M_PRIME, ROW_DIM), "init": (M_PRIME * ROW_DIM, 1)}[_sc["variant"]],
+               fresh_shape=(M_PRIME * ROW_DIM, 1) if _sc["variant"] == "init" else (M_PRIME, ROW_DIM))
 
 
 def discover_parsers() -> dict[str, Callable[..., Any]]:

@@ -168,16 +168,18 @@ class Server1:
         rnd, run, width, dense = int(meta["round"]), meta["run"], int(meta["width"]), int(meta["dense_size"])
         keys, dense_sum, rejected = {}, np.zeros(dense, dtype=self.ring_dtype), {}
         n_items = self.table.shape[0] if self.table is not None else int(meta["n_items"])
+        variant = variant_of(meta["variant"])
+        fresh_shape = variant.key_shape(int(meta["m_prime"]), width)
         for user in meta["users"]:
             try:
                 raw = self._open(arrays[f"box_{user}"], schema.context(run, rnd, user, "upload"))
-                keys[user], share = schema.parse_sealed_fresh_upload(raw, n_items, meta, self.ring_dtype)
+                keys[user], share = schema.parse_sealed_fresh_upload(raw, n_items, fresh_shape, dense, self.ring_dtype)
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
                 continue
             dense_sum += share
         party = SecEmbParty(1, n_items, self.ring_dtype)
-        sparse = variant_of(meta["variant"]).aggregate(party, keys, width)
+        sparse = variant.aggregate(party, keys, width)
         return {"rejected": rejected, "users": sorted(keys)}, {"sparse": sparse, "dense": dense_sum}
 
     def _op_sum_metrics(self, meta, arrays):

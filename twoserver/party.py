@@ -90,14 +90,3 @@ class SecEmbParty:
         batch = DpfKeyBatch.concatenate([keys[u] for u in sorted(keys)])
         with single_threaded_blas():
             return self.evaluator.sum_full(batch)
-
-
-def fresh_aggregate(party: SecEmbParty, keys: Mapping[int, DpfKeyBatch], width: int, variant: str) -> np.ndarray:
-    """Sum of fresh full keys: row keys (rowenc) or one key per element (init, column-major groups)."""
-    if variant == "rowenc":
-        return party.aggregate_fresh(keys, width)
-    out = np.zeros((party.n_items, width), dtype=party.ring_dtype)
-    for col in range(width):  # a loop over the d+1 columns; each column is one batched evaluation
-        per_col = {u: k.select(np.arange(col, k.n_keys, width)) for u, k in keys.items()}
-        out[:, col] = party.aggregate_fresh(per_col, 1)[:, 0]
-    return out

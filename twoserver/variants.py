@@ -26,7 +26,8 @@ from crypto.dpf_gen import convert_gen, gen
 from crypto.dpf_keys import AGGREGATE_DOMAIN, GenState
 from crypto.dpf_keys import DpfKeyBatch
 from schemas import secemb as schema
-from twoserver.party import SecEmbParty, fresh_aggregate
+from twoserver.party import SecEmbParty
+
 
 class SecEmbVariant:
     """``secemb``: one correction word per row on the retrieval's cached path (Algorithm 3 + ConvertEval)."""
@@ -53,6 +54,10 @@ class SecEmbVariant:
     def payload_of(self, upload: schema.Upload) -> np.ndarray | DpfKeyBatch:
         return upload.correction_words
 
+    def upload_key_shape(self, m_prime: int, row_dim: int) -> tuple[int, int] | None:
+        """The fresh keys' (count, width) an upload carries; None: correction words on the shared path."""
+        return None
+
     def aggregate(self, party: SecEmbParty, payloads: Mapping[int, Any], width: int) -> np.ndarray:
         """This party's share of the sum of the users' sparse gradient matrices [n_items, width]."""
         return party.aggregate(payloads, width)
@@ -67,25 +72,17 @@ class SecEmbVariant:
 
 
 class FreshKeysVariant(SecEmbVariant):
-    """Ablations without the shared path: fresh full keys per row (``rowenc``) or per element (``init``)."""
+    """Ablations without the shared path (SecEmb-RowEnc / -Init): each upload carries fresh full DPF keys."""
 
     server1_op = "aggregate_fresh"
     box_purpose = "upload"
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
     def key_shape(self, m_prime: int, row_dim: int) -> tuple[int, int]:
-        return schema.fresh_key_shape(self.name, m_prime, row_dim)
+        """(number of fresh keys, output width of each) of one user's upload."""
+        raise NotImplementedError
 
-    def client_payload(self, gen_state, items, betas, n_items, dense_share1):
-        if self.name == "rowenc":
-            keys0, keys1, _ = gen(items, betas, n_items, domain=AGGREGATE_DOMAIN)
-        else:
-            width = betas.shape[1]
-            keys0, keys1, _ = gen(np.repeat(items, width), betas.reshape(-1, 1), n_items,
-                                      domain=AGGREGATE_DOMAIN)
-        return keys0, schema.sealed_fresh_upload_bytes(keys1, dense_share1)
+    def upload_key_shape(self, m_prime: int, row_dim: int) -> tuple[int, int] | None:
+        return self.key_shape(m_prime, row_dim)
 
     def server1_arrays(self, uploads):
         return {f"box_{u}": up.box for u, up in uploads.items()}
@@ -93,16 +90,50 @@ class FreshKeysVariant(SecEmbVariant):
     def payload_of(self, upload):
         return upload.keys0
 
-    def aggregate(self, party, payloads, width):
-        return fresh_aggregate(party, payloads, width, self.name)
-
     def upload_ring_words(self, m_prime, row_dim):
         n_keys, width = self.key_shape(m_prime, row_dim)
         return n_keys * width  # plus each key's seeds and per-level correction words
 
 
-VARIANTS: dict[str, SecEmbVariant] = {"secemb": SecEmbVariant(), "rowenc": FreshKeysVariant("rowenc"),
-                                      "init": FreshKeysVariant("init")}
+class RowEncVariant(FreshKeysVariant):
+    """``rowenc``: one fresh full key per row, beta = the row's gradient."""
+
+    name = "rowenc"
+
+    def key_shape(self, m_prime, row_dim):
+        return m_prime, row_dim
+
+    def client_payload(self, gen_state, items, betas, n_items, dense_share1):
+        keys0, keys1, _ = gen(items, betas, n_items, domain=AGGREGATE_DOMAIN)
+        return keys0, schema.sealed_fresh_upload_bytes(keys1, dense_share1)
+
+    def aggregate(self, party, payloads, width):
+        return party.aggregate_fresh(payloads, width)
+
+
+class InitVariant(FreshKeysVariant):
+    """``init``: one fresh full key per element (row-major: key r * width + c holds row r, column c)."""
+
+    name = "init"
+
+    def key_shape(self, m_prime, row_dim):
+        return m_prime * row_dim, 1
+
+    def client_payload(self, gen_state, items, betas, n_items, dense_share1):
+        width = betas.shape[1]
+        keys0, keys1, _ = gen(np.repeat(items, width), betas.reshape(-1, 1), n_items, domain=AGGREGATE_DOMAIN)
+        return keys0, schema.sealed_fresh_upload_bytes(keys1, dense_share1)
+
+    def aggregate(self, party, payloads, width):
+        """Column by column: the keys of column c are every width-th key; each column is one batched sum."""
+        out = np.zeros((party.n_items, width), dtype=party.ring_dtype)
+        for col in range(width):
+            per_col = {u: k.select(np.arange(col, k.n_keys, width)) for u, k in payloads.items()}
+            out[:, col] = party.aggregate_fresh(per_col, 1)[:, 0]
+        return out
+
+
+VARIANTS: dict[str, SecEmbVariant] = {"secemb": SecEmbVariant(), "rowenc": RowEncVariant(), "init": InitVariant()}
 
 
 def variant_of(name: str) -> SecEmbVariant:

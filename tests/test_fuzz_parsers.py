@@ -48,6 +48,7 @@ from hypothesis import strategies as st
 import schemas
 from schemas.validation import NUMPY_STYPE, MessageError
 from schemas.wire import WireError
+from tests.fuzz_support import assert_case_counts
 from tests.test_fuzz_wire import (
     ANY_DTYPES, DpfKeyBatch, Payloads, crypto_error, dpf_gen, frame_ops, fuzz, mutate_frame, seeds,
 )
@@ -617,11 +618,6 @@ def test_get_float_list_refuses_bad_lists(values):
 
 def test_zz_case_counts():
     """The exact number of cases per parser and generator (printed with ``-s``); each >= TARGET."""
-    if not CASES:
-        pytest.skip("no fuzz test ran in this session")
-    print("\n" + "\n".join(f"{name:55s} {CASES[name]:6d} cases, {ACCEPTED[name]:5d} accepted"
-                           for name in sorted(CASES)))
-    low = {name: n for name, n in CASES.items() if n < TARGET}
-    assert not low, f"fuzz tests ran fewer than {TARGET} cases: {low}"
+    assert_case_counts(CASES, ACCEPTED, TARGET)
     ran = {name.split(" [")[0] for name in CASES}
     assert not set(PARSERS) - ran, f"parsers never fuzzed: {sorted(set(PARSERS) - ran)}"

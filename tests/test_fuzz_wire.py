@@ -32,12 +32,9 @@ from hypothesis import strategies as st
 
 from schemas.wire import ALLOWED_DTYPES, MAX_FRAME, WireError, decode_frame, encode_frame
 
-try:  # DPF keys as plain data live in their own module (formerly crypto.dpf)
-    from crypto.dpf_gen import gen as dpf_gen
-    from crypto.dpf_keys import DpfKeyBatch, depth
-except ImportError:  # pragma: no cover - the older single-module layout
-    from crypto.dpf import DpfKeyBatch, depth  # type: ignore[no-redef]
-    from crypto.dpf import gen as dpf_gen  # type: ignore[no-redef]
+from crypto.dpf_gen import gen as dpf_gen
+from crypto.dpf_keys import DpfKeyBatch, depth
+from tests.fuzz_support import assert_case_counts
 
 TARGET = 2000
 CASES: Counter[str] = Counter()
@@ -459,9 +456,4 @@ def test_encode_frame_refuses_meta_that_is_not_json(meta):
 
 def test_zz_case_counts():
     """The exact number of generated cases per fuzzed decoder (printed with ``-s``); each >= TARGET."""
-    if not CASES:
-        pytest.skip("no fuzz test ran in this session")
-    print("\n" + "\n".join(f"{name:40s} {CASES[name]:6d} cases, {ACCEPTED[name]:5d} accepted"
-                           for name in sorted(CASES)))
-    low = {name: n for name, n in CASES.items() if n < TARGET}
-    assert not low, f"fuzz tests ran fewer than {TARGET} cases: {low}"
+    assert_case_counts(CASES, ACCEPTED, TARGET)

@@ -22,10 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    from crypto.dpf_gen import convert_gen, gen
-except ImportError:  # before the DPF module split
-    from crypto.dpf import convert_gen, gen
+from crypto.dpf_gen import convert_gen, gen
 from crypto.sealed import generate_keypair, seal
 from schemas import secemb as schema
 from schemas.wire import MAX_FRAME, decode_frame, encode_frame

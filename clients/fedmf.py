@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import hashlib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -34,7 +33,8 @@ from clients.fedmf_common import compute_user_upload, load_user_vector
 from models.fedmf_mf import squared_error
 from crypto.packed_matrix import PackedMatrixPrivate
 from crypto.paillier import ObfuscatorPool, bytes_to_int, check_key_bytes, generate_key_bytes
-from crypto.sealed import generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes, seal
+from crypto.sealed import (fingerprint, generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes,
+                           seal)
 from schemas import fedmf as schema
 from schemas.validation import MessageError, array_record, get_array, get_scalar
 
@@ -105,11 +105,6 @@ SIGNER_FINGERPRINT_NODE_KEY = "fedmf-signer-fingerprint"
 SIGNING_KEY_NODE_KEY = "fedmf-signing-key-file"
 
 
-def signer_fingerprint(raw_public: bytes) -> str:
-    """sha256 hex of a raw Ed25519 public key: what users pin."""
-    return hashlib.sha256(raw_public).hexdigest()
-
-
 def pinned_fingerprint(context: Context, env: ClientEnv) -> str | None:
     """The key holder's fingerprint from this node's config, else the run config; never from server 0."""
     value = context.node_config.get(SIGNER_FINGERPRINT_NODE_KEY) or env.cfg.strategy.key_holder_fingerprint
@@ -143,9 +138,9 @@ def _check_signed_key(data, context: Context, env: ClientEnv, run: str, n_b: np.
                            f"fingerprint {anchor[:16]}...")
     signer = get_array(data, "signer", np.uint8, (schema.SIGNER_KEY_BYTES,)).tobytes()
     sig = get_array(data, "sig", np.uint8, (schema.SIGNATURE_BYTES,)).tobytes()
-    if signer_fingerprint(signer) != anchor:
+    if fingerprint(signer) != anchor:
         raise MessageError("Paillier key refused: signed by a key whose fingerprint "
-                           f"{signer_fingerprint(signer)[:16]}... is not the pinned key holder's {anchor[:16]}...")
+                           f"{fingerprint(signer)[:16]}... is not the pinned key holder's {anchor[:16]}...")
     try:
         Ed25519PublicKey.from_public_bytes(signer).verify(
             sig, schema.signed_key_statement(run, n_b.tobytes(), env.user.user_id, announce_pub))

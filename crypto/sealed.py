@@ -13,6 +13,7 @@ Box layout: ephemeral public key (32) || nonce (12) || ciphertext || tag (16).
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -57,6 +58,12 @@ def private_key_from_bytes(raw: bytes) -> X25519PrivateKey:
     if len(raw) != PRIVATE_KEY_BYTES:
         raise SealedMessageError(f"an X25519 private key is {PRIVATE_KEY_BYTES} bytes, got {len(raw)}")
     return X25519PrivateKey.from_private_bytes(bytes(raw))
+
+
+def fingerprint(raw_public_key: bytes) -> str:
+    """sha256 hex of a raw public key (X25519 or Ed25519): the value an operator gives users to pin,
+    so a key relayed by server 0 can be checked against a trust anchor server 0 does not control."""
+    return hashlib.sha256(bytes(raw_public_key)).hexdigest()
 
 
 def _key(shared: bytes, eph_pub: bytes, recipient_pub: bytes, context: bytes) -> bytes:

@@ -20,7 +20,6 @@ Neither protocol's module imports the other: both import this one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from crypto.sealed import fingerprint
 from crypto.ring import ring_dtype
 from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
 from schemas.wire import decode_frame, encode_frame
@@ -47,11 +47,6 @@ EVAL_METRICS = 2   # [test SSE, test count]
 def context(run: str, rnd: int, user: int, purpose: str) -> bytes:
     """Associated data of a sealed box: what it is for, so it cannot be replayed elsewhere."""
     return f"secemb|{run}|{rnd}|{user}|{purpose}".encode()
-
-
-def fingerprint(public_key: bytes) -> str:
-    """sha256 hex of server 1's raw X25519 public key: what users pin (``strategy.server1_fingerprint``)."""
-    return hashlib.sha256(bytes(public_key)).hexdigest()
 
 
 def check_pinned(public_key: bytes, anchor: str | None) -> None:

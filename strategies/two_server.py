@@ -19,6 +19,7 @@ from flwr.app import RecordDict
 
 from crypto.fixed_point import FixedPointCodec
 from crypto.ring import ring_dtype
+from crypto.sealed import fingerprint
 from recdata.dataset import DatasetMeta
 from schemas import two_server as ts
 from schemas.config import AppConfig
@@ -51,7 +52,7 @@ class TwoServerStrategy(ModelStrategy):
     def setup(self) -> None:
         self.server1_public = self.server1.call(
             "hello", {"run": self.run_id, "min_users": self.min_users})[1]["public_key"].tobytes()
-        log.info("[%s] server 1 key fingerprint %s", self.name, ts.fingerprint(self.server1_public))
+        log.info("[%s] server 1 key fingerprint %s", self.name, fingerprint(self.server1_public))
 
     # ------------------------------------------------------- aggregates
     def too_few(self, users, what: str) -> str | None:

@@ -28,7 +28,7 @@ BASE = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", "
 
 def _anchor(tmp_path) -> list[str]:
     """A signing key for user 0 and the overrides that designate and pin it."""
-    from clients.fedmf import signer_fingerprint
+    from crypto.sealed import fingerprint as signer_fingerprint
 
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "holder_ed25519.pem"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from crypto.secret_sharing import share
-from schemas.two_server import METRIC_BOUND, MetricCodec, check_pinned, fingerprint
+from crypto.sealed import fingerprint
+from schemas.two_server import METRIC_BOUND, MetricCodec, check_pinned
 from schemas.validation import MessageError
 
 

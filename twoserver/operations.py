@@ -23,7 +23,6 @@ FedRec: sum of sealed full-gradient shares).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from crypto.ring import ring_dtype
-from crypto.sealed import SealedMessageError, open_sealed, public_bytes, seal
+from crypto.sealed import SealedMessageError, fingerprint, open_sealed, public_bytes, seal
 from schemas import secemb as schema
 from schemas.wire import MAX_FRAME, WireError, decode_frame, encode_frame
 from twoserver.guard import RoundGuard, validate_request
@@ -64,7 +63,7 @@ class Server1:
     @property
     def fingerprint(self) -> str:
         """sha256 hex of the raw X25519 public key: what operators put in ``strategy.server1_fingerprint``."""
-        return hashlib.sha256(self.public_key).hexdigest()
+        return fingerprint(self.public_key)
 
     # ------------------------------------------------------------ dispatch
     def handle(self, frame: bytes) -> bytes:

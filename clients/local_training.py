@@ -5,7 +5,9 @@ the dense parameters. It computes the loss on its training ratings of those
 items, the gradients of all three parameter groups at the downloaded point
 (the public ones are uploaded, as in SecEmb Algorithm 3), and then updates its
 private parameters with Adam for ``local_user_steps`` steps. The same function
-serves every protocol, so twins train identically by construction.
+serves every protocol, so twins train identically by construction; it is
+models.training on a batch of one user, the code the batched engine runs on a
+whole round.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from models import build_model
+from models.batch import make_batch
 from models.spec import ModelSpec
+from models.training import PrivateState, evaluate_batch, train_batch
 
 
 @dataclass
@@ -26,11 +28,6 @@ class LocalResult:
     loss: float             # training loss at the downloaded model
     n_ratings: int
     private: dict[str, np.ndarray]
-
-
-def _batch(spec: ModelSpec, local_items: np.ndarray, user_x: np.ndarray, item_x: np.ndarray):
-    return (torch.from_numpy(local_items.astype(np.int64)), torch.from_numpy(user_x.astype(np.float32)),
-            torch.from_numpy(item_x.astype(np.float32)))
 
 
 def train_locally(
@@ -47,56 +44,11 @@ def train_locally(
     steps: int,
 ) -> LocalResult:
     """One participation of one user. ``local_items`` index ``rows``; ``item_x`` is per rating."""
-    torch.manual_seed(0)  # no randomness is used, but keep torch deterministic
-    model = build_model(spec, rows.shape[0])
-    model.set_rows(rows)
-    model.set_dense(dense)
-    model.set_private(private["params"])
-    items_t, user_t, item_x_t = _batch(spec, local_items, user_x, item_x)
-    target = torch.from_numpy(ratings.astype(np.float32))
-
-    def loss_fn() -> torch.Tensor:
-        pred = model(items_t, user_t, item_x_t)
-        return torch.mean((pred - target) ** 2) + reg * model.regularizer()
-
-    model.zero_grad()
-    loss = loss_fn()
-    loss.backward()
-    row_grads = model.item_rows.grad.detach().numpy().astype(np.float32).copy()
-    dense_params = model.dense_parameters()
-    dense_grad = (torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
-                             for p in dense_params]).numpy().astype(np.float32)
-                  if dense_params else np.zeros(0, dtype=np.float32))
-    new_private = _update_private(model, private, loss_fn, lr, steps)
-    return LocalResult(row_grads=row_grads, dense_grad=dense_grad, loss=float(loss.detach()),
-                       n_ratings=int(len(ratings)), private=new_private)
-
-
-def _update_private(model, private: dict[str, np.ndarray], loss_fn, lr: float, steps: int) -> dict[str, np.ndarray]:
-    """Adam on the private parameters only, resuming the moments kept in Context.state."""
-    params = model.private_parameters()
-    opt = torch.optim.Adam(params, lr=lr)
-    sizes = [p.numel() for p in params]
-    step = int(private["step"][0])
-    if step > 0:
-        m = np.split(private["m"], np.cumsum(sizes)[:-1])
-        v = np.split(private["v"], np.cumsum(sizes)[:-1])
-        for p, mi, vi in zip(params, m, v):
-            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": torch.from_numpy(mi.copy()).view_as(p),
-                            "exp_avg_sq": torch.from_numpy(vi.copy()).view_as(p)}
-    private_ids = {id(p) for p in params}
-    for p in model.parameters():  # later backward passes need only the private gradients
-        if id(p) not in private_ids:
-            p.requires_grad_(False)
-    for i in range(steps):
-        if i > 0:  # the first step reuses the gradient computed for the upload
-            opt.zero_grad()
-            loss_fn().backward()
-        opt.step()
-    state_m = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in params]).numpy().astype(np.float32)
-    state_v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in params]).numpy().astype(np.float32)
-    return {"params": model.get_private().astype(np.float32), "m": state_m, "v": state_v,
-            "step": np.array([step + steps], dtype=np.int64)}
+    batch = make_batch([local_items], [ratings], np.asarray(user_x, np.float32).reshape(1, -1), [item_x])
+    result = train_batch(spec, np.asarray(rows, np.float32)[None], dense, PrivateState.from_dicts([private]),
+                         batch, lr, reg, steps)
+    return LocalResult(row_grads=result.row_grads[0], dense_grad=result.dense_grads[0], loss=float(result.loss[0]),
+                       n_ratings=int(result.n_ratings[0]), private=result.private.to_dicts()[0])
 
 
 def evaluate_locally(spec: ModelSpec, table: np.ndarray, dense: np.ndarray, private_params: np.ndarray,
@@ -106,11 +58,7 @@ def evaluate_locally(spec: ModelSpec, table: np.ndarray, dense: np.ndarray, priv
     if len(test_items) == 0:
         return 0.0, 0
     uniq, local = np.unique(test_items, return_inverse=True)
-    model = build_model(spec, len(uniq))
-    model.set_rows(table[uniq])
-    model.set_dense(dense)
-    model.set_private(private_params)
-    items_t, user_t, item_x_t = _batch(spec, local, user_x, item_features[test_items])
-    with torch.no_grad():
-        pred = model(items_t, user_t, item_x_t).numpy().astype(np.float64)
-    return float(np.sum((pred - test_ratings) ** 2)), int(len(test_items))
+    batch = make_batch([local], [test_ratings], np.asarray(user_x, np.float32).reshape(1, -1),
+                       [item_features[test_items]])
+    sse, count = evaluate_batch(spec, table[uniq][None], dense, np.asarray(private_params)[None], batch)
+    return float(sse[0]), int(count[0])

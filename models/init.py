@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.recommenders import build_model
+from models.recommenders import initial_dense_values
 from models.spec import ModelSpec
 
 # Seed-sequence salts: the server's item-side draws and each user's private draws never share a stream.
@@ -35,9 +35,4 @@ def init_private(spec: ModelSpec, user_id: int, seed: int) -> np.ndarray:
 def init_dense(spec: ModelSpec, seed: int) -> np.ndarray:
     """Torch's default layer init (seeded) for MLPs; feature embeddings ~ N(0, init_std); biases 0."""
     torch.manual_seed(seed)
-    model = build_model(spec, 1)
-    with torch.no_grad():
-        if hasattr(model, "feat_emb"):
-            gen = torch.Generator().manual_seed(seed + 1)
-            model.feat_emb.normal_(0.0, spec.init_std, generator=gen)
-    return model.get_dense()
+    return initial_dense_values(spec, torch.Generator().manual_seed(seed + 1))

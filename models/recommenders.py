@@ -1,159 +1,220 @@
-"""MF, NCF, FM and DeepFM (SecEmb Appendix I), each written as ONE user's local view.
+"""MF, NCF, FM and DeepFM (SecEmb Appendix I) as functions of a batch of users' parameters.
 
-A client holds only its own user parameters, the k item rows it fetched
-(``item_rows``, indexed 0..k-1 locally) and the dense parameters. The three
-groups are kept apart because the protocols treat them differently:
-user-private parameters never leave the device, item rows travel sparsely
-(DPF / packed Paillier), dense parameters are secret-shared as one vector.
+A client holds only its own user parameters, the K item rows it fetched
+(indexed 0..K-1 locally) and the dense parameters. The three groups are kept
+apart because the protocols treat them differently: user-private parameters
+never leave the device, item rows travel sparsely (DPF / packed Paillier),
+dense parameters are secret-shared as one flat vector.
 
-Item row layout: [embedding(s) | bias]. User layout mirrors it.
+Every group carries a leading user dimension B: ``rows`` [B, K, row_dim],
+``user`` [B, private_size] and ``dense`` [B, dense_size]. Users share no
+tensor, so the gradient of the SUM of the users' losses with respect to each
+group is every user's own gradient: one backward pass serves the whole batch
+of a simulation round, and the Flower client is the batch of one. Each user
+has its own copy of the dense vector for that reason - the secure protocols
+encode every user's dense gradient separately.
+
+Item row layout: [embedding(s) | bias]. User layout mirrors it. The dense
+vector's flat order is ``dense_layout`` (the order torch's ``named_parameters``
+gave the former nn.Module models, so seeded initial values are unchanged).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from math import prod
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from models.batch import UserBatch
 from models.spec import ModelSpec
 
 
-class RecModel(nn.Module):
-    """Base: parameter groups, flat get/set, regulariser."""
-
-    def __init__(self, spec: ModelSpec, n_rows: int) -> None:
-        super().__init__()
-        self.spec = spec
-        self.item_rows = nn.Parameter(torch.zeros(n_rows, spec.row_dim))
-        self.user = nn.Parameter(torch.zeros(spec.private_size))
-        self.global_bias = nn.Parameter(torch.zeros(1))
-
-    # groups ---------------------------------------------------------------
-    def private_parameters(self) -> list[nn.Parameter]:
-        return [self.user]
-
-    def dense_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n not in ("item_rows", "user")]
-
-    # flat access ----------------------------------------------------------
-    def get_dense(self) -> np.ndarray:
-        params = self.dense_parameters()
-        if not params:
-            return np.zeros(0, dtype=np.float32)
-        return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float32)
-
-    def set_dense(self, flat: np.ndarray) -> None:
-        flat = np.asarray(flat, dtype=np.float32)
-        if flat.shape != (self.spec.dense_size,):
-            raise ValueError(f"dense vector has shape {flat.shape}, expected ({self.spec.dense_size},)")
-        offset = 0
-        with torch.no_grad():
-            for p in self.dense_parameters():
-                p.copy_(torch.from_numpy(flat[offset:offset + p.numel()]).view_as(p))
-                offset += p.numel()
-
-    def get_private(self) -> np.ndarray:
-        return self.user.detach().numpy().astype(np.float32).copy()
-
-    def set_private(self, flat: np.ndarray) -> None:
-        flat = np.asarray(flat, dtype=np.float32)
-        if flat.shape != tuple(self.user.shape):
-            raise ValueError(f"private vector has shape {flat.shape}, expected {tuple(self.user.shape)}")
-        with torch.no_grad():
-            self.user.copy_(torch.from_numpy(flat))
-
-    def set_rows(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, dtype=np.float32)
-        if rows.shape != tuple(self.item_rows.shape):
-            raise ValueError(f"rows have shape {rows.shape}, expected {tuple(self.item_rows.shape)}")
-        with torch.no_grad():
-            self.item_rows.copy_(torch.from_numpy(rows))
-
-    def regularizer(self) -> torch.Tensor:
-        """Sum of squares of the user's and the fetched items' embeddings (and feature embeddings)."""
-        return (self.user ** 2).sum() + (self.item_rows ** 2).sum()
-
-    def forward(self, local_items: torch.Tensor, user_x: torch.Tensor, item_x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+# dense parameter blocks -----------------------------------------------------
+@dataclass(frozen=True)
+class _Param:
+    """A free dense tensor; zero at init except the feature embeddings (see models.init)."""
+    name: str
+    shape: tuple[int, ...]
 
 
-class BiasedMF(RecModel):
+@dataclass(frozen=True)
+class _Linear:
+    """torch.nn.Linear(n_in, n_out, bias): weight [n_out, n_in], then bias [n_out]."""
+    name: str
+    n_in: int
+    n_out: int
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class _Norm:
+    """torch.nn.LayerNorm(n): weight [n], bias [n]."""
+    name: str
+    n: int
+
+
+def _blocks(spec: ModelSpec) -> list[_Param | _Linear | _Norm]:
+    """The dense parameters of ``spec``'s model, in flat-vector order."""
+    d = spec.dim
+    if spec.name == "mf":
+        return [_Param("global_bias", (1,))]
+    if spec.name == "ncf":  # NCF's dense part is exactly the 688 of SecEmb Table 9 at d=16 (no global bias)
+        return [_Linear("mlp.0", 2 * d, d), _Linear("mlp.2", d, d // 2), _Linear("out", d + d // 2, 1, bias=False)]
+    fm = [_Param("global_bias", (1,)), _Param("feat_emb", (spec.n_features, d)), _Param("feat_w", (spec.n_features,))]
+    if spec.name == "fm":
+        return fm
+    fields = spec.n_features + 2
+    return fm + [_Linear("deep.0", fields * d, 4 * d), _Norm("deep.1", 4 * d), _Linear("deep.3", 4 * d, 2 * d),
+                 _Norm("deep.4", 2 * d), _Linear("deep.6", 2 * d, 1)]
+
+
+def dense_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the dense parameters, in the flat order of the dense vector."""
+    layout: list[tuple[str, tuple[int, ...]]] = []
+    for block in _blocks(spec):
+        if isinstance(block, _Param):
+            layout.append((block.name, block.shape))
+        elif isinstance(block, _Linear):
+            layout.append((f"{block.name}.weight", (block.n_out, block.n_in)))
+            if block.bias:
+                layout.append((f"{block.name}.bias", (block.n_out,)))
+        else:
+            layout += [(f"{block.name}.weight", (block.n,)), (f"{block.name}.bias", (block.n,))]
+    return layout
+
+
+def initial_dense_values(spec: ModelSpec, feature_generator: torch.Generator) -> np.ndarray:
+    """Flat dense vector with torch's own layer init (global RNG) and feature embeddings ~ N(0, init_std).
+
+    Linear and LayerNorm values are drawn by constructing the torch.nn layers
+    in order, exactly as the layers of a torch module would be created, so a
+    seeded global RNG gives torch's default initialisation.
+    """
+    parts: list[torch.Tensor] = []
+    for block in _blocks(spec):
+        if isinstance(block, _Linear):
+            parts += [p.detach() for p in nn.Linear(block.n_in, block.n_out, bias=block.bias).parameters()]
+        elif isinstance(block, _Norm):
+            parts += [p.detach() for p in nn.LayerNorm(block.n).parameters()]
+        elif block.name == "feat_emb":
+            parts.append(torch.zeros(block.shape).normal_(0.0, spec.init_std, generator=feature_generator))
+        else:
+            parts.append(torch.zeros(block.shape))
+    flat = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0)
+    return flat.numpy().astype(np.float32)
+
+
+def unflatten_dense(spec: ModelSpec, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views of a [B, dense_size] tensor as the named per-user parameters [B, *shape]."""
+    layout = dense_layout(spec)
+    sizes = [prod(shape) for _, shape in layout]
+    if dense.shape[-1] != sum(sizes):
+        raise ValueError(f"dense vector has {dense.shape[-1]} entries, expected {sum(sizes)}")
+    parts = torch.split(dense, sizes, dim=1)
+    return {name: part.reshape((dense.shape[0],) + shape) for (name, shape), part in zip(layout, parts)}
+
+
+# building blocks on a batch of users ----------------------------------------
+def _linear(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Per-user linear layer: x [B, N, in] @ W_b^T (+ b_b) -> [B, N, out]."""
+    weight = p[f"{name}.weight"].transpose(1, 2)
+    bias = p.get(f"{name}.bias")
+    return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+
+def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Per-user LayerNorm: normalise without affine, then each user's own weight and bias."""
+    normed = F.layer_norm(x, x.shape[-1:])
+    return torch.addcmul(p[f"{name}.bias"].unsqueeze(1), normed, p[f"{name}.weight"].unsqueeze(1))
+
+
+def _fetch(rows: torch.Tensor, local_items: torch.Tensor) -> torch.Tensor:
+    """Row of each rating: rows [B, K, r], local_items [B, N] -> [B, N, r]."""
+    index = local_items.unsqueeze(2).expand(-1, -1, rows.shape[2])
+    return torch.gather(rows, 1, index)
+
+
+def _features(batch: UserBatch) -> torch.Tensor:
+    """Each rating's feature vector [user features | item features]: [B, N, l_x + l_y]."""
+    b, n = batch.local_items.shape
+    return torch.cat([batch.user_x.unsqueeze(1).expand(b, n, -1), batch.item_x], dim=2)
+
+
+# models ---------------------------------------------------------------------
+def _mf(spec, q, user, p, batch):
     """r = <p_u, q_i> + b_u + b_i + mu."""
+    d = spec.dim
+    q_emb, q_bias = q.split([d, 1], dim=2)  # one split: its backward writes one gradient tensor, not one per slice
+    dot = torch.einsum("bnd,bd->bn", q_emb, user[:, :d])
+    return dot + q_bias.squeeze(2) + user[:, d:d + 1] + p["global_bias"]
 
-    def forward(self, local_items, user_x, item_x):
-        d = self.spec.dim
-        rows = self.item_rows[local_items]
-        return rows[:, :d] @ self.user[:d] + rows[:, d] + self.user[d] + self.global_bias[0]
 
-
-class NCF(RecModel):
+def _ncf(spec, q, user, p, batch):
     """NeuMF: GMF(p_g * q_g) and MLP(2d -> d -> d/2) on (p_m, q_m), joined by one linear layer."""
-
-    def __init__(self, spec: ModelSpec, n_rows: int) -> None:
-        super().__init__(spec, n_rows)
-        d = spec.dim
-        self.mlp = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d // 2), nn.ReLU())
-        self.out = nn.Linear(d + d // 2, 1, bias=False)
-        del self.global_bias  # NCF's dense part is exactly the 688 of SecEmb Table 9 at d=16
-
-    def forward(self, local_items, user_x, item_x):
-        d = self.spec.dim
-        rows = self.item_rows[local_items]
-        gmf = rows[:, :d] * self.user[:d]
-        mlp = self.mlp(torch.cat([self.user[d:2 * d].expand(len(rows), d), rows[:, d:2 * d]], dim=1))
-        return self.out(torch.cat([gmf, mlp], dim=1)).squeeze(1) + rows[:, 2 * d] + self.user[2 * d]
+    d = spec.dim
+    q_g, q_m, q_bias = q.split([d, d, 1], dim=2)
+    gmf = q_g * user[:, None, :d]
+    p_m = user[:, None, d:2 * d].expand(-1, q.shape[1], -1)
+    mlp = torch.relu(_linear(torch.cat([p_m, q_m], dim=2), p, "mlp.0"))
+    mlp = torch.relu(_linear(mlp, p, "mlp.2"))
+    joined = _linear(torch.cat([gmf, mlp], dim=2), p, "out").squeeze(2)
+    return joined + q_bias.squeeze(2) + user[:, 2 * d:2 * d + 1]
 
 
-class FM(RecModel):
-    """Factorisation machine over user id, item id and the binary user/item features."""
+def _fm_term(spec, q_emb, q_bias, user, p, x):
+    """Factorisation machine over the fields (user id, item id, features x_f scaled embeddings e_f).
 
-    def __init__(self, spec: ModelSpec, n_rows: int) -> None:
-        super().__init__(spec, n_rows)
-        self.feat_emb = nn.Parameter(torch.zeros(spec.n_features, spec.dim))
-        self.feat_w = nn.Parameter(torch.zeros(spec.n_features))
-
-    def _fields(self, local_items, user_x, item_x):
-        """Field embeddings [B, F, d] (user, item, scaled features) and the linear term [B]."""
-        d = self.spec.dim
-        rows = self.item_rows[local_items]
-        b = len(rows)
-        x = torch.cat([user_x.expand(b, -1), item_x], dim=1)  # [B, l_x + l_y]
-        feats = x.unsqueeze(2) * self.feat_emb.unsqueeze(0)  # [B, F, d]
-        fields = torch.cat([self.user[:d].expand(b, 1, d), rows[:, None, :d], feats], dim=1)
-        linear = self.global_bias[0] + self.user[d] + rows[:, d] + x @ self.feat_w
-        return fields, linear
-
-    def forward(self, local_items, user_x, item_x):
-        fields, linear = self._fields(local_items, user_x, item_x)
-        s = fields.sum(1)
-        return linear + 0.5 * ((s * s).sum(1) - (fields * fields).sum((1, 2)))
-
-    def regularizer(self) -> torch.Tensor:
-        return super().regularizer() + (self.feat_emb ** 2).sum()
+    linear + 1/2 (||sum of field embeddings||^2 - sum of their squared norms);
+    the feature part uses sum_f x_f e_f = x @ E and sum_f ||x_f e_f||^2 = x^2 @ ||e_f||^2,
+    so no [B, N, fields, d] tensor is built.
+    """
+    d = spec.dim
+    emb = p["feat_emb"]
+    total = user[:, None, :d] + q_emb + torch.bmm(x, emb)
+    squares = ((user[:, :d] ** 2).sum(1, keepdim=True) + (q_emb ** 2).sum(2)
+               + torch.einsum("bnf,bf->bn", x * x, (emb ** 2).sum(2)))
+    linear = p["global_bias"] + user[:, d:d + 1] + q_bias.squeeze(2) + torch.einsum("bnf,bf->bn", x, p["feat_w"])
+    return linear + 0.5 * ((total * total).sum(2) - squares)
 
 
-class DeepFM(FM):
-    """FM plus an MLP over the concatenated field embeddings: (l_x+l_y+2)d -> 4d -> 2d -> 1."""
-
-    def __init__(self, spec: ModelSpec, n_rows: int) -> None:
-        super().__init__(spec, n_rows)
-        d, f = spec.dim, spec.n_features + 2
-        self.deep = nn.Sequential(nn.Linear(f * d, 4 * d), nn.LayerNorm(4 * d), nn.ReLU(),
-                                  nn.Linear(4 * d, 2 * d), nn.LayerNorm(2 * d), nn.ReLU(), nn.Linear(2 * d, 1))
-
-    def forward(self, local_items, user_x, item_x):
-        fields, linear = self._fields(local_items, user_x, item_x)
-        s = fields.sum(1)
-        fm = linear + 0.5 * ((s * s).sum(1) - (fields * fields).sum((1, 2)))
-        return fm + self.deep(fields.reshape(len(fields), -1)).squeeze(1)
+def _fm(spec, q, user, p, batch):
+    return _fm_term(spec, *q.split([spec.dim, 1], dim=2), user, p, _features(batch))
 
 
-MODELS = {"mf": BiasedMF, "ncf": NCF, "fm": FM, "deepfm": DeepFM}
+def _deepfm(spec, q, user, p, batch):
+    """FM plus an MLP over the concatenated field embeddings [p_u | q_i | x_1 e_1 | ...]: (F+2)d -> 4d -> 2d -> 1.
+
+    The first layer is applied blockwise, W [p_u | q_i | x_f e_f]_f = W_u p_u + W_i q_i + sum_f x_f (W_f e_f),
+    which is the same product without materialising the [B, N, (F+2)d] input.
+    """
+    d = spec.dim
+    x = _features(batch)
+    q_emb, q_bias = q.split([d, 1], dim=2)
+    w = p["deep.0.weight"].reshape(user.shape[0], -1, spec.n_features + 2, d)  # [B, 4d, fields, d]
+    per_feature = torch.einsum("bhfd,bfd->bfh", w[:, :, 2:], p["feat_emb"])    # W_f e_f: [B, F, 4d]
+    h = (torch.einsum("bhd,bd->bh", w[:, :, 0], user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
+    h = h + torch.einsum("bnd,bhd->bnh", q_emb, w[:, :, 1]) + torch.bmm(x, per_feature)
+    h = torch.relu(_layer_norm(h, p, "deep.1"))
+    h = torch.relu(_layer_norm(_linear(h, p, "deep.3"), p, "deep.4"))
+    return _fm_term(spec, q_emb, q_bias, user, p, x) + _linear(h, p, "deep.6").squeeze(2)
 
 
-def build_model(spec: ModelSpec, n_rows: int) -> RecModel:
-    """One user's model holding ``n_rows`` fetched item rows (values set by the caller)."""
-    model = MODELS[spec.name](spec, n_rows)
-    if model.get_dense().shape[0] != spec.dense_size:
-        raise AssertionError(f"{spec.name}: dense size {model.get_dense().shape[0]} != spec {spec.dense_size}")
-    return model
+_FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
+
+
+def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
+            batch: UserBatch) -> torch.Tensor:
+    """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless."""
+    return _FORWARD[spec.name](spec, _fetch(rows, batch.local_items), user, unflatten_dense(spec, dense), batch)
+
+
+def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Per user [B]: sum of squares of its user vector and its fetched rows (and the feature embeddings)."""
+    reg = (user ** 2).sum(1) + (rows ** 2).sum((1, 2))
+    if spec.name in ("fm", "deepfm"):
+        reg = reg + (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
+    return reg

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from models import ModelSpec, build_model, init_dense, init_item_table, init_private
+from models import (ModelSpec, PrivateState, dense_layout, init_dense, init_item_table, init_private, make_batch,
+                    train_batch)
 
 SPECS = [ModelSpec("mf", 8), ModelSpec("ncf", 8), ModelSpec("fm", 8, 5, 4), ModelSpec("deepfm", 8, 5, 4)]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_groups_partition_all_parameters_and_all_get_gradients(spec):
-    model = build_model(spec, 6)
-    groups = [model.private_parameters(), [model.item_rows], model.dense_parameters()]
-    ids = [id(p) for g in groups for p in g]
-    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    model.set_rows(init_item_table(spec, 6, 0))
-    model.set_dense(init_dense(spec, 0))
-    model.set_private(init_private(spec, 3, 0))
-    pred = model(torch.tensor([0, 1, 5]), torch.ones(spec.n_user_features), torch.ones(3, spec.n_item_features))
-    assert pred.shape == (3,)
-    ((pred - 4.0) ** 2).mean().backward()
-    for g in groups:
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g)
+def test_every_parameter_group_gets_a_gradient(spec):
+    batch = make_batch([np.array([0, 1, 5])], [np.full(3, 4.0, np.float32)], np.ones((1, spec.n_user_features)),
+                       [np.ones((3, spec.n_item_features))])
+    res = train_batch(spec, init_item_table(spec, 6, 0)[None], init_dense(spec, 0),
+                      PrivateState.initial(spec, [3], 0), batch, lr=0.1, reg=0.0, steps=1)
+    assert res.row_grads.shape == (1, 6, spec.row_dim) and res.dense_grads.shape == (1, spec.dense_size)
+    assert np.abs(res.row_grads[0, [0, 1, 5]]).sum() > 0 and not res.row_grads[0, [2, 3, 4]].any()
+    assert np.abs(res.dense_grads).sum() > 0
+    assert not np.array_equal(res.private.params, init_private(spec, 3, 0)[None])  # the private step moved
 
 
 @pytest.mark.parametrize("spec,items,sparse,dense", [
@@ -36,7 +32,7 @@ def test_groups_partition_all_parameters_and_all_get_gradients(spec):
 ])
 def test_sizes_match_secemb_table_9(spec, items, sparse, dense):
     assert spec.row_dim * items == sparse
-    assert spec.dense_size == dense == build_model(spec, 1).get_dense().size
+    assert spec.dense_size == dense == sum(int(np.prod(shape)) for _, shape in dense_layout(spec))
 
 
 def test_init_is_deterministic_and_per_user():
@@ -50,8 +46,11 @@ def test_bad_specs_are_refused():
     for kwargs in ({"name": "svd", "dim": 8}, {"name": "mf", "dim": 0}, {"name": "ncf", "dim": 7}):
         with pytest.raises(ValueError):
             ModelSpec(**kwargs)
+    spec = ModelSpec("mf", 4)
+    batch = make_batch([np.array([0])], [np.ones(1, np.float32)], np.zeros((1, 0)), [np.zeros((1, 0))])
     with pytest.raises(ValueError, match="dense vector"):
-        build_model(ModelSpec("mf", 4), 2).set_dense(np.zeros(5, np.float32))
+        train_batch(spec, np.zeros((1, 2, spec.row_dim), np.float32), np.zeros(5, np.float32),
+                    PrivateState.initial(spec, [0], 0), batch, 0.1, 0.0, 1)
 
 
 @pytest.mark.parametrize("name", ["mf", "ncf", "fm", "deepfm"])

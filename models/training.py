@@ -1,0 +1,154 @@
+"""Local step of a batch of users for the model-based protocols (plaintext, SecEmb, Secure FedRec).
+
+Each user holds only the item rows it fetched and the public dense vector.
+It computes its loss on its training ratings of those items (mean squared
+error + reg x regulariser), the gradients of all three parameter groups at the
+downloaded point (the public ones are uploaded, as in SecEmb Algorithm 3), and
+then updates its private parameters with Adam for ``steps`` steps.
+
+The Flower client runs this as a batch of one and the batched simulation
+engine as a batch of a round's users: the same code, so twins and engines
+train identically by construction. The batch loss is the SUM of the users'
+losses; since users share no parameter tensor (each has its own copy of the
+dense vector), the gradient of every leaf is exactly its user's own gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.batch import UserBatch
+from models.init import init_private
+from models.private_adam import adam_step
+from models.recommenders import predict, regularizer
+from models.spec import ModelSpec
+
+
+@dataclass
+class PrivateState:
+    """B users' private parameters and Adam moments (numpy), one row per user."""
+
+    params: np.ndarray  # float32 [B, P]
+    m: np.ndarray       # float32 [B, P]
+    v: np.ndarray       # float32 [B, P]
+    step: np.ndarray    # int64 [B]: Adam steps taken so far
+
+    def __len__(self) -> int:
+        return int(self.step.shape[0])
+
+    @classmethod
+    def initial(cls, spec: ModelSpec, user_ids: Sequence[int] | np.ndarray, seed: int) -> PrivateState:
+        """The seeded initial state of each user (as a client starts it): init_private, zero moments."""
+        params = np.zeros((len(user_ids), spec.private_size), dtype=np.float32)
+        for row, user in enumerate(user_ids):  # once per user per run; init_private seeds a stream per user
+            params[row] = init_private(spec, int(user), seed)
+        return cls(params=params, m=np.zeros_like(params), v=np.zeros_like(params),
+                   step=np.zeros(len(params), dtype=np.int64))
+
+    @classmethod
+    def from_dicts(cls, states: Sequence[dict[str, np.ndarray]]) -> PrivateState:
+        """Stack per-user dicts {"params", "m", "v", "step" (shape (1,))} as kept in Context.state."""
+        return cls(params=np.stack([s["params"] for s in states]).astype(np.float32),
+                   m=np.stack([s["m"] for s in states]).astype(np.float32),
+                   v=np.stack([s["v"] for s in states]).astype(np.float32),
+                   step=np.concatenate([np.asarray(s["step"], dtype=np.int64).reshape(1) for s in states]))
+
+    def to_dicts(self) -> list[dict[str, np.ndarray]]:
+        """Per-user dicts in the Context.state format (step of shape (1,))."""
+        return [{"params": self.params[i].copy(), "m": self.m[i].copy(), "v": self.v[i].copy(),
+                 "step": self.step[i:i + 1].copy()} for i in range(len(self))]
+
+    def take(self, idx: np.ndarray) -> PrivateState:
+        """The rows of users ``idx`` (a copy)."""
+        return PrivateState(self.params[idx], self.m[idx], self.v[idx], self.step[idx])
+
+    def put(self, idx: np.ndarray, other: PrivateState) -> None:
+        """Overwrite the rows of users ``idx`` with ``other``'s (in order)."""
+        self.params[idx], self.m[idx], self.v[idx], self.step[idx] = other.params, other.m, other.v, other.step
+
+
+@dataclass
+class BatchResult:
+    row_grads: np.ndarray    # float32 [B, K, row_dim]; zero on padded rows
+    dense_grads: np.ndarray  # float32 [B, dense_size]: each user's own dense gradient
+    loss: np.ndarray         # float64 [B]: each user's training loss at the downloaded model
+    n_ratings: np.ndarray    # int64 [B]
+    private: PrivateState    # after the Adam steps
+
+
+def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor, batch: UserBatch,
+                reg: float) -> torch.Tensor:
+    """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser."""
+    err = (predict(spec, rows, user, dense, batch) - batch.ratings) ** 2 * batch.mask
+    mse = err.sum(1) / batch.n_ratings.clamp(min=1).to(err.dtype)
+    return mse + reg * regularizer(spec, rows, user, dense)
+
+
+def _check(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, n_users: int, batch: UserBatch) -> None:
+    if rows.ndim != 3 or rows.shape[0] != n_users or rows.shape[2] != spec.row_dim:
+        raise ValueError(f"rows have shape {rows.shape}, expected ({n_users}, K, {spec.row_dim})")
+    if dense.shape != (spec.dense_size,):
+        raise ValueError(f"dense vector has shape {dense.shape}, expected ({spec.dense_size},)")
+    if len(batch) != n_users:
+        raise ValueError(f"batch holds {len(batch)} users, the private state {n_users}")
+
+
+def train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: PrivateState, batch: UserBatch,
+                lr: float, reg: float, steps: int) -> BatchResult:
+    """One participation of each of B users (``private`` and ``batch`` in the same user order).
+
+    ``rows`` [B, K, row_dim] float32 are the users' fetched rows (zero-padded),
+    ``dense`` [dense_size] the public dense vector every user downloaded.
+    """
+    n_users = len(private)
+    rows = np.asarray(rows, dtype=np.float32)
+    dense = np.asarray(dense, dtype=np.float32)
+    _check(spec, rows, dense, n_users, batch)
+    rows_t = torch.from_numpy(rows.copy()).requires_grad_(True)
+    dense_t = torch.from_numpy(dense).expand(n_users, -1).clone().requires_grad_(True)
+    user_t = torch.from_numpy(private.params.astype(np.float32, copy=True)).requires_grad_(True)
+    loss = user_losses(spec, rows_t, user_t, dense_t, batch, reg)
+    loss.sum().backward()
+    new_private = _update_private(spec, rows_t.detach(), dense_t.detach(), user_t, private, batch, lr, reg, steps)
+    return BatchResult(row_grads=rows_t.grad.numpy().astype(np.float32, copy=False),
+                       dense_grads=dense_t.grad.numpy().astype(np.float32, copy=False),
+                       loss=loss.detach().numpy().astype(np.float64), n_ratings=batch.n_ratings.numpy().copy(),
+                       private=new_private)
+
+
+def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, user: torch.Tensor,
+                    private: PrivateState, batch: UserBatch, lr: float, reg: float, steps: int) -> PrivateState:
+    """Adam on the private parameters only, resuming each user's moments; the public parts stay fixed.
+
+    The first step reuses the gradient computed for the upload (``user.grad``).
+    """
+    params = user.detach()
+    grads = user.grad if user.grad is not None else torch.zeros_like(params)
+    m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
+    step = torch.from_numpy(private.step.astype(np.int64))
+    for i in range(steps):
+        if i > 0:
+            leaf = params.clone().requires_grad_(True)
+            user_losses(spec, rows, leaf, dense, batch, reg).sum().backward()
+            grads = leaf.grad
+        params, m, v, step = adam_step(params, grads, m, v, step, lr)
+    return PrivateState(params=params.numpy().astype(np.float32), m=m.numpy().astype(np.float32),
+                        v=v.numpy().astype(np.float32), step=step.numpy().astype(np.int64))
+
+
+def evaluate_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private_params: np.ndarray,
+                   batch: UserBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's sum of squared errors on its (test) ratings, float64 [B], and their count, int64 [B]."""
+    params = np.asarray(private_params, dtype=np.float32)
+    rows = np.asarray(rows, dtype=np.float32)
+    dense = np.asarray(dense, dtype=np.float32)
+    _check(spec, rows, dense, len(params), batch)
+    with torch.no_grad():
+        pred = predict(spec, torch.from_numpy(rows), torch.from_numpy(params),
+                       torch.from_numpy(dense).expand(len(params), -1), batch)
+    err = (pred.numpy().astype(np.float64) - batch.ratings.numpy().astype(np.float64)) ** 2
+    return (err * batch.mask.numpy()).sum(1), batch.n_ratings.numpy().copy()

@@ -9,14 +9,19 @@ and Secure FedRec, at the item counts of ML100K, ML1M, ML10M, ML25M and Yelp
 
     python -m benchmarks.bench_secemb --tables bytes,usertime,server --server-users 100,200
     python -m benchmarks.bench_secemb --tables floor --server-users 100   # one server's non-AES costs
+    python -m benchmarks.bench_secemb --tables cache --cache-users 100,4  # the capped path cache (issue 15)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
+import resource
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -359,12 +364,109 @@ def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) 
         print(f"  {name:30} {sec / (10 * group * m) * 1e9:7.2f} ns")
 
 
+CACHE_SIZES = {"ML1M": (3706, 300), "ML25M": (62423, 500)}  # rated items, m' (ML25M's m' as in DATASETS)
+
+
+def _peak_rss_while(fn) -> tuple[object, int]:
+    """(fn(), the highest RSS psutil sees while it runs, sampled every 2 ms)."""
+    import psutil
+
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        return fn(), peak[0]
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+
+
+def _cache_round(m: int, m_prime: int, users: int, cap: int, rounds: int) -> dict:
+    """One server (party 0) of a SecEmb round under a path-cache cap, in a fresh process: best retrieval and
+    aggregation seconds and least process CPU seconds of ``rounds`` - 1 warm rounds, the keys kept cached,
+    and RSS (inputs, peak)."""
+    import psutil
+
+    from twoserver.party import SecEmbParty
+
+    ring, width = np.uint32, 65
+    inputs = _server_inputs(users, "secemb", m, m_prime, width, ring)
+    keys, cws = inputs["keys"][0], inputs["agg"][0]
+    table = _embedding_table(np.random.default_rng(1), m, width, ring)
+    del inputs
+    rss_inputs = psutil.Process().memory_info().rss
+    party = SecEmbParty(0, m, ring, max_cache_bytes=cap)
+
+    def run() -> tuple[float, float, float]:
+        best_retrieve = best_aggregate = best_cpu = float("inf")
+        for r in range(rounds):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            party.retrieve(keys, table)
+            t1 = time.perf_counter()
+            variant_of("secemb").aggregate(party, cws, width)
+            t2, cpu = time.perf_counter(), time.process_time() - cpu0
+            if r or rounds == 1:
+                best_retrieve, best_aggregate = min(best_retrieve, t1 - t0), min(best_aggregate, t2 - t1)
+                best_cpu = min(best_cpu, cpu)
+        return best_retrieve, best_aggregate, best_cpu
+
+    (retrieve_s, aggregate_s, cpu_s), peak = _peak_rss_while(run)
+    assert party.context is not None
+    return {"retrieve_s": retrieve_s, "aggregate_s": aggregate_s, "cpu_s": cpu_s, "keys": party.context.n_keys,
+            "cached": party.context.n_cached, "rss_inputs": rss_inputs, "rss_peak": peak,
+            "hwm": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def table_cache(user_counts: list[int], rounds: int = 3) -> None:
+    """One server's SecEmb round under the path-cache cap (issue 15): every path cached, about half, none.
+
+    Each row runs in a fresh process, so its peak RSS is its own. AES blocks count the recomputed
+    keys' second tree expansion; the bound divides them by the best AES rate seen around the row.
+    """
+    print("\nOne server's SecEmb round (party 0) under the path-cache cap max_cache_bytes, d=64+bias, 32-bit ring, "
+          f"{workers.N_THREADS} threads; best of {rounds - 1} warm rounds; peak RSS sampled by psutil every 2 ms "
+          "(HWM: the kernel's high-water mark of the whole process, input generation included); CPU s: process "
+          "CPU seconds of the round, both phases, all threads (steadier than wall time on a loaded machine)")
+    print("data   users     m    m' | cap MiB | recomputed | retrieval s | aggregation s | CPU s | AES blocks (G) |"
+          " AES bound s | ratio | inputs RSS MiB | peak RSS MiB | HWM MiB | full cache MiB")
+    spawn = multiprocessing.get_context("spawn")
+    for (name, (m, m_prime)), users in zip(CACHE_SIZES.items(), user_counts):
+        n_keys = users * m_prime
+        per_key = dpf_eval.PATH_BYTES_PER_LEAF * m
+        full = n_keys * per_key
+        chunk = dpf_eval.RECOMPUTE_CHUNK_BYTES
+        for cap in (full, full // 2 + chunk, chunk):
+            before = aes_rate()
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                row = pool.submit(_cache_round, m, m_prime, users, cap, rounds).result()
+            after = aes_rate()
+            recomputed = row["keys"] - row["cached"]
+            nb = prg.blocks_for(65, np.uint32)
+            blocks = _tree_blocks(n_keys, m) + n_keys * m + n_keys * m * nb + _tree_blocks(recomputed, m)
+            bound = blocks / max(before, after)
+            both = row["retrieve_s"] + row["aggregate_s"]
+            print(f"{name:6} {users:5d} {m:5d} {m_prime:5d} | {cap / MIB:7.0f} | {recomputed / n_keys:10.0%} |"
+                  f" {row['retrieve_s']:11.2f} | {row['aggregate_s']:13.2f} | {row['cpu_s']:5.1f} |"
+                  f" {blocks / 1e9:14.2f} | {bound:11.2f} |"
+                  f" {both / bound:5.2f} | {row['rss_inputs'] / MIB:14.0f} | {row['rss_peak'] / MIB:12.0f} |"
+                  f" {row['hwm'] / MIB:7.0f} | {full / MIB:14.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tables", default="bytes,usertime,server")
     parser.add_argument("--models", default="mf,ncf,fm,deepfm")
     parser.add_argument("--server-users", default="100")
     parser.add_argument("--server-variants", default="secemb,rowenc,secfedrec")
+    parser.add_argument("--cache-users", default="100,4", help="users at ML1M and ML25M sizes (--tables cache)")
+    parser.add_argument("--cache-rounds", type=int, default=3, help="rounds per cache row: 1 warm-up + best of rest")
     args = parser.parse_args()
     models = args.models.split(",")
     tables = args.tables.split(",")
@@ -374,6 +476,8 @@ def main() -> None:
         table_user_time(models)
     if "floor" in tables:
         table_floor(int(args.server_users.split(",")[0]))
+    if "cache" in tables:
+        table_cache([int(u) for u in args.cache_users.split(",")], args.cache_rounds)
     if "server" in tables:
         table_server([int(u) for u in args.server_users.split(",")], args.server_variants.split(","))
 

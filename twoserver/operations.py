@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
 from crypto.ring import ring_dtype
 from crypto.sealed import SealedMessageError, fingerprint, open_sealed, public_bytes, seal
 from schemas import secemb as schema
@@ -44,12 +45,15 @@ log = logging.getLogger("secrec.server1")
 class Server1:
     """State and operations of server 1 (party b = 1)."""
 
-    def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None) -> None:
+    def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None,
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
         """``min_users`` is server 1's own floor: server 0 may ask for more, never for fewer.
 
         ``private_key`` lets a deployment keep server 1's X25519 key across restarts
-        (``--key-file``), so the fingerprint users pin stays valid.
+        (``--key-file``), so the fingerprint users pin stays valid. ``max_cache_bytes`` caps
+        the round's cached DPF paths (:class:`twoserver.party.SecEmbParty`).
         """
+        self.max_cache_bytes = max_cache_bytes
         self._private = private_key or X25519PrivateKey.generate()
         self.public_key = public_bytes(self._private)
         self.table: np.ndarray | None = None
@@ -136,7 +140,7 @@ class Server1:
                     ring_dtype=self.ring_dtype)
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
-        self.party = SecEmbParty(1, self.table.shape[0], self.ring_dtype)
+        self.party = SecEmbParty(1, self.table.shape[0], self.ring_dtype, self.max_cache_bytes)
         shares = self.party.retrieve(keys, self.table)
         out = {f"box_{u}": np.frombuffer(seal(user_pubs[u], schema.share_bytes(shares[u]),
                                               schema.context(run, rnd, u, "shares")), dtype=np.uint8)

@@ -7,7 +7,10 @@ evaluation context (:class:`crypto.dpf_eval.EvalContext`) that the party
 keeps for the round, so aggregation needs only the users' final correction
 words: sum over users and keys of (-1)^b [Convert(s_leaf) + t_leaf * CW]
 (SecEmb Algorithm 3 with ConvertEval, Algorithm 4). Users that answered
-retrieval but not aggregation are left out by a mask over the cached keys.
+retrieval but not aggregation are left out by a mask over the round's keys.
+The paths kept between the phases are capped at ``max_cache_bytes`` (17 bytes
+per key and item); keys past the cap keep only their keys and are re-expanded
+in aggregation, with the same result (:mod:`crypto.dpf_eval`).
 The ablations' fresh keys are evaluated in the evaluator's scratch buffer,
 which leaves the round's context intact.
 """
@@ -21,7 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from crypto.dpf_eval import DpfEvaluator, EvalContext
+from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES, DpfEvaluator, EvalContext
 from crypto.dpf_keys import DpfKeyBatch
 from crypto.ring import check_ring
 
@@ -47,16 +50,18 @@ def single_threaded_blas() -> Iterator[None]:
 class SecEmbParty:
     """One server's SecEmb state: its evaluator (buffers reused across rounds) and this round's context."""
 
-    def __init__(self, party: int, n_items: int, ring_dtype: np.dtype | type) -> None:
+    def __init__(self, party: int, n_items: int, ring_dtype: np.dtype | type,
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
+        """``max_cache_bytes``: cap on the round's cached paths (beyond it, keys are re-expanded in aggregation)."""
         self.party = party
         self.n_items = n_items
         self.ring_dtype = check_ring(ring_dtype)
-        self.evaluator = DpfEvaluator(party, n_items, self.ring_dtype)
+        self.evaluator = DpfEvaluator(party, n_items, self.ring_dtype, max_cache_bytes=max_cache_bytes)
         self.context: EvalContext | None = None  # this round's retrieval paths; None before one or after no keys
         self.slices: dict[int, slice] = {}
 
     def retrieve(self, keys: Mapping[int, DpfKeyBatch], table_ring: np.ndarray) -> dict[int, np.ndarray]:
-        """Shares of every user's embeddings; keeps the paths of all keys for :meth:`aggregate`."""
+        """Shares of every user's embeddings; keeps the keys' paths (as many as the cap allows) for aggregation."""
         users = sorted(keys)
         self.slices, start = {}, 0
         for u in users:

@@ -6,8 +6,9 @@ from typing import Any
 
 from recdata.movielens import (load_csv, load_ml_1m, load_ml_10m, load_ml_25m, load_ml_100k,
                                                 load_ml_latest_small)
+from recdata.ranking import N_NEGATIVES, RankingCandidates, ranking_candidates
 from recdata.ratings import DatasetError, Ratings, keep_top_items
-from recdata.split import FederatedSplit, UserData, split_users
+from recdata.split import SPLIT_METHODS, FederatedSplit, UserData, split_users
 from recdata.synthetic import load_synthetic
 
 LOADERS = {
@@ -28,4 +29,5 @@ def load_ratings(name: str, path: str | None = None, max_items: int | None = Non
     return keep_top_items(LOADERS[name](path=path, **options), max_items)
 
 
-__all__ = ["DatasetError", "FederatedSplit", "Ratings", "UserData", "load_ratings", "split_users"]
+__all__ = ["N_NEGATIVES", "SPLIT_METHODS", "DatasetError", "FederatedSplit", "RankingCandidates", "Ratings", "UserData",
+           "load_ratings", "ranking_candidates", "split_users"]

@@ -2,7 +2,11 @@
 
 ``random``: each user's ratings are split 80/20 at random (SecEmb Appendix I).
 ``last_k``: each user's last k ratings by time are the test set (the FedMF
-prototype uses k = 3). A user always keeps at least one training rating.
+prototype uses k = 3). ``loo``: leave-one-out, as the NCF / PFedRec ranking
+protocol (HR@10, NDCG@10; recdata/ranking.py): each user's latest rating (by
+timestamp, ties by item id) is its one test rating. A user always keeps at
+least one training rating, so a user with a single rating has no test rating
+(and no ranking case).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recdata.ratings import DatasetError, Ratings
+
+SPLIT_METHODS = ("random", "last_k", "loo")
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,8 @@ class FederatedSplit:
 
 def split_users(r: Ratings, method: str = "random", test_fraction: float = 0.2, k: int = 3,
                 seed: int = 0) -> FederatedSplit:
-    if method not in ("random", "last_k"):
-        raise DatasetError(f"split must be 'random' or 'last_k', got {method!r}")
+    if method not in SPLIT_METHODS:
+        raise DatasetError(f"split must be one of {', '.join(SPLIT_METHODS)}, got {method!r}")
     if not 0 < test_fraction < 1 or k <= 0:
         raise DatasetError("test_fraction must be in (0, 1) and k positive")
     rng = np.random.default_rng([seed, 0x5B17])
@@ -58,14 +64,17 @@ def split_users(r: Ratings, method: str = "random", test_fraction: float = 0.2, 
     if method == "random":
         order = np.lexsort((rng.random(len(r.user)), r.user))  # shuffled within each user
         n_test = np.floor(counts * test_fraction).astype(np.int64)
-    else:
+    elif method == "last_k":
         order = np.lexsort((np.arange(len(r.user)), r.timestamp, r.user))  # by time within each user
         n_test = np.minimum(k, counts - 1)
+    else:  # loo: by time, then item id, within each user; the last one is the test rating
+        order = np.lexsort((r.item, r.timestamp, r.user))
+        n_test = np.minimum(1, counts - 1)
     n_test = np.minimum(n_test, counts - 1).clip(min=0)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(order)) - np.repeat(start, counts)  # position within the user's block
     n_train = counts - n_test
-    is_test = rank >= np.repeat(n_train, counts)  # random: the tail of a shuffled block; last_k: the latest
+    is_test = rank >= np.repeat(n_train, counts)  # random: the tail of a shuffled block; last_k, loo: the latest
     tr, te = order[~is_test], order[is_test]
     return FederatedSplit(
         n_users=r.n_users, n_items=r.n_items,

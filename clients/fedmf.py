@@ -36,6 +36,7 @@ from crypto.paillier import ObfuscatorPool, bytes_to_int, check_key_bytes, gener
 from crypto.sealed import (fingerprint, generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes,
                            seal)
 from schemas import fedmf as schema
+from schemas.distributed_mf import upload_rows
 from schemas.validation import MessageError, array_record, get_array, get_scalar
 
 KEY_STATE = "paillier"
@@ -154,7 +155,7 @@ def upload_ciphertexts(env: ClientEnv, cts_per_row: int) -> int:
     """Obfuscators one participation needs: its upload rows x ciphertexts per row, plus two metric ciphertexts."""
     s = env.cfg.strategy
     rated = len(np.unique(env.user.train_items))
-    rows = {"parttext": rated, "fulltext": env.n_items}.get(s.mode, min(max(int(s.pad_to or 0), rated), env.n_items))
+    rows = int(upload_rows(s.mode, np.array([rated]), env.n_items, int(s.pad_to or 0))[0])
     return rows * cts_per_row + 2
 
 

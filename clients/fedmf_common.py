@@ -19,13 +19,15 @@ from clients.environment import ClientEnv
 from clients.private_state import device_state_dir, restore_arrays, store_arrays
 from models.fedmf_mf import MFHyper, init_user_vector, user_step
 from recdata import UserData
+from schemas.config import AppConfig
 from schemas.validation import array_record
 
 USER_KEY = "mf_user"
 
 
-def hyper(env: ClientEnv) -> MFHyper:
-    s = env.cfg.strategy
+def hyper(cfg: AppConfig) -> MFHyper:
+    """The step's hyper-parameters from the run config (a device and the batched engine read the same keys)."""
+    s = cfg.strategy
     return MFHyper(lr=float(s.lr), reg_u=float(s.reg_u), reg_v=float(s.reg_v))
 
 
@@ -52,8 +54,20 @@ def rated_items(env: ClientEnv) -> tuple[np.ndarray, np.ndarray]:
 
 def rated_items_of(user: UserData) -> tuple[np.ndarray, np.ndarray]:
     """A user's training items (sorted, unique) and their ratings."""
-    order = np.argsort(user.train_items, kind="stable")
-    return user.train_items[order].astype(np.int64), user.train_ratings[order].astype(np.float64)
+    return sorted_by_item(np.array([0, len(user.train_items)]), user.train_items, user.train_ratings)
+
+
+def sorted_by_item(ptr: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ratings laid out by user (user u owns entries ptr[u]:ptr[u+1]), each user's entries ordered by item id.
+
+    The order a user's ratings enter the step (:func:`rated_items_of` for one
+    user on its device; the batched engine for the whole split at once), so
+    both add the same numbers in the same order.
+    """
+    ptr = np.asarray(ptr, dtype=np.int64)
+    owner = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    order = np.lexsort((items, owner))  # stable: by owner, then item
+    return np.asarray(items)[order].astype(np.int64), np.asarray(ratings)[order].astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,7 @@ def compute_user_upload(V: np.ndarray, context: Context, env: ClientEnv) -> MFUp
     """:func:`compute_upload` for this device's user and state; saves the new u in ``Context.state``."""
     items_r, ratings = rated_items(env)
     s = env.cfg.strategy
-    up = compute_upload(V, items_r, ratings, load_user_vector(context, env), hyper(env), s.mode, int(s.pad_to or 0))
+    up = compute_upload(V, items_r, ratings, load_user_vector(context, env), hyper(env.cfg), s.mode, int(s.pad_to or 0))
     save_user_vector(context, up.u, env)
     return up
 

@@ -127,10 +127,9 @@ def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     result = local_step(env, context, items[:n_real], rows[:n_real], dense)
     grads = np.zeros((m_prime, env.spec.row_dim), dtype=np.float64)  # Algorithm 2: zero rows for padding
     grads[:n_real] = result.row_grads
-    betas = codec.to_ring(ts.clip_to_bound(grads, codec, "row gradients"), ring)
-    dense_ring = codec.to_ring(ts.clip_to_bound(result.dense_grad.astype(np.float64), codec, "dense gradient"), ring)
-    metrics = ts.train_metric_codec(env).encode(result.loss * result.n_ratings, result.n_ratings, "training loss")
-    d0, d1 = ts.share_with_metrics(dense_ring, metrics)
+    betas, dense_metrics = ts.encode_upload(grads, result.dense_grad, result.loss, result.n_ratings, codec, ring,
+                                            ts.train_metric_codec(env))
+    d0, d1 = share(dense_metrics)
     variant = variant_of(env.cfg.strategy.variant)
     payload, inner = variant.client_payload(saved.gen_state, items, betas, env.n_items, d1)
     sealed = seal(ts.server1_public(context), inner, schema.context(run, rnd, uid, variant.box_purpose))

@@ -16,6 +16,7 @@ from clients import two_server as ts
 from clients.environment import ClientEnv
 from clients.plaintext import local_step
 from crypto.sealed import seal
+from crypto.secret_sharing import share
 from schemas import plaintext as plain_schema
 from schemas import secfedrec as schema
 from schemas.two_server import context as box_context
@@ -30,10 +31,10 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     result = local_step(env, context, items, table[items], dense)
     full = np.zeros((env.n_items, env.spec.row_dim), dtype=np.float64)
     full[items] = result.row_grads
-    flat = np.concatenate([full.reshape(-1), result.dense_grad.astype(np.float64)])
     codec, ring = ts.ring_codec(env)
-    metrics = ts.train_metric_codec(env).encode(result.loss * result.n_ratings, result.n_ratings, "training loss")
-    s0, s1 = ts.share_with_metrics(codec.to_ring(ts.clip_to_bound(flat, codec, "gradient"), ring), metrics)
+    rows_ring, dense_metrics = ts.encode_upload(full, result.dense_grad, result.loss, result.n_ratings, codec, ring,
+                                                ts.train_metric_codec(env))
+    s0, s1 = share(np.concatenate([rows_ring.reshape(-1), dense_metrics]))
     box = seal(pub, schema.sealed_share_bytes(s1), box_context(run, rnd, env.user.user_id, "secfedrec"))
     return schema.update_reply(s0, box, ts.telemetry_seconds(env, time.perf_counter() - start))
 

@@ -16,6 +16,7 @@ from crypto.ring import ring_dtype
 from crypto.sealed import seal
 from crypto.secret_sharing import share
 from schemas import two_server
+from schemas.config import AppConfig
 from schemas.validation import array_record
 
 log = logging.getLogger("secrec.client.two_server")
@@ -24,11 +25,14 @@ SERVER_INFO = "two_server_info"
 
 def ring_codec(env: ClientEnv) -> tuple[FixedPointCodec, np.dtype]:
     """Fixed-point codec in Z_2^k with each user's range bound R_u = (R - 1) / n_p (SecEmb L.2)."""
-    s = env.cfg.strategy
-    bits, frac = int(s.ring_bits), int(s.frac_bits)
-    n_p = max(int(env.cfg.clients_per_round), 1)
-    bound = (2.0 ** (bits - 1 - frac) - 1.0) / n_p
-    return FixedPointCodec(frac_bits=frac, value_bound=bound), ring_dtype(bits)
+    return user_ring_codec(env.cfg)
+
+
+def user_ring_codec(cfg: AppConfig) -> tuple[FixedPointCodec, np.dtype]:
+    """:func:`ring_codec` from the app config alone (the batched engine encodes as every user does)."""
+    s = cfg.strategy
+    bound = s.per_user_bound(int(cfg.clients_per_round))
+    return FixedPointCodec(frac_bits=int(s.frac_bits), value_bound=bound), ring_dtype(int(s.ring_bits))
 
 
 def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.ndarray:
@@ -38,6 +42,26 @@ def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.n
         log.warning("%s: clipping %d values to the per-user bound %.3g", what, int(over.sum()), codec.value_bound)
         values = np.clip(values, -codec.value_bound, codec.value_bound)
     return values
+
+
+def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarray | float,
+                  n_ratings: np.ndarray | int, codec: FixedPointCodec, ring: np.dtype,
+                  metrics: two_server.MetricCodec) -> tuple[np.ndarray, np.ndarray]:
+    """A training contribution in Z_2^k: (row gradients, [dense gradient, loss x n_ratings, n_ratings]).
+
+    Every value is clipped to R_u (and logged) and fixed-point encoded; the metrics use their
+    own codec. This is the user-side arithmetic of both two-server protocols, what the servers'
+    sum then adds up: SecEmb's and Secure FedRec's clients secret-share these two arrays, and the
+    batched engine (engine/) sums them directly. Works on one user (``row_grads`` [k, r],
+    ``dense_grads`` [D], scalar loss and count) or a batch (leading user axis on all four).
+    """
+    rows = codec.to_ring(clip_to_bound(np.asarray(row_grads, dtype=np.float64), codec, "row gradients"), ring)
+    dense = codec.to_ring(clip_to_bound(np.asarray(dense_grads, dtype=np.float64), codec, "dense gradient"), ring)
+    loss_a, n_a = np.asarray(loss, dtype=np.float64), np.asarray(n_ratings, dtype=np.int64)
+    encoded = [metrics.encode(float(lo) * int(n), int(n), "training loss") for lo, n in zip(loss_a.reshape(-1),
+                                                                                          n_a.reshape(-1))]
+    metric_ring = np.stack(encoded).reshape(*loss_a.shape, two_server.TRAIN_METRICS).astype(ring)
+    return rows, np.concatenate([dense, metric_ring], axis=-1)
 
 
 def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:

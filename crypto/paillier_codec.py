@@ -93,23 +93,39 @@ class PackingCodec:
         padded[: len(v)] = v
         return padded.reshape(-1, self.slots)
 
+    def encode_entries(self, values: np.ndarray) -> np.ndarray:
+        """The signed fixed-point integers e (int64, same shape) that a slot carries for ``values``.
+
+        With :meth:`decode_entries` this is the plaintext arithmetic the
+        ciphertexts carry: a round leaves a stored entry at e_V - sum of the
+        users' e_G, so the batched engine (no keys) keeps those integers and
+        calls these two methods, the same ones the packing below uses.
+        encode(0) = 0: zero rows (FullText's unrated items, padding) change no sum.
+        """
+        return self.fixed.encode(values)
+
+    def decode_entries(self, e: np.ndarray) -> np.ndarray:
+        """Stored integers (offset removed) -> float64; refuses an entry beyond +-M (value beyond the bound)."""
+        e = np.asarray(e, dtype=np.int64)
+        if np.abs(e).max(initial=0) > self.M:
+            raise ValueError(f"a decrypted value exceeds value_bound={self.fixed.value_bound}: raise the bound "
+                             "or lower the learning rate")
+        return self.fixed.decode(e)
+
     def pack_stored(self, values: np.ndarray) -> list[int]:
         """Encode stored entries (e + H per slot)."""
-        e = self.fixed.encode(self._layout(values))
+        e = self.encode_entries(self._layout(values))
         return self._pack_words((e + self.H).astype(np.uint64))
 
     def pack_update(self, values: np.ndarray) -> list[int]:
         """Encode one user's update that will be SUBTRACTED: (-e + M) per slot, in [0, 2M]."""
-        e = self.fixed.encode(self._layout(values))
+        e = self.encode_entries(self._layout(values))
         return self._pack_words((self.M - e).astype(np.uint64))
 
     def unpack_stored(self, ints: Sequence[int], count: int) -> np.ndarray:
         """Decode stored entries; refuses slots that left [H - M, H + M] (value beyond the bound)."""
         words = self.unpack_words(ints).astype(np.int64) - self.H
-        if np.abs(words).max(initial=0) > self.M:
-            raise ValueError(f"a decrypted value exceeds value_bound={self.fixed.value_bound}: raise the bound "
-                             "or lower the learning rate")
-        return self.fixed.decode(words.reshape(-1)[:count])
+        return self.decode_entries(words.reshape(-1))[:count]
 
     def correction_plaintext(self, n_users: int) -> int:
         """The packed constant K M (per slot) that a round with K users added on top of the stored offset."""

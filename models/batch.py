@@ -51,6 +51,9 @@ def pad_flat(flat: np.ndarray, lengths: np.ndarray, width: int | None = None) ->
         raise ValueError(f"{len(flat)} flat entries but the lengths add up to {int(lengths.sum())}")
     width = int(lengths.max(initial=0)) if width is None else int(width)
     out = np.zeros((len(lengths), width) + flat.shape[1:], dtype=flat.dtype)
+    if len(lengths) == 1:  # one user (the Flower client): its entries are the first row's prefix
+        out[0, :len(flat)] = flat
+        return out
     starts = np.cumsum(lengths) - lengths
     user = np.repeat(np.arange(len(lengths)), lengths)
     position = np.arange(len(flat)) - np.repeat(starts, lengths)
@@ -103,3 +106,35 @@ def gather_rows(table: np.ndarray, items: Sequence[np.ndarray]) -> tuple[np.ndar
     flat = _concat(items, np.int64, ())
     rows = pad_flat(np.asarray(table[flat], dtype=np.float32), lengths)
     return rows, pad_flat(np.ones(len(flat), dtype=np.float32), lengths)
+
+
+def length_buckets(lengths: np.ndarray, max_pad_ratio: float) -> list[np.ndarray]:
+    """Split B users into groups whose padded size is at most ``max_pad_ratio`` x their real ratings.
+
+    A batch costs (users x longest length), so one batch of users with very
+    different rating counts is mostly padding (ml_100k's first 100 users:
+    5.8x). Sorting by length and cutting greedily from the longest, a group
+    keeps taking the next shorter user while ``len(group) x longest <=
+    max_pad_ratio x sum(lengths in group)``. Users are independent, so
+    training the groups separately gives every user the same result as one
+    batch. Returns index arrays into ``lengths`` (longest group first), which
+    together hold every user once.
+    """
+    if max_pad_ratio < 1.0:
+        raise ValueError(f"max_pad_ratio must be at least 1, got {max_pad_ratio}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    groups: list[np.ndarray] = []
+    start = 0
+    while start < len(order):  # one iteration per group, not per user
+        longest = int(lengths[order[start]])
+        if longest <= 0:  # the rest rate nothing: one group, no padding
+            groups.append(order[start:])
+            break
+        # with the group [start, end): padded = (end - start) x longest, real = cumulative sum of lengths
+        real = np.cumsum(lengths[order[start:]])
+        fits = np.arange(1, len(real) + 1) * longest <= max_pad_ratio * real
+        size = int(np.argmin(fits)) if not fits.all() else len(fits)
+        groups.append(order[start:start + max(size, 1)])
+        start += max(size, 1)
+    return groups

@@ -206,15 +206,34 @@ def _deepfm(spec, q, user, p, batch):
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
 
 
+def fetch_rated(rows: torch.Tensor, batch: UserBatch) -> torch.Tensor:
+    """The row of each of the batch's ratings, [B, N, row_dim] (what :func:`predict` reads)."""
+    return _fetch(rows, batch.local_items)
+
+
 def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
-            batch: UserBatch) -> torch.Tensor:
-    """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless."""
-    return _FORWARD[spec.name](spec, _fetch(rows, batch.local_items), user, unflatten_dense(spec, dense), batch)
+            batch: UserBatch, rated: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless.
+
+    ``rated`` is ``fetch_rated(rows, batch)`` when the caller already has it:
+    the private Adam steps hold the rows fixed, so they gather them once.
+    """
+    rated = fetch_rated(rows, batch) if rated is None else rated
+    return _FORWARD[spec.name](spec, rated, user, unflatten_dense(spec, dense), batch)
 
 
-def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """Per user [B]: sum of squares of its user vector and its fetched rows (and the feature embeddings)."""
-    reg = (user ** 2).sum(1) + (rows ** 2).sum((1, 2))
+def row_squares(rows: torch.Tensor) -> torch.Tensor:
+    """Per user [B]: the sum of squares of its fetched rows (the rows' part of :func:`regularizer`)."""
+    return (rows ** 2).sum((1, 2))
+
+
+def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
+                rows_part: torch.Tensor | None = None) -> torch.Tensor:
+    """Per user [B]: sum of squares of its user vector and its fetched rows (and the feature embeddings).
+
+    ``rows_part`` is ``row_squares(rows)`` when the caller already has it (rows fixed across private steps).
+    """
+    reg = (user ** 2).sum(1) + (row_squares(rows) if rows_part is None else rows_part)
     if spec.name in ("fm", "deepfm"):
         reg = reg + (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
     return reg

@@ -24,7 +24,7 @@ import torch
 from models.batch import UserBatch
 from models.init import init_private
 from models.private_adam import adam_step
-from models.recommenders import predict, regularizer
+from models.recommenders import fetch_rated, predict, regularizer, row_squares
 from models.spec import ModelSpec
 
 
@@ -81,11 +81,16 @@ class BatchResult:
 
 
 def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor, batch: UserBatch,
-                reg: float) -> torch.Tensor:
-    """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser."""
-    err = (predict(spec, rows, user, dense, batch) - batch.ratings) ** 2 * batch.mask
+                reg: float, fixed_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser.
+
+    ``fixed_rows`` = (``fetch_rated(rows, batch)``, ``row_squares(rows)``) computed once when the rows
+    do not change between calls (the private Adam steps): the same values, without re-deriving them.
+    """
+    rated, rows_part = fixed_rows if fixed_rows is not None else (None, None)
+    err = (predict(spec, rows, user, dense, batch, rated) - batch.ratings) ** 2 * batch.mask
     mse = err.sum(1) / batch.n_ratings.clamp(min=1).to(err.dtype)
-    return mse + reg * regularizer(spec, rows, user, dense)
+    return mse + reg * regularizer(spec, rows, user, dense, rows_part)
 
 
 def _check(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, n_users: int, batch: UserBatch) -> None:
@@ -130,11 +135,15 @@ def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, us
     grads = user.grad if user.grad is not None else torch.zeros_like(params)
     m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
     step = torch.from_numpy(private.step.astype(np.int64))
+    fixed_rows = None
     for i in range(steps):
         if i > 0:
-            leaf = params.clone().requires_grad_(True)
-            user_losses(spec, rows, leaf, dense, batch, reg).sum().backward()
-            grads = leaf.grad
+            if fixed_rows is None:  # rows are constants here: gather them and their squares once, not per step
+                fixed_rows = (fetch_rated(rows, batch), row_squares(rows))
+            leaf = params.requires_grad_(True)  # params is a fresh tensor (adam_step's output), never shared
+            loss = user_losses(spec, rows, leaf, dense, batch, reg, fixed_rows).sum()
+            (grads,) = torch.autograd.grad(loss, leaf)
+            params = leaf.detach()
         params, m, v, step = adam_step(params, grads, m, v, step, lr)
     return PrivateState(params=params.numpy().astype(np.float32), m=m.numpy().astype(np.float32),
                         v=v.numpy().astype(np.float32), step=step.numpy().astype(np.int64))

@@ -10,11 +10,13 @@ Evaluation (``evaluate.mf``) sends V; the user reports its test error sum.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from schemas import common
+from schemas.sizes import content_nbytes, filler
 from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
 
 UPDATE = "train.dmf_update"
@@ -63,3 +65,31 @@ def evaluate_message(item_matrix: np.ndarray) -> RecordDict:
 
 def parse_evaluate_message(content: RecordDict, n_items: int, dim: int) -> np.ndarray:
     return get_array(require_record(content, "model", ArrayRecord), "V", np.float64, (n_items, dim), finite=True)
+
+
+def upload_rows(mode: str, n_rated: np.ndarray, n_items: int, pad_to: int) -> np.ndarray:
+    """Rows each user uploads (int64, per user): PartText its rated items, FullText all m, padded its rated
+    items plus unrated ones up to ``pad_to`` (all of its rated items if it has more; at most m)."""
+    n_rated = np.asarray(n_rated, dtype=np.int64)
+    if mode == "parttext":
+        return n_rated
+    if mode == "fulltext":
+        return np.full_like(n_rated, n_items)
+    return np.minimum(np.maximum(int(pad_to), n_rated), n_items)
+
+
+@lru_cache(maxsize=4096)
+def _update_reply_nbytes(rows: int, dim: int, n_ratings: int) -> int:
+    return content_nbytes(update_reply(filler(rows, np.int64), filler((rows, dim), np.float64), 1.0, n_ratings, 1.0))
+
+
+def message_sizes(rnd: int, n_items: int, dim: int, rows: np.ndarray, n_ratings: np.ndarray) -> dict[str, float]:
+    """Bytes per client the Flower path measures in training round ``rnd``: V down, each user's reply up (mean).
+
+    ``rows`` [B]: each user's upload rows (:func:`upload_rows`); ``n_ratings``
+    [B]: its training ratings. The messages are this module's own builders
+    around placeholder arrays of the same shapes (:mod:`schemas.sizes`).
+    """
+    down = content_nbytes(update_message(rnd, filler((n_items, dim), np.float64)))
+    up = [_update_reply_nbytes(int(k), dim, int(n)) for k, n in zip(rows, n_ratings)]
+    return {"bytes_down": float(down), "bytes_up": float(np.mean(up)) if up else 0.0}

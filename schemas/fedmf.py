@@ -32,13 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from crypto.fixed_point import FixedPointCodec
 from crypto.packed_matrix import PackedMatrixPrivate, PackedMatrixPublic
 from crypto.paillier import bytes_to_int
+from crypto.paillier_codec import PackingCodec
 from schemas import common
+from schemas.sizes import content_nbytes, filler
 from schemas.config import AppConfig
 from schemas.validation import MessageError, array_record, get_array, get_float_list, get_scalar, require_record
 
@@ -61,14 +65,31 @@ EVAL_METRICS = ("sse", "count")
 METRIC_KINDS = {"train": TRAIN_METRICS, "eval": EVAL_METRICS}
 
 
+def _codec_params(cfg: AppConfig) -> dict:
+    """The packing codec's parameters from the run config (the users in a round bound the summands)."""
+    s = cfg.strategy
+    return dict(frac_bits=int(s.frac_bits), value_bound=float(s.value_bound), max_summands=int(cfg.clients_per_round))
+
+
+def packing_codec(cfg: AppConfig) -> PackingCodec:
+    """The codec :func:`matrix_crypto` builds, without a key: its encode/decode are the plaintext arithmetic
+    the batched engine runs, and its slots give the ciphertexts per row."""
+    p = _codec_params(cfg)
+    return PackingCodec(FixedPointCodec(p["frac_bits"], p["value_bound"]), max_summands=p["max_summands"],
+                        key_bits=int(cfg.strategy.key_bits))
+
+
+def cts_per_row(cfg: AppConfig) -> int:
+    """Ciphertexts per row of C_V (:attr:`PackedMatrixPublic.cts_per_row` of the run's matrix)."""
+    return -(-int(cfg.model.dim) // packing_codec(cfg).slots)
+
+
 def matrix_crypto(cfg: AppConfig, n_items: int, n_bytes: np.ndarray, p_bytes: np.ndarray | None = None,
                   q_bytes: np.ndarray | None = None) -> PackedMatrixPublic:
     """The packed-matrix crypto both sides build from the run config: the server's PackedMatrixPublic
     without p, q; a user's PackedMatrixPrivate with them."""
-    s = cfg.strategy
     n = bytes_to_int(n_bytes)
-    params = dict(dim=int(cfg.model.dim), n_rows=n_items, frac_bits=int(s.frac_bits),
-                  value_bound=float(s.value_bound), max_summands=int(cfg.clients_per_round))
+    params = dict(dim=int(cfg.model.dim), n_rows=n_items, **_codec_params(cfg))
     if p_bytes is None or q_bytes is None:
         return PackedMatrixPublic(n, **params)
     return PackedMatrixPrivate(n, bytes_to_int(p_bytes), bytes_to_int(q_bytes), **params)
@@ -288,3 +309,40 @@ def parse_update_reply(content: RecordDict, n_items: int, cts_per_row: int, key_
     if mode == "padded" and len(items) < min(pad_to, n_items):
         raise MessageError(f"padded upload has {len(items)} rows, fewer than pad_to={pad_to}")
     return Upload(items, cts, parse_metric_ct(content, key_bits), parse_telemetry(content))
+
+
+def plain_metric_sum(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """What the decrypted aggregate of these users' metric ciphertexts holds: (summed values, users).
+
+    ``values`` [B, k], one row per user. The sum of the packed plaintexts is
+    what the homomorphic product of their encryptions decrypts to, so this is
+    :func:`pack_metrics` per user, an integer sum and :func:`unpack_metrics`
+    (the batched engine reports the same fixed-point-rounded sums this way).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return unpack_metrics(sum(pack_metrics(row) for row in values), values.shape[1])
+
+
+@lru_cache(maxsize=4096)
+def _update_reply_nbytes(rows: int, cts_per_row: int, width: int, telemetry: bool) -> int:
+    return content_nbytes(update_reply(filler(rows, np.int64), filler((rows, cts_per_row, width), np.uint8),
+                                       filler((1, width), np.uint8), 1.0 if telemetry else None))
+
+
+def message_sizes(cfg: AppConfig, rnd: int, n_items: int, rows: np.ndarray) -> dict[str, float]:
+    """Bytes per client the Flower path measures in training round ``rnd`` (key delivery is not counted).
+
+    Down: C_V; up: each user's items, encrypted rows (``rows`` [B] per user,
+    :func:`schemas.distributed_mf.upload_rows`) and metric ciphertext. The
+    train-metric sum's decryption (one user, when the round has at least
+    ``min_users``) is metered to that user, i.e. 1/B of it per client.
+    Built with this module's message builders around placeholder arrays.
+    """
+    users, width, per_row = len(rows), ciphertext_bytes(int(cfg.strategy.key_bits)), cts_per_row(cfg)
+    down = float(content_nbytes(update_message(rnd, filler((n_items, per_row, width), np.uint8))))
+    telemetry = bool(cfg.simulation.telemetry)
+    up = float(np.mean([_update_reply_nbytes(int(k), per_row, width, telemetry) for k in rows])) if users else 0.0
+    if users >= int(cfg.strategy.min_users):
+        down += content_nbytes(decrypt_message("train", rnd, users, filler((1, width), np.uint8))) / users
+        up += content_nbytes(decrypt_reply(np.ones(len(TRAIN_METRICS)), users)) / users
+    return {"bytes_down": down, "bytes_up": up}

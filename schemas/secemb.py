@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from crypto.dpf_keys import DpfKeyBatch, DpfParams
-from schemas import two_server
+from crypto.dpf_gen import gen as dpf_gen
+from crypto.dpf_keys import AGGREGATE_DOMAIN, RETRIEVE_DOMAIN, DpfKeyBatch, DpfParams
+from crypto.ring import ring_dtype
+from schemas import sizes, two_server
 from schemas.two_server import (  # noqa: F401  (re-exported: server 1's operations read them from here)
     MAX_BOX, PUBLIC_KEY_BYTES, box_field, check_ring_matrix, context, parse_ring_vector, parse_server_info,
 )
@@ -183,6 +185,38 @@ def parse_upload_reply(content: RecordDict, key_shape: tuple[int, int] | None, n
     arrays = get_arrays_with_prefix(rec, "k0_", (np.uint8, ring))
     keys = keys_from_arrays(arrays, "k0_", 0, n_items, width, ring, n_keys)
     return Upload(None, keys, dense0, box, seconds)
+
+
+def round_bytes(rnd: int, m_prime: int, n_items: int, row_dim: int, dense_size: int, ring_bits: int,
+                key_shape: tuple[int, int] | None, telemetry: bool) -> tuple[int, int]:
+    """(bytes down, bytes up) of one user's training round as the Flower path's meter measures them.
+
+    Down: the retrieval request and the upload request (server 0's embedding shares, server 1's
+    sealed shares, the dense parameters). Up: the m' retrieval keys for party 0 with party 1's
+    sealed, then the aggregation payload - correction words (``key_shape`` None) or fresh keys
+    of ``key_shape`` (n, width), as the variant says - and the dense+metrics shares. Key sizes
+    depend only on their count, domain and width, so real keys are generated for placeholder points.
+    """
+    ring = ring_dtype(ring_bits)
+    run, pub = "0" * 16, bytes(PUBLIC_KEY_BYTES)
+    points = np.arange(m_prime, dtype=np.int64) % n_items
+    keys0, keys1, _ = dpf_gen(points, np.ones((m_prime, 1), dtype=ring), n_items, domain=RETRIEVE_DOMAIN)
+    shares = sizes.filler((m_prime, row_dim), ring)
+    dense_share = sizes.filler(dense_size + two_server.TRAIN_METRICS, ring)
+    down = (sizes.content_nbytes(retrieve_message(rnd, m_prime, pub, run, ring_bits, "secemb"))
+            + sizes.content_nbytes(upload_message(rnd, shares, np.frombuffer(sizes.sealed_box(len(share_bytes(shares))),
+                                                                             dtype=np.uint8),
+                                                  sizes.filler(dense_size, np.float32))))
+    retrieval = retrieve_reply(keys0, sizes.sealed_box(len(sealed_retrieval_bytes(keys1, pub))))
+    if key_shape is None:
+        payload, inner = shares, len(sealed_dense_bytes(dense_share))
+    else:
+        n_keys, width = key_shape
+        payload, fresh1, _ = dpf_gen(np.arange(n_keys, dtype=np.int64) % n_items, sizes.filler((n_keys, width), ring),
+                                     n_items, domain=AGGREGATE_DOMAIN)
+        inner = len(sealed_fresh_upload_bytes(fresh1, dense_share))
+    upload = upload_reply(payload, dense_share, sizes.sealed_box(inner), 1.0 if telemetry else None)
+    return down, sizes.content_nbytes(retrieval) + sizes.content_nbytes(upload)
 
 
 def sealed_dense_bytes(dense_share1: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from crypto.ring import ring_dtype
-from schemas import two_server
+from schemas import sizes, two_server
 from schemas.two_server import box_field, server_info_record
 from schemas.validation import array_record, get_array, get_scalar, require_record
 from schemas.wire import encode_frame
@@ -49,6 +49,21 @@ def parse_update_reply(content: RecordDict, size: int, ring_bits: int) -> Upload
     rec = require_record(content, "upload", ArrayRecord)
     share0 = get_array(rec, "share0", ring_dtype(ring_bits), (size,))
     return Upload(share0, box_field(rec), two_server.parse_telemetry(content))
+
+
+def round_bytes(rnd: int, n_items: int, row_dim: int, dense_size: int, ring_bits: int, telemetry: bool
+                ) -> tuple[int, int]:
+    """(bytes down, bytes up) of one user's training round as the Flower path's meter measures them:
+    the full model down; share 0 of [all rows, dense, 2 metrics] and the sealed share 1 up."""
+    ring = ring_dtype(ring_bits)
+    size = n_items * row_dim + dense_size + two_server.TRAIN_METRICS
+    down = sizes.content_nbytes(update_message(rnd, sizes.filler((n_items, row_dim), np.float32),
+                                               sizes.filler(dense_size, np.float32), bytes(two_server.PUBLIC_KEY_BYTES),
+                                               "0" * 16, ring_bits))
+    share = sizes.filler(size, ring)
+    up = sizes.content_nbytes(update_reply(share, sizes.sealed_box(len(sealed_share_bytes(share))),
+                                           1.0 if telemetry else None))
+    return down, up
 
 
 def parse_round(content: RecordDict) -> tuple[int, int]:

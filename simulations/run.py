@@ -49,9 +49,12 @@ class RunStopped(RuntimeError):
 
 
 def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
-    """Run the configured protocol in Flower's simulation engine; return what the server reported."""
+    """Run the configured protocol in Flower's simulation engine (or, with ``engine=batched``, on the
+    batched engine); return what the server reported."""
     from recdata.dataset import dataset_meta
 
+    if cfg.engine == "batched":
+        return simulate_batched(cfg, out_dir)
     cfg = prepare_simulation(cfg, out_dir)
     if cfg.resume:  # refuse a wrong resume here, before Flower starts, so the message stays one line
         check_resumable(cfg, load_latest_checkpoint(out_dir))
@@ -81,6 +84,44 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     if outcome.get("stopped"):
         raise RunStopped(f"{outcome['stopped']}; results so far in {out_dir}")
     return outcome
+
+
+def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
+    """``engine=batched``: every round's users trained as one torch batch in this process (engine/), no
+    Flower, no Ray, no messages; writes records.jsonl, results.json and the plot as the Flower path does."""
+    import time
+
+    from engine.loop import run_batched
+    from recdata.dataset import dataset_meta, load_split
+    from simulations.checkpoint import clear_checkpoints
+    from simulations.results import append_record, final_summary, global_mean_reference, rewrite_records, write_results
+
+    if cfg.resume:
+        raise ConfigError("resume: engine=batched keeps no checkpoints (a batched run is short; rerun it)")
+    if cfg.checkpoint_every:
+        log.warning("engine=batched keeps no checkpoints; checkpoint_every=%d is ignored (rounds are still "
+                    "appended to records.jsonl)", cfg.checkpoint_every)
+    import torch
+
+    # One intra-op thread: a round's tensors are small, and torch's default pool (one thread per core)
+    # spins against itself and any other job; measured 28x slower per round at load 5 on 2 cores
+    # (benchmarks/bench_batched.py --threads), identical results either way.
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    meta = dataset_meta(cfg)
+    clear_checkpoints(out_dir)
+    rewrite_records(out_dir, [])
+    log.info("engine=batched strategy=%s model=%s dataset=%s users=%d items=%d rounds=%d clients/round=%d",
+             cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items, cfg.rounds,
+             cfg.clients_per_round)
+    split = load_split(cfg)
+    run = run_batched(cfg, split, meta, on_round=lambda record: append_record(out_dir, record))
+    run["reference_global_mean"] = global_mean_reference(split, run.pop("evaluated_users"))
+    wall = time.perf_counter() - start
+    path = write_results(out_dir, cfg, run, wall)
+    log.info("final test RMSE %s after %d rounds, %.1f s; results in %s",
+             final_summary(run["records"])["final_test_rmse"], len(run["records"]), wall, path)
+    return run
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from models.fedmf_mf import init_item_matrix
+from models.fedmf_mf import apply_gradient_sum, init_item_matrix
 from schemas import distributed_mf as schema
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy, RoundState as BaseRoundState, weighted_train_loss
@@ -70,11 +70,11 @@ class DistributedMFStrategy(RecStrategy):
                                   "grads": up.grads})
 
     def aggregate_stage(self, state: RoundState) -> None:
-        """v_j <- v_j - sum of the uploaded Gradient_j."""
-        total = np.zeros_like(self.V)
-        for up in state.uploads.values():
-            np.add.at(total, up.items, up.grads)
-        self.V -= total
+        """v_j <- v_j - sum of the uploaded Gradient_j (users in id order, as the batched engine sums them)."""
+        ups = [state.uploads[u] for u in sorted(state.uploads)]
+        if ups:
+            self.V = apply_gradient_sum(self.V, np.concatenate([up.items for up in ups]),
+                                        np.concatenate([up.grads for up in ups]))
 
     def train_metrics_stage(self, state: RoundState) -> None:
         """The plaintext twin promises nothing: per-user losses, weighted by their rating counts."""

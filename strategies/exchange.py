@@ -17,17 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from schemas.sizes import content_nbytes  # noqa: F401  (re-exported: the one copy lives in schemas)
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 log = logging.getLogger("secrec.exchange")
 T = TypeVar("T")
-
-
-def content_nbytes(content: RecordDict) -> int:
-    """Bytes of a message's content as Flower serialises it for transport."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
 @dataclass

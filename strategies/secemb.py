@@ -47,6 +47,11 @@ from twoserver.party import SecEmbParty
 from twoserver.variants import variant_of
 
 
+def m_prime_of(total_items: int, n_users: int, alpha: float) -> int:
+    """Appendix C: m' = ceil(alpha x (sum_u |I_u|) / n), at least 1 (the caller caps it at n_items)."""
+    return max(1, math.ceil(alpha * total_items / max(n_users, 1)))
+
+
 @dataclass
 class SecEmbRoundState(RoundState):
     """What the stages of one SecEmb round (Algorithm 3) read and fill, in order."""
@@ -93,7 +98,7 @@ class SecEmbStrategy(TwoServerStrategy):
                                          {f"box_{u}": r[1] for u, r in replies.items()})
         ok = [u for u in replies if str(u) not in meta["rejected"]]
         total = (sum((replies[u][0] for u in ok), np.zeros(1, np.uint64)) + arrays["sum"])[0]
-        return max(1, math.ceil(float(self.cfg.strategy.alpha) * int(total) / max(len(ok), 1)))
+        return m_prime_of(int(total), len(ok), float(self.cfg.strategy.alpha))
 
     # -------------------------------------------------------------- round
     def new_round_state(self, rnd: int, users: list[int]) -> SecEmbRoundState:
@@ -117,9 +122,13 @@ class SecEmbStrategy(TwoServerStrategy):
         if refused:
             st.refuse(refused)
 
+    def ring_table(self) -> np.ndarray:
+        """The public table in Z_2^k, what both servers retrieve rows from (so users receive it quantised)."""
+        return self.codec.to_ring(self.model.table_numpy().astype(np.float64), self.ring)
+
     def server_retrieval_stage(self, st: SecEmbRoundState) -> None:
         """Both servers evaluate their keys over the item domain (server 1's shares go back sealed)."""
-        st.table_ring = self.codec.to_ring(self.model.table_numpy().astype(np.float64), self.ring)
+        st.table_ring = self.ring_table()
         self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": st.table_ring})
         meta1, st.boxes1 = self.server1.call(
             "retrieve", {"run": self.run_id, "round": st.rnd, "m_prime": st.m_prime, "users": sorted(st.requests)},
@@ -161,8 +170,7 @@ class SecEmbStrategy(TwoServerStrategy):
                                                  self.spec.row_dim)
         dense0 = sum((st.uploads[u].dense_share0 for u in st.kept),
                      np.zeros(self.spec.dense_size + ts.TRAIN_METRICS, dtype=self.ring))
-        dense_ring, train_loss = self.split_metrics(dense0 + st.dense1, self.spec.dense_size)
-        self.model.step(self.codec.from_ring(sparse0 + st.sparse1), self.codec.from_ring(dense_ring), len(st.kept))
+        train_loss = self.step_from_ring(sparse0 + st.sparse1, dense0 + st.dense1, len(st.kept))
         self.record_telemetry(st.uploads, st.kept)
         st.metrics = {"train_loss": train_loss, "m_prime": st.m_prime}
 

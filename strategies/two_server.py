@@ -82,6 +82,18 @@ class TwoServerStrategy(ModelStrategy):
         loss_sum, n_ratings = self.train_metrics.decode(dense_total[dense_size:])
         return dense_total[:dense_size], ts.mean_of(loss_sum, n_ratings)
 
+    def step_from_ring(self, table_sum: np.ndarray, dense_metrics_sum: np.ndarray, n_users: int) -> float:
+        """Decode the reconstructed ring sums, average over ``n_users`` and step the public model.
+
+        ``table_sum`` [n_items, row_dim] and ``dense_metrics_sum`` [dense_size + 2] are the sums
+        over the users of what :func:`clients.two_server.encode_upload` encoded (SecEmb's and
+        Secure FedRec's server 0 reconstruct them from the two servers' shares; the batched
+        engine adds them directly). Returns the round's train loss (from the metric sums).
+        """
+        dense_ring, train_loss = self.split_metrics(dense_metrics_sum, self.spec.dense_size)
+        self.model.step(self.codec.from_ring(table_sum), self.codec.from_ring(dense_ring), n_users)
+        return train_loss
+
     def record_telemetry(self, uploads: dict[int, Any], kept: list[int]) -> None:
         for u in kept:
             if uploads[u].seconds is not None:

@@ -1,0 +1,61 @@
+"""The interface every batched-engine protocol driver implements.
+
+A driver holds one protocol's whole federation in one process: the public model
+(through the protocol's own strategy object, so sampling and the server update are
+the Flower path's code), every user's private state as arrays indexed by user, and
+the protocol's aggregation arithmetic (the same pure functions the Flower strategy
+calls). The round loop (engine/loop.py) owns sampling, the evaluation schedule and
+the records; a driver only trains a given set of users and evaluates a given set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from recdata import FederatedSplit
+from recdata.dataset import DatasetMeta
+from schemas.config import AppConfig
+
+
+class Driver(ABC):
+    """One protocol on the batched engine.
+
+    Subclasses are registered by name in engine/registry.py (the name is
+    ``cfg.strategy.name``). The loop builds one driver per run and calls
+    :meth:`sampler` for the strategy object that does the seeded sampling.
+    """
+
+    @abstractmethod
+    def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
+        """Build the public model, every user's private state and the codecs."""
+
+    @abstractmethod
+    def sampler(self) -> Any:
+        """The protocol's Flower strategy object (``users`` set to 0..n_users-1), whose
+        ``sample_users(rnd)`` and ``evaluation_users()`` the loop calls, so sampling is
+        literally the Flower path's code."""
+
+    @abstractmethod
+    def train_round(self, rnd: int, users: np.ndarray) -> dict[str, float]:
+        """Train ``users`` (int64 user ids, sampling order) for round ``rnd`` and apply the
+        server update. Returns at least ``train_loss`` (the same number the Flower path
+        records for the round) and the computed per-client bytes ``bytes_up`` /
+        ``bytes_down`` (mean per sampled client, from :meth:`message_sizes`)."""
+
+    @abstractmethod
+    def evaluate(self, users: np.ndarray) -> tuple[float, int]:
+        """Test SSE and rating count over ``users`` on the current public model (for
+        protocols whose Flower path clips/encodes metric sums, the same clipped value)."""
+
+    @abstractmethod
+    def message_sizes(self, users: np.ndarray | None = None) -> dict[str, float]:
+        """Serialized bytes per client the Flower path would measure for one training
+        round of ``users`` (None: the last trained round): ``bytes_up``, ``bytes_down``
+        (mean per client) - computed by the protocol's schema-module size function."""
+
+    def summary(self) -> dict[str, Any]:
+        """Extra final results for results.json (like a strategy's ``server_state_summary``); default none."""
+        return {}

@@ -1,0 +1,339 @@
+"""Batched-engine drivers of the model protocols: ``plaintext``, ``secemb`` (all variants), ``secfedrec``.
+
+Each driver holds the protocol's own Flower strategy object (its public model,
+optimiser, codecs and sampling) and every user's private state as arrays
+indexed by user. A round is: each sampled user's item request (the clients'
+own truncation code), one batched local step of all of them
+(:func:`models.training.train_batch`, what every Flower client runs as a batch
+of one), then the protocol's aggregation arithmetic - the same functions its
+Flower strategy and clients call:
+
+* plaintext: :meth:`strategies.plaintext.PlaintextStrategy.apply_gradients`;
+* SecEmb / Secure FedRec: each user's contribution encoded in Z_2^k with R_u
+  clipping (:func:`clients.two_server.encode_upload`), summed in the ring (what
+  the two servers' shares reconstruct to), decoded and stepped by
+  :meth:`strategies.two_server.TwoServerStrategy.step_from_ring`. SecEmb users
+  train on rows retrieved through the ring (:meth:`SecEmbStrategy.ring_table`).
+
+There are no messages and no cryptography: the secret sharing, DPF and
+sealing are lossless, so they change nothing that is learned. Bytes per
+client are computed by each protocol's schema size function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from clients.item_selection import ratings_of, truncate_items
+from clients.two_server import encode_upload, user_ring_codec
+from engine.driver import Driver
+from models import PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
+from models.batch import pad_flat
+from recdata import FederatedSplit
+from recdata.dataset import DatasetMeta
+from schemas import plaintext as plain_schema
+from schemas import secemb as secemb_schema
+from schemas import secfedrec as secfedrec_schema
+from schemas.config import AppConfig
+from strategies.base import weighted_train_loss
+from strategies.plaintext import PlaintextStrategy, scatter_rows
+from strategies.secemb import SecEmbStrategy, m_prime_of
+from strategies.secfedrec import SecFedRecStrategy
+from strategies.two_server import TwoServerStrategy
+
+# Float32 elements one torch sub-batch may hold in its per-user copies (dense vector and its gradient,
+# rows, ratings). Users are independent, so how a round is cut into sub-batches changes no result.
+CHUNK_ELEMENTS = 1 << 24
+PAD_ALLOWANCE = 1 << 14  # padded elements a group may waste regardless of its size (fewer, larger batches)
+
+
+class LossCount(NamedTuple):
+    """One user's (loss, n_ratings), the shape :func:`strategies.base.weighted_train_loss` reads."""
+
+    loss: float
+    n_ratings: int
+
+
+class RoundBatch(NamedTuple):
+    """The round's users' requests and what their local step returned (users in sampling order)."""
+
+    items: list[np.ndarray]  # each user's requested item ids (real rows only)
+    row_mask: np.ndarray     # bool [B, K]: real rows of the padded row tensor
+    row_grads: np.ndarray    # float32 [B, K, row_dim]
+    dense_grads: np.ndarray  # float32 [B, dense_size]
+    loss: np.ndarray         # float64 [B]
+    n_ratings: np.ndarray    # int64 [B]
+
+
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices start[b] .. start[b] + lengths[b] - 1 for every b, concatenated (CSR row slices)."""
+    total = int(lengths.sum())
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+def groups(sizes: np.ndarray, fixed: int) -> list[np.ndarray]:
+    """The round's users cut into sub-batches (index arrays) of similar padded size.
+
+    ``sizes`` [B] are the users' padded-dimension element counts (rows x width + ratings x features),
+    ``fixed`` the per-user elements that do not pad (the dense copy and its gradient). Users are taken
+    shortest first and a group closes when padding every member to its longest would waste more than
+    a quarter (plus a small allowance), or when it would exceed CHUNK_ELEMENTS. Users are independent,
+    so the grouping changes no result, only how much padding the batch computes.
+    """
+    order = np.argsort(sizes, kind="stable")
+    out, start, total = [], 0, 0
+    for j, b in enumerate(order):  # O(users in round)
+        members, longest = j - start + 1, int(sizes[b])
+        total += longest
+        if members > 1 and (members * longest > 1.25 * total + PAD_ALLOWANCE
+                            or members * (longest + fixed) > CHUNK_ELEMENTS):
+            out.append(order[start:j])
+            start, total = j, longest
+    if len(order):
+        out.append(order[start:])
+    return out
+
+
+class ModelDriver(Driver):
+    """What the model protocols' drivers share: private state, the batched local step, evaluation."""
+
+    strategy_class: Callable[[AppConfig, DatasetMeta], Any]
+
+    def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
+        self.cfg, self.split, self.meta = cfg, split, meta
+        self.strategy = self.strategy_class(cfg, meta)
+        self.strategy.users = list(range(meta.n_users))
+        self.spec = self.strategy.spec
+        self.seed = int(cfg.seed)
+        n, p = meta.n_users, self.spec.private_size
+        # Every user's private parameters and Adam moments, initialised (seeded as the client does) the first
+        # time the user is sampled or evaluated, so start-up does not depend on the population.
+        self.private = PrivateState(params=np.zeros((n, p), np.float32), m=np.zeros((n, p), np.float32),
+                                    v=np.zeros((n, p), np.float32), step=np.zeros(n, np.int64))
+        self.initialised = np.zeros(n, dtype=bool)
+        self.last_sizes: dict[str, float] = {"bytes_down": 0.0, "bytes_up": 0.0}
+        self._size_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    # ---------------------------------------------------------- interface
+    def sampler(self) -> Any:
+        return self.strategy
+
+    def message_sizes(self, users: np.ndarray | None = None) -> dict[str, float]:
+        if users is None:
+            return dict(self.last_sizes)
+        items = [self.request(1, int(u)) for u in users]
+        return self.round_sizes(1, items)
+
+    def evaluate(self, users: np.ndarray) -> tuple[float, int]:
+        sse, count = self.user_test_errors(np.asarray(users, dtype=np.int64))
+        return float(sse.sum()), int(count.sum())
+
+    def train_round(self, rnd: int, users: np.ndarray) -> dict[str, Any]:
+        users = np.asarray(users, dtype=np.int64)
+        items = [self.request(rnd, int(u)) for u in users]
+        self.last_sizes = self.round_sizes(rnd, items)
+        refused = self.refused_before_training(users)
+        metrics = {"train_loss": None, "refused": refused} if refused else self.aggregate(
+            self.local_steps(users, items))
+        return {**metrics, **self.last_sizes}
+
+    def refused_before_training(self, users: np.ndarray) -> str | None:
+        """Why the Flower path would stop this round before any user trains (default: never)."""
+        return None
+
+    def cached_bytes(self, key: tuple[int, ...], measure: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+        """A size function's (down, up) per client, measured once per ``key`` (sizes depend on shapes, and
+        on the round number only through its varint width, so keys use its bit length)."""
+        if key not in self._size_cache:
+            self._size_cache[key] = measure()
+        return self._size_cache[key]
+
+    # ------------------------------------------------------ per protocol
+    def request(self, rnd: int, user: int) -> np.ndarray:
+        """The items whose rows ``user`` fetches and trains on in round ``rnd`` (the client's choice).
+
+        Default (plaintext, SecEmb): its rated items, truncated to the strategy's m' as the clients do."""
+        return truncate_items(self.train_items(user), self.strategy.m_prime, self.seed, rnd, user)
+
+    def train_items(self, user: int) -> np.ndarray:
+        return self.split.train_item[self.split.train_ptr[user]:self.split.train_ptr[user + 1]]
+
+    def user_table(self) -> np.ndarray:
+        """The table the users' rows come from, as users receive it (float32)."""
+        return self.strategy.model.table_numpy()
+
+    def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
+        """The protocol's aggregation and server step; returns the round's metrics (train_loss, ...)."""
+        raise NotImplementedError
+
+    def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
+        """Mean bytes down / up per client of a round with these requests (the schema's size function)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+    def ensure_initialised(self, users: np.ndarray) -> None:
+        new = np.unique(users[~self.initialised[users]])
+        if len(new):
+            self.private.put(new, PrivateState.initial(self.spec, new, self.seed))
+            self.initialised[new] = True
+
+    def local_steps(self, users: np.ndarray, items: list[np.ndarray]) -> RoundBatch:
+        """Every user's local step (the clients' ``local_step``), batched; private states are kept."""
+        self.ensure_initialised(users)
+        sp = self.split
+        local, ratings = [], []
+        for u, its in zip(users, items):  # O(users in round): each user's ratings of its requested rows
+            a, b = sp.train_ptr[u], sp.train_ptr[u + 1]
+            lo, ra = ratings_of(its, sp.train_item[a:b], sp.train_rating[a:b])
+            local.append(lo)
+            ratings.append(ra)
+        table, dense = self.user_table(), self.strategy.model.dense_numpy()
+        n_rat = np.fromiter((len(r) for r in ratings), dtype=np.int64, count=len(users))
+        k = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(users))
+        spec, m = self.spec, self.cfg.model
+        row_grads = np.zeros((len(users), int(k.max(initial=0)), spec.row_dim), dtype=np.float32)
+        dense_grads = np.zeros((len(users), spec.dense_size), dtype=np.float32)
+        loss = np.zeros(len(users))
+        for g in groups(k * spec.row_dim + n_rat * (4 + spec.n_item_features), 2 * spec.dense_size):
+            batch = make_batch_flat(n_rat[g], np.concatenate([local[i] for i in g]),
+                                    np.concatenate([ratings[i] for i in g]), sp.user_features[users[g]],
+                                    sp.item_features[np.concatenate([items[i][local[i]] for i in g])])
+            rows, _ = gather_rows(table, [items[i] for i in g])
+            res = train_batch(spec, rows, dense, self.private.take(users[g]), batch, float(m.lr), float(m.reg),
+                              int(self.cfg.train.local_user_steps))
+            self.private.put(users[g], res.private)
+            row_grads[g, :rows.shape[1]] = res.row_grads
+            dense_grads[g], loss[g] = res.dense_grads, res.loss
+        return RoundBatch(items=items, row_mask=np.arange(row_grads.shape[1]) < k[:, None], row_grads=row_grads,
+                          dense_grads=dense_grads, loss=loss, n_ratings=n_rat)
+
+    def user_test_errors(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's test SSE and count on the current public model (the clients' evaluate_locally)."""
+        self.ensure_initialised(users)
+        sp = self.split
+        starts = sp.test_ptr[users]
+        lengths = (sp.test_ptr[users + 1] - starts).astype(np.int64)
+        table, dense = self.strategy.model.table_numpy(), self.strategy.model.dense_numpy()
+        sse, count = np.zeros(len(users)), np.zeros(len(users), dtype=np.int64)
+        for g in groups(lengths * (self.spec.row_dim + 4 + self.spec.n_item_features), self.spec.row_dim):
+            flat = concat_ranges(starts[g], lengths[g])
+            items = sp.test_item[flat]
+            positions = flat - np.repeat(starts[g], lengths[g])  # each rating reads its own row
+            batch = make_batch_flat(lengths[g], positions, sp.test_rating[flat], sp.user_features[users[g]],
+                                    sp.item_features[items])
+            rows = pad_flat(table[items], lengths[g], batch.local_items.shape[1])
+            sse[g], count[g] = evaluate_batch(self.spec, rows, dense, self.private.params[users[g]], batch)
+        return sse, count
+
+    @staticmethod
+    def real_rows(batch: RoundBatch, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids [T], per-row values [T, ...]) of all users' real rows, users concatenated in order."""
+        items = np.concatenate(batch.items) if batch.items else np.zeros(0, np.int64)
+        return items, values[batch.row_mask]
+
+
+class PlaintextDriver(ModelDriver):
+    strategy_class = PlaintextStrategy
+
+
+    def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
+        items, grads = self.real_rows(batch, batch.row_grads)
+        self.strategy.apply_gradients(items, grads, batch.dense_grads)
+        return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings)))}
+
+    def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
+        ks = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(items))
+        uniq, counts = np.unique(ks, return_counts=True)
+        per_k = np.array([self.cached_bytes((rnd.bit_length(), int(k)), lambda k=int(k): plain_schema.round_bytes(
+            rnd, k, self.strategy.m_prime, self.spec.row_dim, self.spec.dense_size)) for k in uniq], dtype=np.float64)
+        mean = (per_k * counts[:, None]).sum(0) / max(len(items), 1)
+        return {"bytes_down": float(mean[0]), "bytes_up": float(mean[1])}
+
+
+class TwoServerDriver(ModelDriver):
+    """SecEmb and Secure FedRec: contributions encoded in Z_2^k, summed in the ring, decoded, stepped."""
+
+    strategy: TwoServerStrategy
+
+    def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
+        super().__init__(cfg, split, meta)
+        self.user_codec, self.ring = user_ring_codec(cfg)
+
+    def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
+        st = self.strategy
+        refused = st.too_few(batch.items, "aggregation")
+        if refused:
+            return {"train_loss": None, "refused": refused}
+        rows_ring, dense_metrics = encode_upload(batch.row_grads, batch.dense_grads, batch.loss, batch.n_ratings,
+                                                 self.user_codec, self.ring, st.train_metrics)
+        items, rows = self.real_rows(batch, rows_ring)
+        table_sum = scatter_rows(self.meta.n_items, items, rows, self.ring)
+        dense_sum = dense_metrics.sum(axis=0, dtype=self.ring)  # uint: wraps in Z_2^k like the shares' sum
+        return {"train_loss": st.step_from_ring(table_sum, dense_sum, len(batch.items))}
+
+    def evaluate(self, users: np.ndarray) -> tuple[float, int]:
+        """The users' [SSE, count] encoded with the evaluation metric codec (per-user clipping included),
+        summed in the ring and decoded, as server 0 reconstructs them from the shares."""
+        sse, count = self.user_test_errors(np.asarray(users, dtype=np.int64))
+        codec = self.strategy.eval_metrics
+        encoded = [codec.encode(float(s), int(c), "test error") for s, c in zip(sse, count)]
+        total = np.sum(encoded, axis=0, dtype=codec.ring) if encoded else np.zeros(2, dtype=codec.ring)
+        return codec.decode(total)
+
+    def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
+        down, up = self.cached_bytes((rnd.bit_length(),), lambda: self.protocol_bytes(rnd))
+        return {"bytes_down": float(down), "bytes_up": float(up)}
+
+    def protocol_bytes(self, rnd: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+
+class SecEmbDriver(TwoServerDriver):
+    strategy_class = SecEmbStrategy
+    strategy: SecEmbStrategy
+
+    def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
+        super().__init__(cfg, split, meta)
+        st = self.strategy
+        if st.m_prime is None:  # Appendix C: the secure sum of every user's distinct rated items
+            pairs = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(split.train_ptr)) * split.n_items
+            total = len(np.unique(pairs + split.train_item))
+            st.m_prime = m_prime_of(total, split.n_users, float(cfg.strategy.alpha))
+        st.m_prime = min(int(st.m_prime), meta.n_items)
+
+
+    def refused_before_training(self, users: np.ndarray) -> str | None:
+        """SecEmb refuses a round at retrieval, before users train, when fewer than min_users take part."""
+        return self.strategy.too_few(users, "retrieval")
+
+    def user_table(self) -> np.ndarray:
+        return self.user_codec.from_ring(self.strategy.ring_table()).astype(np.float32)
+
+    def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
+        return {**super().aggregate(batch), "m_prime": self.strategy.m_prime}
+
+    def protocol_bytes(self, rnd: int) -> tuple[int, int]:
+        st = self.strategy
+        return secemb_schema.round_bytes(rnd, int(st.m_prime), self.meta.n_items, self.spec.row_dim,
+                                         self.spec.dense_size, st.ring_bits,
+                                         st.variant.upload_key_shape(int(st.m_prime), self.spec.row_dim),
+                                         bool(self.cfg.simulation.telemetry))
+
+    def summary(self) -> dict[str, Any]:
+        return {"m_prime": self.strategy.m_prime}
+
+
+class SecFedRecDriver(TwoServerDriver):
+    strategy_class = SecFedRecStrategy
+
+    def request(self, rnd: int, user: int) -> np.ndarray:
+        """Secure FedRec users download the full model and train on all their rated items."""
+        return np.unique(self.train_items(user))
+
+    def protocol_bytes(self, rnd: int) -> tuple[int, int]:
+        return secfedrec_schema.round_bytes(rnd, self.meta.n_items, self.spec.row_dim, self.spec.dense_size,
+                                            self.strategy.ring_bits, bool(self.cfg.simulation.telemetry))

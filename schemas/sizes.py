@@ -1,0 +1,39 @@
+"""Bytes a message occupies on Flower's wire, and placeholder payloads to measure one without sending it.
+
+The batched engine (engine/) sends no messages, yet reports each protocol's bytes
+per client. Each protocol's schema module therefore has a size function that builds
+the very messages its Flower path sends (with the protocol's own message builders)
+around placeholder arrays of the right shapes and dtypes, and measures them the way
+the Flower path's meter does: the deflated Flower objects of the content. Sizes
+depend on shapes and dtypes only (and on the varint width of a few integers), so a
+placeholder message measures what the real one would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from crypto.sealed import OVERHEAD
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower serialises it for transport (deduplicated objects)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+
+
+def filler(shape: tuple[int, ...] | int, dtype: np.dtype | type) -> np.ndarray:
+    """A deterministic placeholder array that does not repeat (Flower deduplicates identical
+    array chunks, so an all-zero placeholder could measure smaller than real data)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    values = np.arange(1, count + 1, dtype=np.uint64)
+    if np.dtype(dtype).kind == "f":
+        return (values.astype(np.float64) * 1e-3).astype(dtype).reshape(shape)
+    return values.astype(dtype).reshape(shape)
+
+
+def sealed_box(plaintext_bytes: int) -> bytes:
+    """A placeholder of the size :func:`crypto.sealed.seal` gives ``plaintext_bytes`` bytes."""
+    return filler(plaintext_bytes + OVERHEAD, np.uint8).tobytes()

@@ -1,4 +1,20 @@
-"""Messages every protocol shares: node registration and test evaluation."""
+"""Messages every protocol shares: node registration and test evaluation.
+
+Registration is two-way. On a real deployment each SuperNode holds its own
+user (its node config's ``partition-id``) and tells the server which
+(:func:`register_reply`). In the simulation engine Flower hands out
+``partition-id`` values to virtual nodes with random ids the ServerApp cannot
+see, so the server instead tells a node which user it simulates
+(:func:`assign_message`, the same record as the reply) when that user is
+first sampled; no message goes to a node whose user is never sampled.
+
+Evaluation by item request (``plaintext``; the two-server protocols hide a
+user's items and keep sending the full model): the server asks
+for the user's test items (:func:`eval_request_message`, answered with
+:func:`schemas.plaintext.request_reply`), then sends only those rows and the
+dense parameters (:data:`EVALUATE_ROWS`), so a user's evaluation download is
+O(its test items), not O(all items).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +24,9 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from schemas.validation import MessageError, get_scalar, require_record
 
 REGISTER = "query.register"
-EVALUATE = "evaluate"
+EVALUATE = "evaluate"  # the full public model (secemb) or the protocol's own evaluation content
+EVAL_REQUEST = "query.eval_items"  # server -> user: name your test items
+EVALUATE_ROWS = "evaluate.rows"  # server -> user: the rows of those items and the dense parameters
 
 # Metrics every client reply may carry.
 CLIENT_SECONDS = "client_seconds"
@@ -20,8 +38,31 @@ def register_reply(partition_id: int) -> RecordDict:
 
 
 def parse_register_reply(content: RecordDict, n_users: int) -> int:
+    """The user named by a registration reply, or by an assignment (:func:`assign_message`)."""
     rec = require_record(content, "node", ConfigRecord)
     return int(get_scalar(rec, "partition_id", int, 0, n_users - 1))
+
+
+def register_message(n_users: int) -> RecordDict:
+    """Ask a node which user it holds (deployment)."""
+    return RecordDict({"run": ConfigRecord({"users": int(n_users)})})
+
+
+def assign_message(user: int, n_users: int) -> RecordDict:
+    """Tell a simulated node which user it simulates: the registration reply's record, sent the other way."""
+    content = register_message(n_users)
+    content["node"] = register_reply(user)["node"]
+    return content
+
+
+def is_assignment(content: RecordDict) -> bool:
+    """Whether a registration message assigns a user (simulation) rather than asking for one (deployment)."""
+    return "node" in content
+
+
+def eval_request_message(rnd: int) -> RecordDict:
+    """Ask a user for the ids of its test items (the reply is :func:`schemas.plaintext.request_reply`)."""
+    return RecordDict({"cfg": ConfigRecord({"round": int(rnd)})})
 
 
 def evaluation_reply(sse: float, count: int, seconds: float) -> RecordDict:

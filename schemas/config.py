@@ -74,6 +74,7 @@ STRATEGIES = ("plaintext", "distributed_mf", "fedmf", "secemb", "secfedrec")
 MODELS = ("mf", "ncf", "fm", "deepfm")
 DATASETS = ("ml_latest_small", "ml_100k", "ml_1m", "ml_10m", "ml_25m", "synthetic", "csv")
 SYNTHETIC_PRESETS = ("ml_1m", "ml_10m", "ml_25m", "yelp")
+ENGINES = ("flower", "batched")  # how a run executes: Flower messages, or the batched engine (engine/)
 MF_ONLY_STRATEGIES = ("distributed_mf", "fedmf")
 PAILLIER_KEY_BITS = (1024, 2048, 3072, 4096)
 
@@ -141,7 +142,7 @@ class DatasetConfig:
     path: str | None = None          # folder (MovieLens) or file (csv) to read instead of the bundled/downloaded copy
     cache_dir: str | None = None     # where downloads are kept (MovieLens 100K..25M)
     download: bool = True            # allow the md5-checked GroupLens download when path is not given
-    split: str = "random"            # random (80/20 per user) | last_k (each user's last k ratings by time)
+    split: str = "random"            # random (80/20 per user) | last_k (each user's last k ratings by time) | loo (latest one: HR/NDCG ranking)
     test_fraction: float = 0.2       # test share per user for split=random
     k: int = 3                       # test ratings per user for split=last_k
     max_items: int | None = None     # keep only the most-rated items
@@ -161,7 +162,7 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _one_of(self.name, "dataset.name", DATASETS)
         _require(self.name != "csv" or bool(self.path), "dataset.path", "is required for dataset=csv")
-        _one_of(self.split, "dataset.split", ("random", "last_k"))
+        _one_of(self.split, "dataset.split", ("random", "last_k", "loo"))
         _require(_is_number(self.test_fraction) and 0 < self.test_fraction < 1, "dataset.test_fraction",
                  f"must be in (0, 1), got {self.test_fraction!r}")
         _positive_int(self.k, "dataset.k")
@@ -352,6 +353,7 @@ class AppConfig:
     output_dir: str | None = None    # results folder; None = the Hydra run dir or the run config's output-dir
     checkpoint_every: int = 0        # rounds between checkpoints in the run folder (0 = none)
     resume: bool = False             # continue the run in hydra.run.dir from its last checkpoint
+    engine: str = "flower"           # flower (messages + cryptography) | batched (one process, one torch batch per round; same model, same numbers)
     train: TrainConfig = field(default_factory=TrainConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     strategy: Any = field(default_factory=PlaintextConfig)  # one of STRATEGY_CONFIGS' classes
@@ -363,6 +365,7 @@ class AppConfig:
         _positive_int(self.clients_per_round, "clients_per_round")
         _non_negative_int(self.seed, "seed")
         _non_negative_int(self.checkpoint_every, "checkpoint_every")
+        _one_of(self.engine, "engine", ENGINES)
         _require(isinstance(self.strategy, StrategyConfig), "strategy",
                  f"must be one of {', '.join(STRATEGY_CONFIGS)}, got {type(self.strategy).__name__}")
 

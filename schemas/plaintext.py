@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from schemas import common
+from schemas import common, sizes
 from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
 
 REQUEST = "query.plain_request"
@@ -36,10 +36,11 @@ def request_reply(items: np.ndarray) -> RecordDict:
     return RecordDict({"req": array_record(items=items.astype(np.int64))})
 
 
-def parse_request_reply(content: RecordDict, n_items: int, max_items: int) -> np.ndarray:
+def parse_request_reply(content: RecordDict, n_items: int, max_items: int, min_items: int = 1) -> np.ndarray:
+    """Unique item ids in [0, n_items), min_items..max_items of them (evaluation: a user may have no test item)."""
     items = get_array(require_record(content, "req", ArrayRecord), "items", np.int64, (None,), low=0, high=n_items)
-    if not 1 <= len(items) <= max_items:
-        raise MessageError(f"requested {len(items)} items, expected 1..{max_items}")
+    if not min_items <= len(items) <= max_items:
+        raise MessageError(f"requested {len(items)} items, expected {min_items}..{max_items}")
     if len(np.unique(items)) != len(items):
         raise MessageError("requested item ids are not unique")
     return items
@@ -80,8 +81,25 @@ def parse_update_reply(content: RecordDict, k: int, row_dim: int, dense_size: in
     return Update(rows, dense, loss, n, seconds)
 
 
+def round_bytes(rnd: int, k: int, m_prime: int | None, row_dim: int, dense_size: int) -> tuple[int, int]:
+    """(bytes down, bytes up) of one user's training round with ``k`` requested items, as the
+    Flower path's meter measures them: request + update message down, their replies up.
+    (The reply's rating count is taken as ``k``; its varint may differ by a byte.)"""
+    down = (sizes.content_nbytes(request_message(rnd, m_prime))
+            + sizes.content_nbytes(update_message(rnd, sizes.filler((k, row_dim), np.float32),
+                                                  sizes.filler(dense_size, np.float32))))
+    up = (sizes.content_nbytes(request_reply(sizes.filler(k, np.int64)))
+          + sizes.content_nbytes(update_reply(sizes.filler((k, row_dim), np.float32),
+                                              sizes.filler(dense_size, np.float32), 1.0, k, 1.0)))
+    return down, up
+
+
 def model_content(table: np.ndarray, dense: np.ndarray) -> RecordDict:
-    """The full public model, sent for test evaluation (and by Secure FedRec for training)."""
+    """The full public model (Secure FedRec's training download; SecEmb's and Secure FedRec's test evaluation).
+
+    ``plaintext`` evaluates by item request instead: the user names its test
+    items (:func:`request_reply`) and receives only their rows and the dense
+    parameters, as :func:`update_message` (see :mod:`schemas.common`)."""
     return RecordDict({"model": array_record(table=table.astype(np.float32), dense=dense.astype(np.float32))})
 
 

@@ -5,6 +5,12 @@ fsynced when the round ends, so a run that dies at round 290 still has rounds
 1..289 on disk (DESIGN "Nothing lost"). ``results.json`` and the plot are
 rewritten atomically (temporary file + ``os.replace``) at every checkpoint
 and at the end, so a reader never sees a half-written file.
+
+A simulation's results also carry a yardstick a newcomer can judge the test
+RMSE by: the global-mean predictor's test RMSE on the same evaluated users
+(:func:`global_mean_reference`). It is computed from the dataset on the
+machine that runs the simulation, outside the protocol: no server of the
+protocol sees test ratings.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recdata.atomic import atomic_write_bytes
+from recdata.split import FederatedSplit
 from schemas.config import AppConfig, to_dict
 
 import matplotlib
@@ -39,6 +48,26 @@ def final_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+REFERENCE_NOTE = ("global-mean predictor: every test rating of the evaluated users predicted by the mean training "
+                  "rating over all users; computed from the local dataset outside the protocol")
+
+
+def global_mean_reference(split: FederatedSplit, users: list[int]) -> dict[str, Any]:
+    """The test RMSE of predicting the mean training rating, over the test ratings of ``users``.
+
+    What a model that learned nothing per user or item would score on the
+    same test ratings; a trained model's test RMSE should end below it.
+    """
+    mean = float(np.mean(split.train_rating)) if len(split.train_rating) else float("nan")
+    chosen = np.zeros(split.n_users, dtype=bool)
+    chosen[np.asarray(users, dtype=np.int64)] = True
+    owner = np.repeat(np.arange(split.n_users), np.diff(split.test_ptr))  # user of each test rating
+    ratings = np.asarray(split.test_rating, dtype=np.float64)[chosen[owner]]
+    rmse = float(np.sqrt(np.mean((ratings - mean) ** 2))) if len(ratings) else float("nan")
+    return {"test_rmse": rmse, "predicted_rating": mean, "test_ratings": int(len(ratings)),
+            "users": int(chosen.sum()), "note": REFERENCE_NOTE}
+
+
 def _mean(records: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in records if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
@@ -59,8 +88,9 @@ def write_results(out_dir: str | Path, cfg: AppConfig, run: dict[str, Any], wall
     path = out / "results.json"
     atomic_write_bytes(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True).encode())
     tmp_png = out / ".rmse_bytes.tmp.png"
+    reference = run.get("reference_global_mean")
     plot_results(records, tmp_png, title=f"{config['strategy']['name']} / {config['model']['name']}"
-                 f" / {config['dataset']['name']}")
+                 f" / {config['dataset']['name']}", reference=reference["test_rmse"] if reference else None)
     os.replace(tmp_png, out / "rmse_bytes.png")
     return path
 
@@ -109,11 +139,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Test RMSE (evaluated rounds) and bytes per client per round, side by side."""
+def plot_results(records: list[dict[str, Any]], path: Path, title: str, reference: float | None = None) -> None:
+    """Test RMSE (evaluated rounds) and bytes per client per round, side by side.
+
+    ``reference``: the global-mean predictor's test RMSE, drawn as a dashed horizontal line.
+    """
     fig, (ax_rmse, ax_bytes) = plt.subplots(1, 2, figsize=(10, 4))
     ev = [r for r in records if r.get("test_rmse") is not None and not math.isnan(r["test_rmse"])]
-    ax_rmse.plot([r["round"] for r in ev], [r["test_rmse"] for r in ev], marker="o")
+    ax_rmse.plot([r["round"] for r in ev], [r["test_rmse"] for r in ev], marker="o", label="model")
+    if reference is not None and not math.isnan(reference):
+        ax_rmse.axhline(reference, color="gray", linestyle="--", label=f"global mean ({reference:.3f})")
+        ax_rmse.legend()
     ax_rmse.set_xlabel("round")
     ax_rmse.set_ylabel("test RMSE")
     ax_rmse.grid(True, alpha=0.3)

@@ -17,24 +17,32 @@ from flwr.serverapp import Grid, ServerApp
 
 from recdata import DatasetError
 from simulations.config import compose_config, to_app_config
-from recdata.dataset import dataset_meta
+from recdata.dataset import dataset_meta, load_split
 from simulations.registry import build_strategy
 from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, check_resumable, clear_checkpoints,
                                     load_latest_checkpoint, refuse_unsupported, save_checkpoint)
-from simulations.results import append_record, final_summary, read_records, rewrite_records, write_results
+from simulations.results import (append_record, final_summary, global_mean_reference, read_records,
+                                 rewrite_records, write_results)
 from schemas.config import AppConfig, ConfigError
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec")
 
 
-def run_server(grid: Grid, cfg: AppConfig, out_dir: str) -> dict[str, Any]:
+def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True) -> dict[str, Any]:
     """Run one federated training (or resume one) and write its results into ``out_dir``.
 
     Every round is appended to ``records.jsonl`` as it ends; every
     ``checkpoint_every`` rounds the strategy's state is checkpointed and
     results.json/the plot are refreshed, so a run that dies loses at most the
     rounds since its last checkpoint, and ``resume=true`` continues from it.
+
+    ``simulated``: the nodes are virtual nodes of a ClientApp bound to ``cfg``
+    (:func:`simulations.client_app.make_client_app`), so the server assigns
+    users to nodes as they are first sampled instead of messaging every node
+    before round 1, and the results carry the global-mean reference RMSE
+    computed from the local dataset. ``False`` (``flwr run``, SuperNodes):
+    every node is asked which user it holds; no reference is computed.
     """
     start = time.perf_counter()
     refuse_unsupported(cfg)
@@ -71,25 +79,43 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str) -> dict[str, Any]:
              cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items,
              cfg.rounds, cfg.clients_per_round)
     done: list[dict[str, Any]] = list(prior)
+    reference: dict[str, Any] = {}
+
+    def with_reference(run: dict[str, Any]) -> dict[str, Any]:
+        """The run plus the global-mean reference (simulation only; computed once, when users are known)."""
+        if simulated and not reference:
+            reference.update(global_mean_reference(load_split(cfg), strategy.evaluation_users()))
+        return {**run, "reference_global_mean": reference} if reference else run
 
     def on_round(record: dict[str, Any]) -> None:
+        record.update(engine="flower", bytes_source="measured")  # the batched engine writes "batched"/"computed"
         append_record(out_dir, record)
         done.append(record)
         if every and can_checkpoint and record["round"] % every == 0:
             save_checkpoint(out_dir, record["round"], strategy.checkpoint_state(), cfg)  # type: ignore[attr-defined]
-            write_results(out_dir, cfg, {"records": done, "checkpoint_round": record["round"]},
+            write_results(out_dir, cfg, with_reference({"records": done, "checkpoint_round": record["round"]}),
                           time.perf_counter() - start)
 
-    run = strategy.start(grid, on_round=on_round, first_round=first_round, prior_records=prior)
+    run = with_reference(strategy.start(grid, on_round=on_round, first_round=first_round, prior_records=prior,
+                                        assign_users=simulated))
     wall = time.perf_counter() - start
     path = write_results(out_dir, cfg, run, wall)
     summary = final_summary(run["records"])
     if run.get("stopped"):
         log.error("run stopped: %s; results so far in %s", run["stopped"], path)
     else:
-        log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", summary["final_test_rmse"],
+        log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", _rmse(summary["final_test_rmse"]),
                  summary["rounds"], wall, path)
+        if reference:
+            log.info("reference: the global-mean predictor (mean training rating %.3f) scores test RMSE %s on the "
+                     "same %d users' %d test ratings (computed from the local dataset, outside the protocol)",
+                     reference["predicted_rating"], _rmse(reference["test_rmse"]), reference["users"],
+                     reference["test_ratings"])
     return run
+
+
+def _rmse(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def make_server_app(cfg: AppConfig, out_dir: str, outcome: dict[str, Any] | None = None) -> ServerApp:
@@ -149,7 +175,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = cfg_from_run_config(dict(context.run_config))
         out_dir = cfg.output_dir or str(context.run_config.get("output-dir", "outputs/flwr-run"))
-        run = run_server(grid, cfg, out_dir)
+        run = run_server(grid, cfg, out_dir, simulated=False)
     except USER_ERRORS as exc:
         log.error("%s", one_line(exc))
         return

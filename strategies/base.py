@@ -10,6 +10,15 @@ Everything a twin comparison needs to be identical is decided here, from the
 seed alone: which users register, which users are sampled each round, when
 the test set is evaluated. A secure strategy and its plaintext twin therefore
 see the same users in the same rounds.
+
+Start cost. On a deployment every SuperNode is asked once which user it holds
+(its own ``partition-id``). In the simulation engine that would be one
+message per user before round 1 (~30 min at 162,541 users), and Flower gives
+virtual nodes random ids with no public link to their ``partition-id``; so
+there the users are 0..n_users-1 from the dataset meta and a user's node is
+told which user it simulates the first time the user is sampled or
+evaluated (:class:`UserExchange`), never before: start and round cost do
+not grow with the population.
 """
 
 from __future__ import annotations
@@ -19,24 +28,26 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from abc import ABC
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recdata.dataset import DatasetMeta
 from schemas import common
+from schemas import plaintext as plain_schema
 from schemas.config import AppConfig
 from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec.strategy")
+T = TypeVar("T")
 
 
 def weighted_train_loss(uploads) -> float:
@@ -63,6 +74,72 @@ class RoundState:
         self.refused = reason
 
 
+@dataclass
+class NodeDirectory:
+    """Which Flower node holds (deployment) or simulates (simulation) each user.
+
+    ``known`` is user -> node id. In simulation ``pool`` is the sorted node ids
+    and user u is simulated by ``pool[u]`` once that node accepted it (one
+    :data:`schemas.common.REGISTER` assignment message, sent on the user's
+    first phase); without ``pool`` only registered users have a node.
+    """
+
+    users: list[int]
+    known: dict[int, int]
+    pool: list[int] | None = None
+
+
+class UserExchange(Exchange):
+    """An :class:`Exchange` that finds a user's node through a :class:`NodeDirectory` on first use.
+
+    A phase to users without a node first assigns them their simulated node
+    (one message to each of those nodes only; the reply must name the user,
+    which a deployment node holding another user never does) and then runs
+    without the users whose node did not accept.
+    """
+
+    def __init__(self, grid: Grid, directory: NodeDirectory, timeout: float | None, meter: Meter) -> None:
+        super().__init__(grid, directory.known, timeout, meter)
+        self.directory = directory
+
+    def phase(self, message_type: str, contents: Mapping[int, RecordDict], group_id: str,
+              parse: Callable[[int, RecordDict], T], *, count_bytes: bool = True) -> dict[int, T]:
+        new = [u for u in contents if u not in self.node_of_user]
+        if new:
+            self._assign(new, group_id)
+            contents = {u: c for u, c in contents.items() if u in self.node_of_user}
+        return super().phase(message_type, contents, group_id, parse, count_bytes=count_bytes)
+
+    def _assign(self, users: list[int], group_id: str) -> None:
+        """Give ``users`` their nodes: one already assigned (e.g. by another Exchange) costs no message."""
+        for u in users:
+            if u in self.directory.known:
+                self.node_of_user[u] = self.directory.known[u]
+                self.user_of_node[self.directory.known[u]] = u
+        users = [u for u in users if u not in self.directory.known]
+        pool = self.directory.pool
+        if not users:
+            return
+        if pool is None:
+            for u in users:
+                self.drop(u, "no node registered this user")
+            return
+        n = len(self.directory.users)
+        for u in users:
+            self.node_of_user[u] = pool[u]
+            self.user_of_node[pool[u]] = u
+        named = super().phase(common.REGISTER, {u: common.assign_message(u, n) for u in users},
+                              f"register-{group_id}", lambda _u, c: common.parse_register_reply(c, n),
+                              count_bytes=False)
+        for u in users:
+            if named.get(u) == u:
+                self.directory.known[u] = pool[u]
+                continue
+            if u in named:
+                self.drop(u, f"node {pool[u]} holds user {named[u]} and refused to simulate user {u}")
+            del self.node_of_user[u], self.user_of_node[pool[u]]
+
+
 class RecStrategy(ABC):
     """Base of all server-side protocols: registration, sampling, rounds, evaluation."""
 
@@ -74,6 +151,7 @@ class RecStrategy(ABC):
         self.meta = meta
         self.meter = Meter()
         self.exchange: Exchange | None = None
+        self.directory = NodeDirectory([], {})
         self.users: list[int] = []
         self.round = 0
 
@@ -108,9 +186,10 @@ class RecStrategy(ABC):
                 return {"train_loss": None, "refused": state.refused}
         return state.metrics
 
-    @abstractmethod
     def evaluation_content(self) -> RecordDict:
-        """The public model as sent to users for local test evaluation."""
+        """The public model as sent to users for local test evaluation (by :meth:`evaluation_replies`)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither evaluation_content nor "
+                                  "evaluation_replies")
 
     def server_state_summary(self) -> dict[str, Any]:
         """Extra final results (e.g. key size); default none."""
@@ -118,7 +197,8 @@ class RecStrategy(ABC):
 
     # ------------------------------------------------------------- the loop
     def start(self, grid: Grid, on_round: Callable[[dict[str, Any]], None] | None = None,
-              first_round: int = 1, prior_records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              first_round: int = 1, prior_records: list[dict[str, Any]] | None = None,
+              assign_users: bool = False) -> dict[str, Any]:
         """Register users, run rounds ``first_round..rounds``, evaluate; return all records.
 
         ``on_round`` is called with each round's record as the round ends: the
@@ -132,11 +212,23 @@ class RecStrategy(ABC):
         If server 1 becomes unreachable mid-run, the loop stops at that round
         (its partial work is not recorded) and returns what is done, with
         ``stopped`` naming server 1, instead of losing the finished rounds.
+
+        ``assign_users`` (simulation): no registration round; a user's node
+        is told which user it simulates when the user is first sampled or
+        evaluated (:class:`UserExchange`). Without it (deployment) every node
+        is asked which user it holds before round 1.
         """
         timeout = self.cfg.simulation.reply_timeout
-        node_of_user = self._register(grid, timeout)
-        self.exchange = Exchange(grid, node_of_user, timeout, self.meter)
-        self.users = sorted(node_of_user)
+        if assign_users:
+            self.directory = NodeDirectory(list(range(self.meta.n_users)), {}, sorted(self._wait_for_nodes(grid)))
+            log.info("[%s] %d simulated nodes; a user's node is contacted when the user is first sampled",
+                     self.name, len(self.directory.users))
+        else:
+            node_of_user = self._register(grid, timeout)
+            self.directory = NodeDirectory(sorted(node_of_user), node_of_user)
+        self.exchange = UserExchange(grid, self.directory, timeout, self.meter)
+        self.users = self.directory.users
+        self._log_evaluation_plan()
         records: list[dict[str, Any]] = list(prior_records or [])
         eval_every = int(self.cfg.train.eval_every)
         rounds = int(self.cfg.rounds)
@@ -206,21 +298,31 @@ class RecStrategy(ABC):
         rng = np.random.default_rng([int(self.cfg.seed), 0xE7A1])
         return sorted(self.users[i] for i in rng.choice(len(self.users), size=int(n), replace=False))
 
-    def evaluate(self, rnd: int) -> dict[str, Any]:
-        """Send the public model to users, who report their local test error sums.
+    def _log_evaluation_plan(self) -> None:
+        """Say once, at start, which users the test RMSE is computed on and how often."""
+        every = int(self.cfg.train.eval_every)
+        when = f"every {every} rounds and after the last" if every else "after the last round"
+        n = len(self.evaluation_users())
+        who = (f"all {n} users" if n >= len(self.users) else
+               f"a fixed seeded sample of {n} of {len(self.users)} users (train.eval_clients={n}; null = all)")
+        log.info("[%s] test RMSE %s, on %s", self.name, when, who)
 
-        How the sums reach the server is the protocol's: in the clear per user
-        (plaintext twins, the default here) or as a secure sum over users
-        (two-server protocols override :meth:`evaluation_message`,
-        :meth:`parse_evaluation` and :meth:`evaluation_sums`).
+    def evaluate(self, rnd: int) -> dict[str, Any]:
+        """Users compute their local test error sums with the public model; the server sums them.
+
+        What users receive is the protocol's (:meth:`evaluation_replies`: the
+        full model by default, only the rows of their test items with
+        :class:`ItemRequestEvaluation`). How the sums reach the server is the
+        protocol's too: in the clear per user (plaintext twins, the default
+        here) or as a secure sum over users (two-server protocols override
+        :meth:`evaluation_message`, :meth:`parse_evaluation` and
+        :meth:`evaluation_sums`).
         """
         assert self.exchange is not None
-        content = self.evaluation_content()
         users = self.evaluation_users()
         eval_meter = Meter()
-        ex = Exchange(self.exchange.grid, self.exchange.node_of_user, self.exchange.timeout, eval_meter)
-        replies = ex.phase(self.evaluate_type, {u: self.evaluation_message(rnd, content) for u in users},
-                           f"eval-{rnd}", self.parse_evaluation)
+        ex = UserExchange(self.exchange.grid, self.directory, self.exchange.timeout, eval_meter)
+        replies = self.evaluation_replies(rnd, users, ex)
         sums = self.evaluation_sums(rnd, replies)
         n = max(len(users), 1)
         out: dict[str, Any] = {"eval_bytes_down_per_client": sum(eval_meter.down.values()) / n}
@@ -236,8 +338,14 @@ class RecStrategy(ABC):
             "eval_client_seconds_max": max(seconds) if seconds else None,
         }
 
+    def evaluation_replies(self, rnd: int, users: list[int], ex: Exchange) -> dict[int, Any]:
+        """The parsed evaluation replies of ``users``; default: one phase sending everyone the public model."""
+        content = self.evaluation_content()
+        return ex.phase(self.evaluate_type, {u: self.evaluation_message(rnd, content) for u in users},
+                        f"eval-{rnd}", self.parse_evaluation)
+
     def evaluation_message(self, rnd: int, content: RecordDict) -> RecordDict:
-        """What one evaluated user receives (default: the public model itself)."""
+        """What one evaluated user receives (default: the evaluation content itself)."""
         return content
 
     def parse_evaluation(self, user: int, content: RecordDict) -> Any:
@@ -257,8 +365,8 @@ class RecStrategy(ABC):
         assert self.exchange is not None
         self.exchange.drop(user, reason)
 
-    def _register(self, grid: Grid, timeout: float | None) -> dict[int, int]:
-        """Ask every node which user it holds; wait until all users are present."""
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        """The node ids, once one per user has connected (``simulation.register_timeout``)."""
         expected = self.meta.n_users
         deadline = time.monotonic() + float(self.cfg.simulation.register_timeout)
         node_ids = list(grid.get_node_ids())
@@ -267,10 +375,15 @@ class RecStrategy(ABC):
             node_ids = list(grid.get_node_ids())
         if len(node_ids) < expected:
             raise RuntimeError(f"only {len(node_ids)} of {expected} nodes connected before the registration timeout")
+        return node_ids
+
+    def _register(self, grid: Grid, timeout: float | None) -> dict[int, int]:
+        """Ask every node which user it holds (deployment); wait until all users are present."""
+        expected = self.meta.n_users
+        node_ids = self._wait_for_nodes(grid)
         meter = Meter()
         ex = Exchange(grid, {i: nid for i, nid in enumerate(node_ids)}, timeout, meter)
-        replies = ex.phase(common.REGISTER, {i: RecordDict({"run": ConfigRecord({"users": expected})})
-                                             for i in range(len(node_ids))},
+        replies = ex.phase(common.REGISTER, {i: common.register_message(expected) for i in range(len(node_ids))},
                            "register", lambda _i, c: common.parse_register_reply(c, expected), count_bytes=False)
         node_of_user: dict[int, int] = {}
         for index, user in replies.items():
@@ -292,6 +405,31 @@ class RecStrategy(ABC):
             self.name, r["round"], self.cfg.rounds, r["clients"], loss_s, rmse,
             r["bytes_up_per_client"] / 1024, r["bytes_down_per_client"] / 1024, secs_s, r["server_seconds"],
         )
+
+
+class ItemRequestEvaluation(RecStrategy):
+    """Evaluation in two phases for strategies whose public model is an item table (``self.model``).
+
+    The server does not know a user's test items, so it asks for them
+    (:data:`schemas.common.EVAL_REQUEST`) and sends only their rows and the
+    dense parameters (:data:`schemas.common.EVALUATE_ROWS`): an evaluated
+    user's download is O(its test items) instead of the whole table. The
+    server learns each evaluated user's test item ids, as ``plaintext``
+    learns its training items; so a protocol that hides which items a user
+    rated (SecEmb, Secure FedRec) must not use it (its users refuse anyway).
+    Listed before the strategy's model base class (``class S(ItemRequestEvaluation, ModelStrategy)``).
+    """
+
+    model: Any  # the strategy's strategies.public_model.PublicModel
+
+    def evaluation_replies(self, rnd: int, users: list[int], ex: Exchange) -> dict[int, Any]:
+        n_items = self.meta.n_items
+        asked = ex.phase(common.EVAL_REQUEST, {u: common.eval_request_message(rnd) for u in users}, f"eval-{rnd}",
+                         lambda _u, c: plain_schema.parse_request_reply(c, n_items, n_items, min_items=0))
+        dense = self.model.dense_numpy()
+        contents = {u: self.evaluation_message(rnd, plain_schema.update_message(rnd, self.model.rows(items), dense))
+                    for u, items in asked.items()}
+        return ex.phase(common.EVALUATE_ROWS, contents, f"eval-{rnd}", self.parse_evaluation)
 
 
 def _progress_fields(records: list[dict[str, Any]]) -> dict[str, str]:

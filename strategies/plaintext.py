@@ -12,13 +12,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import RecordDict
 
 from recdata.dataset import DatasetMeta
 from schemas import plaintext as schema
 from schemas.config import AppConfig
-from strategies.base import RoundState, weighted_train_loss
+from strategies.base import ItemRequestEvaluation, RoundState, weighted_train_loss
 from strategies.public_model import ModelStrategy
+
+
+def scatter_rows(n_items: int, items: np.ndarray, rows: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """Sum of sparse rows into an [n_items, row_dim] matrix of ``dtype`` (uint rings wrap, as Z_2^k must).
+
+    ``items`` [T] may repeat (several users' rows of one item add up); ``rows`` is [T, row_dim].
+    """
+    out = np.zeros((n_items, rows.shape[1]), dtype=dtype)
+    np.add.at(out, np.asarray(items, dtype=np.int64), rows.astype(dtype, copy=False))
+    return out
 
 
 @dataclass
@@ -27,7 +36,7 @@ class PlaintextRoundState(RoundState):
     updates: dict[int, Any] = field(default_factory=dict)          # user -> row and dense gradients
 
 
-class PlaintextStrategy(ModelStrategy):
+class PlaintextStrategy(ItemRequestEvaluation, ModelStrategy):
     name = "plaintext"
 
     def __init__(self, cfg: AppConfig, meta: DatasetMeta) -> None:
@@ -61,14 +70,19 @@ class PlaintextStrategy(ModelStrategy):
 
     def step_stage(self, st: PlaintextRoundState) -> None:
         """Sum, average over the users that answered, step the public model."""
-        table_sum = np.zeros(self.model.table.shape, dtype=np.float64)
-        dense_sum = np.zeros(self.model.dense.shape, dtype=np.float64)
-        for u, up in st.updates.items():
-            np.add.at(table_sum, st.requests[u], up.row_grads)
-            dense_sum += up.dense_grad
-            self.record_client_seconds(u, up.seconds)
-        self.model.step(table_sum, dense_sum, len(st.updates))
+        users = list(st.updates)
+        for u in users:
+            self.record_client_seconds(u, st.updates[u].seconds)
+        if users:
+            self.apply_gradients(np.concatenate([st.requests[u] for u in users]),
+                                 np.concatenate([st.updates[u].row_grads for u in users]),
+                                 np.stack([st.updates[u].dense_grad for u in users]))
         st.metrics = {"train_loss": weighted_train_loss(st.updates.values())}
 
-    def evaluation_content(self) -> RecordDict:
-        return schema.model_content(self.model.table_numpy(), self.model.dense_numpy())
+    def apply_gradients(self, items: np.ndarray, row_grads: np.ndarray, dense_grads: np.ndarray) -> None:
+        """The plaintext aggregation: sum the users' row gradients per item (``items`` [T] with
+        ``row_grads`` [T, row_dim], all users' rows concatenated) and their dense gradients
+        ([n_users, dense_size]) in float64, average over the users, one optimiser step.
+        The Flower path and the batched engine both call this."""
+        self.model.step(scatter_rows(self.meta.n_items, items, row_grads, np.float64),
+                        dense_grads.sum(axis=0, dtype=np.float64), len(dense_grads))

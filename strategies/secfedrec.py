@@ -7,6 +7,10 @@ round's loss x n_ratings and n_ratings as two extra ring elements. Each server
 sums its shares; server 1 sends its sum to server 0, which reconstructs the
 aggregate (and the metric sums, never one user's) and steps the same public
 model as ``plaintext`` and ``secemb``. Fewer than ``min_users`` users: refused.
+
+Evaluation sends every evaluated user the full public model, as training does: asking for its
+test items (what ``plaintext`` does, :class:`strategies.base.ItemRequestEvaluation`) would tell
+server 0 items the user rated, which this protocol hides (tests/test_server_views.py).
 """
 
 from __future__ import annotations
@@ -74,11 +78,9 @@ class SecFedRecStrategy(TwoServerStrategy):
 
     def step_stage(self, st: SecFedRecRoundState) -> None:
         """Reconstruct the sums, average over the kept users, step the public model."""
-        total0 = sum((st.uploads[u].share0 for u in st.kept), np.zeros(self.size, dtype=self.ring))
-        grad_ring, train_loss = self.split_metrics(total0 + st.sum1, self.n_table + self.spec.dense_size)
-        grad = self.codec.from_ring(grad_ring)
-        self.model.step(grad[:self.n_table].reshape(self.meta.n_items, self.spec.row_dim), grad[self.n_table:],
-                        len(st.kept))
+        total = sum((st.uploads[u].share0 for u in st.kept), np.zeros(self.size, dtype=self.ring)) + st.sum1
+        train_loss = self.step_from_ring(total[:self.n_table].reshape(self.meta.n_items, self.spec.row_dim),
+                                         total[self.n_table:], len(st.kept))
         self.record_telemetry(st.uploads, st.kept)
         st.metrics = {"train_loss": train_loss}
 

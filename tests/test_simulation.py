@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, Context, Message
 
-from simulations.results import read_records
+from recdata.split import FederatedSplit
+from simulations.results import global_mean_reference, plot_results, read_records
 from tests.sim_utils import SMALL, run_sim
 
 pytestmark = pytest.mark.slow
@@ -73,3 +74,18 @@ def test_bad_client_replies_are_dropped_and_the_round_goes_on(tmp_path):
         for user, kind in kinds.items():
             assert needles[kind] in r["dropped_users"][str(user)]
     assert math.isfinite(res["final"]["final_test_rmse"])
+
+
+def test_global_mean_reference_by_hand(tmp_path):
+    """Train ratings 1, 3, 5 (mean 3); users 0 and 2 hold test ratings 4, 1 and 3: RMSE sqrt((1 + 4 + 0) / 3)."""
+    split = FederatedSplit(
+        n_users=3, n_items=4, train_ptr=np.array([0, 1, 2, 3]), train_item=np.array([0, 1, 2]),
+        train_rating=np.array([1.0, 3.0, 5.0]), test_ptr=np.array([0, 2, 3, 4]), test_item=np.array([1, 2, 0, 3]),
+        test_rating=np.array([4.0, 1.0, 5.0, 3.0]), user_features=np.zeros((3, 0)), item_features=np.zeros((4, 0)),
+        name="hand")
+    ref = global_mean_reference(split, [0, 2])
+    assert ref["predicted_rating"] == 3.0 and ref["test_ratings"] == 3 and ref["users"] == 2
+    assert ref["test_rmse"] == pytest.approx(math.sqrt(5 / 3))
+    records = [{"round": 1, "test_rmse": 1.2, "bytes_up_per_client": 10, "bytes_down_per_client": 20}]
+    plot_results(records, tmp_path / "p.png", "hand", reference=ref["test_rmse"])
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -76,6 +76,9 @@ DATASETS = ("ml_latest_small", "ml_100k", "ml_1m", "ml_10m", "ml_25m", "syntheti
 SYNTHETIC_PRESETS = ("ml_1m", "ml_10m", "ml_25m", "yelp")
 ENGINES = ("flower", "batched")  # how a run executes: Flower messages, or the batched engine (engine/)
 MF_ONLY_STRATEGIES = ("distributed_mf", "fedmf")
+COMPRESSIONS = ("none", "bit8", "tern", "svd", "colr")  # SecEmb's lossy baselines (Section 5.3, Appendix J)
+DP_MODES = ("central", "local")
+DP_SAMPLINGS = ("poisson", "without_replacement", "none")
 PAILLIER_KEY_BITS = (1024, 2048, 3072, 4096)
 
 
@@ -86,9 +89,14 @@ class TrainConfig:
     eval_every: int = 5              # rounds between test evaluations (0 = only after the last round)
     eval_clients: int | None = None  # None = every user; an int evaluates a fixed seeded sample of users
     server_optimizer: str = "adam"   # adam (SecEmb Appendix I) or sgd
+    ranking: bool = True             # HR@k / NDCG@k beside RMSE: each evaluated user's latest test rating ranked against sampled unrated items
+    ranking_k: int = 10              # the k of HR@k and NDCG@k
+    ranking_negatives: int = 99      # sampled items the user did not rate, ranked with the positive (NCF / PFedRec protocol)
 
     def __post_init__(self) -> None:
         _positive_int(self.local_user_steps, "train.local_user_steps")
+        _positive_int(self.ranking_k, "train.ranking_k")
+        _positive_int(self.ranking_negatives, "train.ranking_negatives")
         _non_negative_int(self.eval_every, "train.eval_every")
         _optional_positive_int(self.eval_clients, "train.eval_clients")
         _one_of(self.server_optimizer, "train.server_optimizer", ("adam", "sgd"))
@@ -111,6 +119,44 @@ class SimulationConfig:
         _positive_float(self.register_timeout, "simulation.register_timeout")
         _require(self.ray_address is None or (isinstance(self.ray_address, str) and bool(self.ray_address.strip())),
                  "simulation.ray_address", "must be a Ray cluster address such as 127.0.0.1:6379 (or null)")
+
+
+@dataclass
+class DPConfig:
+    """Record-level differential privacy (SecEmb Appendix G); accounted by strategies/privacy.py (Flower's RdpAccountant)."""
+
+    enabled: bool = False                  # off: no clipping, no noise, no accounting
+    mode: str = "central"                  # central: each of the two servers noises its aggregated share (secemb, secfedrec)
+                                           # local: each user noises its own upload, no secure aggregation (DP-FedRec; plaintext)
+    clip: float = 1.0                      # Delta_2: L2 bound of each rating's gradient (one record)
+    noise_multiplier: float | None = None  # sigma: noise std = sigma x clip, per server (central) or per user (local)
+    target_epsilon: float | None = None    # instead of noise_multiplier: the sigma that spends this epsilon over the run
+    delta: float = 1e-5                    # the delta of (epsilon, delta)-DP
+    sampling: str = "poisson"              # poisson | without_replacement | none: the sampling amplification accounted
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "dp.enabled", f"must be true or false, got {self.enabled!r}")
+        _one_of(self.mode, "dp.mode", DP_MODES)
+        _positive_float(self.clip, "dp.clip")
+        if self.noise_multiplier is not None:
+            _non_negative_float(self.noise_multiplier, "dp.noise_multiplier")
+        if self.target_epsilon is not None:
+            _positive_float(self.target_epsilon, "dp.target_epsilon")
+        _require(_is_number(self.delta) and 0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta!r}")
+        _one_of(self.sampling, "dp.sampling", DP_SAMPLINGS)
+        if self.enabled:
+            _require((self.noise_multiplier is None) != (self.target_epsilon is None), "dp.noise_multiplier",
+                     "set exactly one of dp.noise_multiplier and dp.target_epsilon when dp.enabled")
+
+    def check(self, app: AppConfig) -> None:
+        """Which protocols each mode applies to (a config that would silently ignore DP is refused)."""
+        if not self.enabled:
+            return
+        allowed = ("secemb", "secfedrec") if self.mode == "central" else ("plaintext",)
+        _require(app.strategy.name in allowed, "dp.mode",
+                 f"dp.mode={self.mode} applies to strategy {' or '.join(allowed)}, got strategy={app.strategy.name}")
+        _require(getattr(app.strategy, "compression", "none") == "none", "strategy.compression",
+                 "DP runs upload uncompressed gradients; set strategy.compression=none")
 
 
 @dataclass
@@ -217,10 +263,48 @@ class StrategyConfig:
 class PlaintextConfig(StrategyConfig):
     name: str = "plaintext"     # plaintext federated training (the twin of secemb)
     m_prime: int | None = None  # pad/truncate each user's rated items to this count (None = use them all)
+    compression: str = "none"   # none | bit8 | tern | svd | colr: lossy upload of the item-embedding update
+                                # (SecEmb's baselines); anything but none downloads the full model, as the paper compares them
+    compression_rank: int | None = None  # svd / colr rank; None = SecEmb Table 10's for the model and dataset
+    compression_seed: int = 0   # CoLR's public basis seed (users and server draw the same basis each round)
+    tern_clip_factor: float | None = 2.5  # TernGrad clipping at this many standard deviations (None = none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _optional_positive_int(self.m_prime, "strategy.m_prime")
+        _one_of(self.compression, "strategy.compression", COMPRESSIONS)
+        _optional_positive_int(self.compression_rank, "strategy.compression_rank")
+        _non_negative_int(self.compression_seed, "strategy.compression_seed")
+        if self.tern_clip_factor is not None:
+            _positive_float(self.tern_clip_factor, "strategy.tern_clip_factor")
+
+    def check(self, app: AppConfig) -> None:
+        super().check(app)
+        if self.compression == "none":
+            return
+        _require(self.m_prime is None, "strategy.m_prime",
+                 f"compression={self.compression} downloads the full model and trains on every rated item; "
+                 "leave m_prime null")
+        if self.compression in ("svd", "colr") and self.compression_rank is None:
+            from models.compression import table10_rank
+
+            name = app.dataset.name if app.dataset.name != "synthetic" else f"synthetic_{app.dataset.preset}"
+            try:
+                table10_rank(app.model.name, name)
+            except KeyError:
+                raise ConfigError(f"strategy.compression_rank: SecEmb Table 10 has no {self.compression} rank for "
+                                  f"model={app.model.name} on dataset={name}; set it") from None
+
+    def rank(self, app: AppConfig) -> int | None:
+        """The SVD / CoLR rank this run uses (the configured one, else SecEmb Table 10's)."""
+        if self.compression not in ("svd", "colr"):
+            return None
+        if self.compression_rank is not None:
+            return int(self.compression_rank)
+        from models.compression import table10_rank
+
+        name = app.dataset.name if app.dataset.name != "synthetic" else f"synthetic_{app.dataset.preset}"
+        return table10_rank(app.model.name, name)
 
 
 @dataclass
@@ -322,10 +406,12 @@ class SecEmbConfig(TwoServerConfig):
     variant: str = "secemb"       # secemb (row encoding + shared path) | rowenc | init (ablations)
     m_prime: int | None = None    # None: m' = alpha x mean |I_u| from a secure sum (Appendix C)
     alpha: float = 1.0            # m' multiplier of the secure mean count (m_prime=None only)
+    path_cache_mib: int = 2048    # each server's cache of DPF tree paths per round; beyond it paths are recomputed (same bits)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _one_of(self.variant, "strategy.variant", ("secemb", "rowenc", "init"))
+        _non_negative_int(self.path_cache_mib, "strategy.path_cache_mib")
         _optional_positive_int(self.m_prime, "strategy.m_prime")
         _positive_float(self.alpha, "strategy.alpha")
 
@@ -359,6 +445,7 @@ class AppConfig:
     strategy: Any = field(default_factory=PlaintextConfig)  # one of STRATEGY_CONFIGS' classes
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         _positive_int(self.rounds, "rounds")
@@ -372,6 +459,7 @@ class AppConfig:
     def check(self) -> None:
         """Every value and protocol invariant of this config (what a strategy checks at construction)."""
         self.strategy.check(self)
+        self.dp.check(self)
 
     def model_spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return self.model.spec(n_user_features, n_item_features)
@@ -392,7 +480,8 @@ def from_dict(values: dict[str, Any]) -> AppConfig:
     strategy_cls = STRATEGY_CONFIGS.get(strategy.get("name", "plaintext"))
     if strategy_cls is None:
         raise ConfigError(f"strategy.name={strategy.get('name')!r} is not one of {', '.join(STRATEGY_CONFIGS)}")
-    groups = {"train": TrainConfig, "simulation": SimulationConfig, "model": ModelConfig, "dataset": DatasetConfig}
+    groups = {"train": TrainConfig, "simulation": SimulationConfig, "model": ModelConfig, "dataset": DatasetConfig,
+              "dp": DPConfig}
     built = {k: build(cls, dict(data.pop(k, {}))) for k, cls in groups.items()}
     return build(AppConfig, {**data, **built, "strategy": build(strategy_cls, strategy)})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.recommenders import initial_dense_values
+from models.recommenders import dense_layout, initial_dense_values
 from models.spec import ModelSpec
 
 # Seed-sequence salts: the server's item-side draws and each user's private draws never share a stream.
@@ -32,7 +32,15 @@ def init_private(spec: ModelSpec, user_id: int, seed: int) -> np.ndarray:
     return user
 
 
-def init_dense(spec: ModelSpec, seed: int) -> np.ndarray:
-    """Torch's default layer init (seeded) for MLPs; feature embeddings ~ N(0, init_std); biases 0."""
+def init_dense(spec: ModelSpec, seed: int, global_bias: float = 0.0) -> np.ndarray:
+    """Torch's default layer init (seeded) for MLPs; feature embeddings ~ N(0, init_std); biases 0,
+    except the global bias (MF, FM, DeepFM), which starts at ``global_bias`` (the rating scale's midpoint)."""
     torch.manual_seed(seed)
-    return initial_dense_values(spec, torch.Generator().manual_seed(seed + 1))
+    dense = initial_dense_values(spec, torch.Generator().manual_seed(seed + 1))
+    offset = 0
+    for name, shape in dense_layout(spec):
+        size = int(np.prod(shape))
+        if name == "global_bias":
+            dense[offset:offset + size] = np.float32(global_bias)
+        offset += size
+    return dense

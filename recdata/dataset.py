@@ -28,6 +28,14 @@ class DatasetMeta:
     n_items: int
     n_user_features: int
     n_item_features: int
+    # The rating scale's (lowest, highest) value, e.g. (0.5, 5.0) stars: public knowledge of the service, read off
+    # the dataset (as the star scale a deployment declares). Models start their global bias at its midpoint, so a
+    # short run does not spend its first rounds climbing from 0 to the scale. (0, 0) = unknown: the bias starts at 0.
+    rating_scale: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def rating_midpoint(self) -> float:
+        return 0.5 * (float(self.rating_scale[0]) + float(self.rating_scale[1]))
 
 
 def _loader_options(ds: dict[str, Any]) -> dict[str, Any]:
@@ -78,4 +86,5 @@ def dataset_meta(cfg: Any) -> DatasetMeta:
     return DatasetMeta(
         name=cfg.dataset.name, n_users=split.n_users, n_items=split.n_items,
         n_user_features=split.user_features.shape[1], n_item_features=split.item_features.shape[1],
+        rating_scale=split.rating_scale(),
     )

@@ -44,6 +44,13 @@ class FederatedSplit:
     item_features: np.ndarray
     name: str
 
+    def rating_scale(self) -> tuple[float, float]:
+        """(lowest, highest) rating value in the data: the service's public star scale (e.g. 0.5..5)."""
+        values = [a for a in (self.train_rating, self.test_rating) if len(a)]
+        if not values:
+            return (0.0, 0.0)
+        return (float(min(a.min() for a in values)), float(max(a.max() for a in values)))
+
     def user(self, u: int) -> UserData:
         if not 0 <= u < self.n_users:
             raise DatasetError(f"user {u} is outside 0..{self.n_users - 1}")

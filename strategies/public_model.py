@@ -22,11 +22,12 @@ from schemas.config import AppConfig
 
 
 class PublicModel:
-    def __init__(self, spec: ModelSpec, n_items: int, seed: int, lr: float, optimizer: str = "adam") -> None:
+    def __init__(self, spec: ModelSpec, n_items: int, seed: int, lr: float, optimizer: str = "adam",
+                 global_bias: float = 0.0) -> None:
         self.spec = spec
         self.n_items = n_items
         self.table = torch.nn.Parameter(torch.from_numpy(init_item_table(spec, n_items, seed).astype(np.float32)))
-        self.dense = torch.nn.Parameter(torch.from_numpy(init_dense(spec, seed).astype(np.float32)))
+        self.dense = torch.nn.Parameter(torch.from_numpy(init_dense(spec, seed, global_bias).astype(np.float32)))
         opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
         self.opt = opt_cls([self.table, self.dense], lr=lr)
 
@@ -95,7 +96,7 @@ class ModelStrategy(RecStrategy):
         super().__init__(cfg, meta)
         self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
         self.model = PublicModel(self.spec, meta.n_items, int(cfg.seed), float(cfg.model.lr),
-                                 cfg.train.server_optimizer)
+                                 cfg.train.server_optimizer, global_bias=meta.rating_midpoint)
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """The server-side state a resumed run needs: the public model and its optimiser moments."""

@@ -76,7 +76,7 @@ class SecEmbStrategy(TwoServerStrategy):
         s = cfg.strategy
         self.variant = variant_of(s.variant)
         self.m_prime: int | None = s.m_prime
-        self.party0 = SecEmbParty(0, meta.n_items, self.ring)
+        self.party0 = SecEmbParty(0, meta.n_items, self.ring, max_cache_bytes=int(cfg.strategy.path_cache_mib) << 20)
 
     def setup(self) -> None:
         super().setup()

@@ -131,3 +131,16 @@ def test_a_capped_server_party_aggregates_the_kept_users_like_an_uncapped_one():
         n_cached.append(parties[0].context.n_cached)
     assert n_cached == [24, 8, 0]
     assert all(np.array_equal(total, expected) for total in totals)
+
+
+def test_strategy_path_cache_mib_reaches_both_servers():
+    """``strategy.path_cache_mib`` caps server 0's evaluator and the in-process server 1's."""
+    from recdata.dataset import dataset_meta
+    from simulations.config import compose_config, to_app_config
+    from strategies.secemb import SecEmbStrategy
+
+    cfg = to_app_config(compose_config(["strategy=secemb", "strategy.path_cache_mib=3",
+                                        "dataset.max_users=20", "dataset.max_items=50"]))
+    strategy = SecEmbStrategy(cfg, dataset_meta(cfg))
+    assert strategy.party0.evaluator.max_cache_bytes == 3 << 20
+    assert strategy.server1.link.server.max_cache_bytes == 3 << 20

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
 from schemas.wire import WireError, decode_frame, encode_frame
 from twoserver.operations import Server1
 from twoserver.transport import InProcessLink, Server1Unavailable, SocketLink, TlsFiles
@@ -36,20 +37,23 @@ class Server1Error(RuntimeError):
 class Server1Client:
     def __init__(self, address: str | None, on_reject: Callable[[int, str], None],
                  tls_dir: str | None = None, min_users: int = 2, timeout: float = 600.0,
-                 retries: int = 3, backoff: float = 0.5) -> None:
-        """In-process server 1 when ``address`` is None (its floor is then this run's ``min_users``)."""
+                 retries: int = 3, backoff: float = 0.5, max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
+        """In-process server 1 when ``address`` is None (its floor is then this run's ``min_users`` and its
+        DPF path cache this run's ``max_cache_bytes``; a server 1 process sets its own, ``--path-cache-mib``)."""
         if address:
             tls = TlsFiles.server0_in(tls_dir) if tls_dir else None
             self.link: InProcessLink | SocketLink = SocketLink(address, tls, timeout, retries, backoff)
         else:
-            self.link = InProcessLink(Server1(min_users=min_users))
+            self.link = InProcessLink(Server1(min_users=min_users, max_cache_bytes=max_cache_bytes))
         self.on_reject = on_reject
 
     @classmethod
     def from_config(cls, strategy_cfg: Any, on_reject: Callable[[int, str], None]) -> "Server1Client":
         """The link a two-server strategy config describes (address, TLS folder, min_users)."""
+        cache_mib = getattr(strategy_cfg, "path_cache_mib", None)
         return cls(strategy_cfg.server1_address, on_reject, getattr(strategy_cfg, "server1_tls_dir", None),
-                   int(getattr(strategy_cfg, "min_users", 2)))
+                   int(getattr(strategy_cfg, "min_users", 2)),
+                   max_cache_bytes=DEFAULT_MAX_CACHE_BYTES if cache_mib is None else int(cache_mib) << 20)
 
     def call(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -181,7 +181,7 @@ class Server1:
                 rejected[str(user)] = str(exc)
                 continue
             dense_sum += share
-        party = SecEmbParty(1, n_items, self.ring_dtype)
+        party = SecEmbParty(1, n_items, self.ring_dtype, self.max_cache_bytes)
         sparse = variant.aggregate(party, keys, width)
         return {"rejected": rejected, "users": sorted(keys)}, {"sparse": sparse, "dense": dense_sum}
 

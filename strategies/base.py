@@ -255,7 +255,10 @@ class RecStrategy(ABC):
                     metrics = self.train_round(rnd, users)
                     wall = time.perf_counter() - start
                     evaluated = rnd == rounds or bool(eval_every and rnd % eval_every == 0)
+                    t_eval = time.perf_counter()
                     evaluation = self.evaluate(rnd) if evaluated else {}
+                    if evaluated:  # the batched engine's records carry the same key
+                        evaluation["eval_seconds"] = time.perf_counter() - t_eval
                 except Server1Unavailable as exc:
                     stopped = (f"server 1 became unavailable in round {rnd}: {exc}; rounds up to {rnd - 1} "
                                "are kept in the run folder (resume=true continues from the last checkpoint)")

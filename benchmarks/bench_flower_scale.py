@@ -1,0 +1,101 @@
+"""The Flower path at the SecEmb paper's dataset sizes: round time, whole-run memory, start-up, evaluation.
+
+Each row is one ``python -m simulations.run`` (the product's entry point, engine=flower, a local Ray) in
+a fresh subprocess on a synthetic preset of SecEmb Table 7's sizes (ML-1M, ML-10M, ML-25M; the real
+files are not on this machine). Columns:
+
+* ``round s``: mean wall time of the rounds after the first (round 1 also pays each Ray worker's first
+  data load and torch warm-up);
+* ``peak GiB``: peak summed PSS of the run's whole process tree (the ServerApp process, Ray's GCS and
+  raylet, and every Ray worker running ClientApps), sampled with psutil every 0.5 s;
+* ``start s``: the run's wall time outside its rounds and evaluation (launch to round 1, and shutdown),
+  minus the time one process takes to load and split the data (measured on its own in this run): what
+  start-up (and tear-down) cost beyond the data;
+* ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run).
+
+    python -m benchmarks.bench_flower_scale                               # the full table (tens of minutes)
+    python -m benchmarks.bench_flower_scale --presets ml_1m --rows plaintext:100
+
+Machine load matters: the run prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench_batched import TreeMemory
+
+ROWS = ("plaintext:100", "plaintext:1000", "secemb:100", "secemb:1000")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_load_seconds(preset: str, seed: int) -> float:
+    """Wall time of one process loading and splitting the preset (what every run pays before start-up)."""
+    code = ("import time; from simulations.config import compose_config, to_app_config; "
+            "from recdata.dataset import load_split; "
+            f"cfg = to_app_config(compose_config(['dataset=synthetic_{preset}', 'seed={seed}'])); "
+            "t = time.perf_counter(); load_split(cfg); print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: int, seed: int) -> dict:
+    """One Flower simulation; its records, wall time and the process tree's peak memory."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "simulations.run", f"dataset=synthetic_{preset}",
+               f"strategy={strategy}", f"clients_per_round={clients}", f"rounds={rounds}", f"seed={seed}",
+               "train.eval_every=0", f"train.eval_clients={eval_users}", f"output_dir={out}",
+               "hydra/job_logging=disabled"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        memory = TreeMemory(proc.pid)
+        memory.thread.start()
+        _, err = proc.communicate()
+        wall = time.perf_counter() - start
+        memory.done.set()
+        memory.thread.join()
+        if proc.returncode != 0:
+            return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
+        results = json.loads((Path(out) / "results.json").read_text())
+    records = results["records"]
+    later = [r["round_seconds"] for r in records[1:]] or [records[0]["round_seconds"]]
+    eval_seconds = sum(float(r.get("eval_seconds") or 0.0) for r in records)
+    run_seconds = sum(float(r["round_seconds"]) for r in records) + eval_seconds
+    return {"round_seconds": sum(later) / len(later), "peak_gib": memory.peak / 2**30,
+            "before_first_round": wall - run_seconds, "eval_seconds": eval_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="ml_1m,ml_10m,ml_25m")
+    parser.add_argument("--rows", default=",".join(ROWS), help="strategy:clients_per_round, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run (round 1 is left out of round s)")
+    parser.add_argument("--eval-users", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    header = f"{'preset':8} {'strategy':10} {'clients':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7}"
+    print(header)
+    print("-" * len(header), flush=True)
+    for preset in args.presets.split(","):
+        data_s = data_load_seconds(preset, args.seed)
+        for row in args.rows.split(","):
+            strategy, clients = row.split(":")
+            res = run_row(preset, strategy, int(clients), args.rounds, args.eval_users, args.seed)
+            if "error" in res:
+                print(f"{preset:8} {strategy:10} {clients:>7} failed: {res['error']}", flush=True)
+                continue
+            print(f"{preset:8} {strategy:10} {clients:>7} {res['round_seconds']:8.2f} {res['peak_gib']:8.2f} "
+                  f"{res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} {data_s:7.1f}", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ from schemas import plaintext as plain_schema
 from schemas import secemb as secemb_schema
 from schemas import secfedrec as secfedrec_schema
 from schemas.config import AppConfig
+from schemas.sizes import int_width
 from strategies.base import weighted_train_loss
 from strategies.plaintext import PlaintextStrategy, scatter_rows
 from strategies.secemb import SecEmbStrategy, m_prime_of
@@ -47,6 +48,7 @@ from strategies.two_server import TwoServerStrategy
 # Float32 elements one torch sub-batch may hold in its per-user copies (dense vector and its gradient,
 # rows, ratings). Users are independent, so how a round is cut into sub-batches changes no result.
 CHUNK_ELEMENTS = 1 << 24
+ENCODE_CHUNK_ELEMENTS = 1 << 22  # values one chunk of users encodes into the ring at once (float64 + int64 copies)
 PAD_ALLOWANCE = 1 << 14  # padded elements a group may waste regardless of its size (fewer, larger batches)
 
 
@@ -147,7 +149,7 @@ class ModelDriver(Driver):
 
     def cached_bytes(self, key: tuple[int, ...], measure: Callable[[], tuple[int, int]]) -> tuple[int, int]:
         """A size function's (down, up) per client, measured once per ``key`` (sizes depend on shapes, and
-        on the round number only through its varint width, so keys use its bit length)."""
+        on the round number only through its varint width, so keys use :func:`schemas.sizes.int_width`)."""
         if key not in self._size_cache:
             self._size_cache[key] = measure()
         return self._size_cache[key]
@@ -248,7 +250,7 @@ class PlaintextDriver(ModelDriver):
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
         ks = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(items))
         uniq, counts = np.unique(ks, return_counts=True)
-        per_k = np.array([self.cached_bytes((rnd.bit_length(), int(k)), lambda k=int(k): plain_schema.round_bytes(
+        per_k = np.array([self.cached_bytes((int_width(rnd), int(k)), lambda k=int(k): plain_schema.round_bytes(
             rnd, k, self.strategy.m_prime, self.spec.row_dim, self.spec.dense_size)) for k in uniq], dtype=np.float64)
         mean = (per_k * counts[:, None]).sum(0) / max(len(items), 1)
         return {"bytes_down": float(mean[0]), "bytes_up": float(mean[1])}
@@ -268,12 +270,22 @@ class TwoServerDriver(ModelDriver):
         refused = st.too_few(batch.items, "aggregation")
         if refused:
             return {"train_loss": None, "refused": refused}
-        rows_ring, dense_metrics = encode_upload(batch.row_grads, batch.dense_grads, batch.loss, batch.n_ratings,
-                                                 self.user_codec, self.ring, st.train_metrics)
-        items, rows = self.real_rows(batch, rows_ring)
-        table_sum = scatter_rows(self.meta.n_items, items, rows, self.ring)
-        dense_sum = dense_metrics.sum(axis=0, dtype=self.ring)  # uint: wraps in Z_2^k like the shares' sum
-        return {"train_loss": st.step_from_ring(table_sum, dense_sum, len(batch.items))}
+        n_users = len(batch.items)
+        per_user = batch.row_grads.shape[1] * self.spec.row_dim + self.spec.dense_size
+        step = max(1, ENCODE_CHUNK_ELEMENTS // max(per_user, 1))
+        table_sum = np.zeros((self.meta.n_items, self.spec.row_dim), dtype=self.ring)
+        dense_sum = None
+        for lo in range(0, n_users, step):  # users in chunks: DeepFM's dense gradients are 873K values per user
+            part = slice(lo, lo + step)
+            rows_ring, dense_metrics = encode_upload(batch.row_grads[part], batch.dense_grads[part], batch.loss[part],
+                                                     batch.n_ratings[part], self.user_codec, self.ring,
+                                                     st.train_metrics)
+            items = np.concatenate(batch.items[part]) if n_users else np.zeros(0, np.int64)
+            # uint arrays wrap in Z_2^k, like the shares' sum; sums in the ring are exact, so chunking changes nothing
+            table_sum += scatter_rows(self.meta.n_items, items, rows_ring[batch.row_mask[part]], self.ring)
+            chunk_dense = dense_metrics.sum(axis=0, dtype=self.ring)
+            dense_sum = chunk_dense if dense_sum is None else dense_sum + chunk_dense
+        return {"train_loss": st.step_from_ring(table_sum, dense_sum, n_users)}
 
     def evaluate(self, users: np.ndarray) -> tuple[float, int]:
         """The users' [SSE, count] encoded with the evaluation metric codec (per-user clipping included),
@@ -285,7 +297,7 @@ class TwoServerDriver(ModelDriver):
         return codec.decode(total)
 
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
-        down, up = self.cached_bytes((rnd.bit_length(),), lambda: self.protocol_bytes(rnd))
+        down, up = self.cached_bytes((int_width(rnd),), lambda: self.protocol_bytes(rnd))
         return {"bytes_down": float(down), "bytes_up": float(up)}
 
     def protocol_bytes(self, rnd: int) -> tuple[int, int]:

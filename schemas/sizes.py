@@ -23,6 +23,13 @@ def content_nbytes(content: RecordDict) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
+def int_width(value: int) -> int:
+    """Bytes of ``value`` as a ConfigRecord integer on the wire (a zigzag varint): sizes of messages that
+    carry the round number change only where this does (rounds 64 and 8,192), so size caches key on it."""
+    zigzag = 2 * value if value >= 0 else -2 * value - 1
+    return max(1, (zigzag.bit_length() + 6) // 7)
+
+
 def filler(shape: tuple[int, ...] | int, dtype: np.dtype | type) -> np.ndarray:
     """A deterministic placeholder array that does not repeat (Flower deduplicates identical
     array chunks, so an all-zero placeholder could measure smaller than real data)."""

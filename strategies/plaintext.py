@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from recdata.dataset import DatasetMeta
 from schemas import plaintext as schema
@@ -24,9 +25,23 @@ def scatter_rows(n_items: int, items: np.ndarray, rows: np.ndarray, dtype: np.dt
     """Sum of sparse rows into an [n_items, row_dim] matrix of ``dtype`` (uint rings wrap, as Z_2^k must).
 
     ``items`` [T] may repeat (several users' rows of one item add up); ``rows`` is [T, row_dim].
+    Each item's rows are added in their original order, as ``np.add.at`` would (bit-identical):
+    float sums by torch's ``index_add_`` (serial over the index on CPU, vectorised over the row),
+    ring sums by a stable sort and ``np.add.reduceat`` (torch has no uint32/uint64 ``index_add_``).
+    Both are 1.5-5x faster than ``np.add.at``, which was a tenth of a batched plaintext round.
     """
+    items = np.asarray(items, dtype=np.int64)
+    if np.dtype(dtype).kind == "f":
+        out_t = torch.zeros((n_items, rows.shape[1]), dtype=torch.from_numpy(np.zeros(0, dtype)).dtype)
+        out_t.index_add_(0, torch.from_numpy(items), torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype)))
+        return out_t.numpy()
     out = np.zeros((n_items, rows.shape[1]), dtype=dtype)
-    np.add.at(out, np.asarray(items, dtype=np.int64), rows.astype(dtype, copy=False))
+    if len(items) == 0:
+        return out
+    order = np.argsort(items, kind="stable")
+    ordered = items[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    out[ordered[starts]] = np.add.reduceat(rows[order].astype(dtype, copy=False), starts, axis=0)
     return out
 
 

@@ -161,6 +161,7 @@ def test_sub_batching_changes_nothing(monkeypatch):
     split, meta = load_split(cfg), dataset_meta(cfg)
     whole = run_batched(cfg, split, meta)
     monkeypatch.setattr(protocols, "CHUNK_ELEMENTS", 1)  # every user its own sub-batch
+    monkeypatch.setattr(protocols, "ENCODE_CHUNK_ELEMENTS", 1)  # and its own ring-encoding chunk
     single = run_batched(cfg, split, meta)
     assert [r["train_loss"] for r in single["records"]] == pytest.approx([r["train_loss"] for r in whole["records"]],
                                                                          rel=1e-6)
@@ -190,3 +191,20 @@ def test_groups_cover_each_user_once_and_keep_padding_small():
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(sizes)))
     for g in parts:
         assert len(g) * sizes[g].max() <= 1.25 * sizes[g].sum() + protocols.PAD_ALLOWANCE or len(g) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint32, np.uint64])
+def test_scatter_rows_is_np_add_at(dtype):
+    """The aggregation's row sum against its definition: out[i] += row for each (i, row) in order
+    (np.add.at), bit for bit, repeated items and wrapping ring sums included."""
+    from strategies.plaintext import scatter_rows
+
+    rng = np.random.default_rng(3)
+    for t in (0, 1, 7, 5000):
+        items = rng.integers(0, 50, t)
+        rows = (rng.normal(size=(t, 9)) if np.dtype(dtype).kind == "f"
+                else rng.integers(0, np.iinfo(dtype).max, size=(t, 9), dtype=np.uint64)).astype(dtype)
+        expected = np.zeros((50, 9), dtype=dtype)
+        np.add.at(expected, items, rows)
+        got = scatter_rows(50, items, rows, dtype)
+        assert got.dtype == dtype and np.array_equal(got, expected)

@@ -41,7 +41,7 @@ from schemas.config import AppConfig
 from schemas.sizes import int_width
 from strategies.base import weighted_train_loss
 from strategies.plaintext import PlaintextStrategy, scatter_rows
-from strategies.secemb import SecEmbStrategy, m_prime_of
+from strategies.secemb import SecEmbStrategy, count_sample, m_prime_of
 from strategies.secfedrec import SecFedRecStrategy
 from strategies.two_server import TwoServerStrategy
 
@@ -311,10 +311,14 @@ class SecEmbDriver(TwoServerDriver):
     def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
         super().__init__(cfg, split, meta)
         st = self.strategy
-        if st.m_prime is None:  # Appendix C: the secure sum of every user's distinct rated items
-            pairs = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(split.train_ptr)) * split.n_items
-            total = len(np.unique(pairs + split.train_item))
-            st.m_prime = m_prime_of(total, split.n_users, float(cfg.strategy.alpha))
+        if st.m_prime is None:  # Appendix C: the secure sum of the sampled users' distinct rated items
+            users = np.asarray(count_sample(list(range(split.n_users)), cfg.strategy.count_users, self.seed),
+                               dtype=np.int64)
+            counts = np.diff(split.train_ptr)
+            pairs = np.repeat(np.arange(split.n_users, dtype=np.int64), counts) * split.n_items + split.train_item
+            chosen = np.repeat(np.isin(np.arange(split.n_users), users), counts)
+            total = len(np.unique(pairs[chosen]))
+            st.m_prime = m_prime_of(total, len(users), float(cfg.strategy.alpha))
         st.m_prime = min(int(st.m_prime), meta.n_items)
 
 

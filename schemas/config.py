@@ -407,11 +407,14 @@ class SecEmbConfig(TwoServerConfig):
     m_prime: int | None = None    # None: m' = alpha x mean |I_u| from a secure sum (Appendix C)
     alpha: float = 1.0            # m' multiplier of the secure mean count (m_prime=None only)
     path_cache_mib: int = 2048    # each server's cache of DPF tree paths per round; beyond it paths are recomputed (same bits)
+    count_users: int | None = 1000  # m_prime=None: the secure mean count over this seeded sample of users (None = all;
+                                    # a sample keeps start-up independent of the population)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _one_of(self.variant, "strategy.variant", ("secemb", "rowenc", "init"))
         _non_negative_int(self.path_cache_mib, "strategy.path_cache_mib")
+        _optional_positive_int(self.count_users, "strategy.count_users")
         _optional_positive_int(self.m_prime, "strategy.m_prime")
         _positive_float(self.alpha, "strategy.alpha")
 

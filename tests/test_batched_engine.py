@@ -99,10 +99,14 @@ def test_other_models_batched_equal_flower(tmp_path_factory, strategy, model, ro
 
 @pytest.mark.slow
 def test_secemb_m_prime_from_the_mean_count_matches_flower(tmp_path_factory):
-    """m' = ceil(alpha x mean distinct rated items), which Flower computes by a secure sum."""
-    flower = flower_run(tmp_path_factory, "strategy=secemb", "model=mf", "strategy.alpha=1.0")
-    batched = batched_run(tmp_path_factory.mktemp("batched"), "strategy=secemb", "model=mf", "strategy.alpha=1.0")
+    """m' = ceil(alpha x mean distinct rated items), which Flower computes by a secure sum, here over a
+    seeded sample of 8 of the 12 users (strategy.count_users): both engines count the same users."""
+    sample = ("strategy=secemb", "model=mf", "strategy.alpha=1.0", "strategy.count_users=8")
+    flower = flower_run(tmp_path_factory, *sample)
+    batched = batched_run(tmp_path_factory.mktemp("batched"), *sample)
+    everyone = batched_run(tmp_path_factory.mktemp("everyone"), *sample[:-1], "strategy.count_users=null")
     assert batched["final"]["m_prime"] == flower["final"]["m_prime"]
+    assert batched["final"]["m_prime"] != everyone["final"]["m_prime"]  # the sample is not the population
     assert_same_run(flower, batched, 1e-5)
 
 

@@ -20,10 +20,13 @@ Sections (``--tables``, comma separated):
   model on ml_100k (+experiment=secemb_ml100k_<model>; target for MF: < 2 minutes).
 * ``ml1m``: the same for secemb MF on synthetic data of ML-1M's size, 12,080 rounds
   (+experiment=secemb_synthetic_ml1m_mf; target: < 10 minutes and < 8 GiB).
+* ``ml25m``: memory at ML-25M's size: a few secemb MF rounds (100 clients) on synthetic data of ML-25M's
+  size (162,541 users, 62,423 items, 25,000,095 ratings): peak memory (generation, split, every user's
+  private state) and s/round (target: < 8 GiB).
 * ``curve``: test RMSE (all users) against the round of the 200-epoch secemb MF run on ml_100k
   (target: <= 0.950; paper, Table 3: 0.944 +- 0.003); reuses the ``epochs`` MF run when both are chosen.
 
-    python -m benchmarks.bench_batched --tables rounds,epochs,ml1m,curve --out outputs/bench_batched
+    python -m benchmarks.bench_batched --tables rounds,epochs,ml1m,ml25m,curve --out outputs/bench_batched
     python -m benchmarks.bench_batched --tables epochs --models mf --epochs 2     # a short check
     python -m benchmarks.bench_batched --tables epochs --models deepfm --time-limit 600  # stop, project
 
@@ -59,7 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 MIB = 2**20
 PAPER_RMSE, TARGET_RMSE = 0.944, 0.950  # SecEmb Table 3, MF on ML100K; issue 16's real-data check
-TARGETS = {"ratio": 100.0, "mf_ml100k_seconds": 120.0, "ml1m_seconds": 600.0, "ml1m_peak_bytes": 8 * GIB}
+TARGETS = {"ratio": 100.0, "mf_ml100k_seconds": 120.0, "ml1m_seconds": 600.0, "ml1m_peak_bytes": 8 * GIB,
+           "ml25m_peak_bytes": 8 * GIB}
 EPOCH_HEAD = ("model  | rounds | wall s (entry point) | process s | s/round | final RMSE | best RMSE | m' "
               "| peak MiB (tree PSS / HWM) | load avg")
 SAMPLE_SECONDS = 0.5  # PSS reads each process's smaps: cheap enough at this rate beside 2 busy cores
@@ -293,6 +297,22 @@ def table_ml1m(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> 
     results["ml1m"] = r.summary()
 
 
+def table_ml25m(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> None:
+    """Peak memory and round time of secemb MF at ML-25M's size (synthetic, Table 7), a few rounds."""
+    over = ["dataset=synthetic_ml_25m", "model=mf", "strategy=secemb", "engine=batched", "clients_per_round=100",
+            "train.eval_every=0", "train.eval_clients=10"]
+    r = run_entry("secemb mf synthetic ML-25M", over, out / "ml25m_mf", args.ml25m_rounds, args.time_limit)
+    peak = max(r.peak_tree_bytes, r.hwm_bytes)
+    setup = r.extra.get("setup_seconds")
+    print(f"\nsecemb MF on synthetic ML-25M (162,541 users, 62,423 items, 25,000,095 ratings), batched engine, "
+          f"100 clients/round, {args.ml25m_rounds} rounds (process time includes generating and splitting the data)")
+    print("rounds | process s | engine setup s | s/round | m' | peak MiB (tree PSS / HWM) | load avg")
+    print(f"{len(r.records):6} | {r.process_seconds:9.1f} | {setup if setup is None else f'{setup:14.1f}'} | "
+          f"{r.round_seconds().mean():7.3f} | {r.extra.get('m_prime')} | {_mem(r):>25} | {_load(r)} "
+          f"(target < 8 GiB: {'ok' if peak < TARGETS['ml25m_peak_bytes'] else 'MISSED'})")
+    results["ml25m"] = r.summary()
+
+
 def table_curve(args: argparse.Namespace, out: Path, results: dict[str, Any], run: RunResult | None) -> None:
     """Test RMSE against the round of the 200-epoch secemb MF run on ml_100k, printed and plotted."""
     if run is None:
@@ -340,7 +360,7 @@ def _epoch_row(model: str, r: RunResult) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tables", default="rounds,epochs,ml1m,curve")
+    parser.add_argument("--tables", default="rounds,epochs,ml1m,ml25m,curve")
     parser.add_argument("--data-path", default=str(ROOT.parent / "shared" / "data" / "ml-100k"),
                         help="ml-100k folder (default ../shared/data/ml-100k relative to the repository)")
     parser.add_argument("--out", help="folder for the runs, the curve PNG and bench_batched.json (default: a "
@@ -352,6 +372,7 @@ def main() -> None:
     parser.add_argument("--models", default="mf,ncf,fm,deepfm", help="models of --tables epochs")
     parser.add_argument("--epochs", type=float, default=200.0, help="epochs of the long runs (short checks: 2)")
     parser.add_argument("--points", type=int, default=40, help="evaluations per long run (the curve's points)")
+    parser.add_argument("--ml25m-rounds", type=int, default=10, help="rounds of --tables ml25m")
     parser.add_argument("--time-limit", type=float, help="seconds after which a long or Flower run is stopped "
                                                           "and reported with its projected wall time")
     parser.add_argument("--threads", type=int, help="run every measured run with OMP/MKL/OpenBLAS_NUM_THREADS set "
@@ -361,7 +382,7 @@ def main() -> None:
         RUN_ENV.update({name: str(args.threads) for name in THREAD_VARIABLES})
     args.data_path = str(Path(args.data_path).resolve())
     tables = args.tables.split(",")
-    unknown = set(tables) - {"rounds", "epochs", "ml1m", "curve"}
+    unknown = set(tables) - {"rounds", "epochs", "ml1m", "ml25m", "curve"}
     if unknown:
         parser.error(f"unknown --tables {sorted(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -376,6 +397,8 @@ def main() -> None:
         runs = table_epochs(args, out, results) if "epochs" in tables else {}
         if "ml1m" in tables:
             table_ml1m(args, out, results)
+        if "ml25m" in tables:
+            table_ml25m(args, out, results)
         if "curve" in tables:
             table_curve(args, out, results, runs.get("mf"))
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -16,6 +16,15 @@ and the rest — message passing, (de)serialisation, Ray scheduling — which is
 Flower's overhead. The floor round is all overhead. Round 1 of each is a
 warm-up and left out of the means.
 
+What the floor pays too: per message, Flower's Ray backend
+(flwr/server/superlink/fleet/vce/backend/raybackend.py, ``process_message``:
+``a.run.remote(a_fn, mssg, cid, state)``) pickles the Message, the node's
+Context and the ClientApp loader closure, which captures the whole ClientApp
+(its mods, handlers and our bound AppConfig), and ships the Context back.
+The floor uses the same ClientApp object, so it pays all of this; it does
+not pay our mod's and handlers' work (client_env, Context.state records, the
+reply's Arrays). ``--profile-dir`` profiles every message inside the actors.
+
     python -m benchmarks.bench_flower_overhead --dataset ml_100k --data-path ../shared/data/ml-100k --rounds 4
 """
 
@@ -67,6 +76,52 @@ def add_floor_handler(app) -> None:
         return Message(floor_reply(n), reply_to=msg)
 
 
+_PROFILE: dict[str, Any] = {}  # per actor process: the profiler and per-message-type timings
+
+
+def profile_mod(directory: str):
+    """A client mod profiling every message inside the Ray actor (``--profile-dir``): evidence, not a fix.
+
+    Ray pickles the ClientApp (and this closure, by value) with every message, so the state that must
+    persist in the actor between messages is reached by importing the module there. Per message type it records the
+    wall seconds inside the ClientApp and the pickled size of the Context Flower ships to and from the actor.
+    """
+    import cProfile
+    import pickle
+
+    def mod(msg: Message, context: Context, call_next):
+        # cloudpickle ships this closure by value, with copies of its globals: reach the actor's own module
+        from benchmarks.bench_flower_overhead import _PROFILE
+
+        if "prof" not in _PROFILE:
+            import torch
+
+            _PROFILE.update(prof=cProfile.Profile(), n=0, t=defaultdict(float), c=defaultdict(int),
+                            ctx=defaultdict(int), threads=torch.get_num_threads())
+        kind = msg.metadata.message_type
+        start = time.perf_counter()
+        _PROFILE["prof"].enable()
+        try:
+            return call_next(msg, context)
+        finally:
+            _PROFILE["prof"].disable()
+            _PROFILE["t"][kind] += time.perf_counter() - start
+            _PROFILE["c"][kind] += 1
+            _PROFILE["ctx"][kind] += len(pickle.dumps(context))
+            _PROFILE["n"] += 1
+            if _PROFILE["n"] % 100 == 0:
+                pid = os.getpid()
+                _PROFILE["prof"].dump_stats(os.path.join(directory, f"actor-{pid}.prof"))
+                with open(os.path.join(directory, f"actor-{pid}.txt"), "w") as fh:
+                    fh.write(f"torch threads {_PROFILE['threads']}\n")
+                    for k in sorted(_PROFILE["c"]):
+                        c = _PROFILE["c"][k]
+                        fh.write(f"{k}: {c} msgs, {_PROFILE['t'][k] / c * 1e3:.3f} ms/msg in app, "
+                                 f"context {_PROFILE['ctx'][k] / c:.0f} B pickled\n")
+
+    return mod
+
+
 class Recorder:
     """Wraps ``grid.send_and_receive``: the byte sizes of every training-phase message, per round."""
 
@@ -103,7 +158,7 @@ def replay_floor(grid: Grid, phases: list[list[tuple[int, int, int]]], timeout: 
     return seconds, down_bytes, up_bytes
 
 
-def run_bench(cfg: AppConfig) -> dict[str, Any]:
+def run_bench(cfg: AppConfig, profile_dir: str | None = None) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     meta = dataset_meta(cfg)
@@ -121,7 +176,11 @@ def run_bench(cfg: AppConfig) -> dict[str, Any]:
         out["floor"] = {rnd: replay_floor(grid, recorder.phases[rnd], cfg.simulation.reply_timeout)
                         for rnd in sorted(recorder.phases)}
 
-    client = make_client_app(cfg)
+    mods = []
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+        mods.append(profile_mod(os.path.abspath(profile_dir)))
+    client = make_client_app(cfg, mods=mods)
     add_floor_handler(client)
     backend_config = {
         "client_resources": {"num_cpus": float(cfg.simulation.num_cpus_per_client), "num_gpus": 0.0},
@@ -145,6 +204,8 @@ def main() -> None:
     parser.add_argument("--model", default="mf")
     parser.add_argument("--rounds", type=int, default=4, help="real rounds (round 1 is a warm-up, left out)")
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--profile-dir", default=None,
+                        help="profile each message inside the Ray actors (cProfile + per-type timings) into this folder")
     args = parser.parse_args()
     logging.getLogger("secrec").setLevel(logging.INFO)
     overrides = [f"dataset={args.dataset}", "strategy=plaintext", f"model={args.model}", f"rounds={args.rounds}",
@@ -152,7 +213,7 @@ def main() -> None:
     if args.dataset != "ml_latest_small":
         overrides.append(f"dataset.path={args.data_path}")
     cfg = to_app_config(compose_config(overrides))
-    res = run_bench(cfg)
+    res = run_bench(cfg, args.profile_dir)
     workers = int(os.cpu_count() or 2)
     records = {r["round"]: r for r in res["real"]["records"]}
     rounds = [r for r in sorted(records) if r > 1] or sorted(records)

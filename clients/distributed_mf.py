@@ -13,6 +13,7 @@ import time
 from flwr.app import Context, RecordDict
 
 from clients.environment import ClientEnv
+from clients.evaluation import mf_ranking
 from clients.fedmf_common import compute_user_upload, load_user_vector
 from models.fedmf_mf import squared_error
 from schemas import common
@@ -32,7 +33,7 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     V = schema.parse_evaluate_message(content, env.n_items, int(env.cfg.model.dim))
     u = load_user_vector(context, env)
     sse, count = squared_error(u, V[env.user.test_items], env.user.test_ratings.astype(float))
-    return common.evaluation_reply(sse, count, time.perf_counter() - start)
+    return common.evaluation_reply(sse, count, time.perf_counter() - start, mf_ranking(env, u, V))
 
 
 # This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.

@@ -8,9 +8,10 @@ is O(its test items). ``secemb`` and ``secfedrec`` send the full public model
 the user rated, which both hide, so their users refuse the item request
 (decided by the user's own config, whatever server 0 asks). Either way the
 user computes the squared error of its
-held-out ratings with its private parameters. In ``plaintext`` it reports
+held-out ratings with its private parameters, and scores its ranking case (its latest test item
+and seeded unrated candidates, recdata.ranking) for HR@k / NDCG@k. In ``plaintext`` it reports
 its sum and count in the clear (the twin promises nothing). In the two-server
-protocols (SecEmb, Secure FedRec) it secret-shares [SSE, count] between the
+protocols (SecEmb, Secure FedRec) it secret-shares [SSE, count, hit, ndcg, ranked] between the
 servers (share 0 in the clear, share 1 sealed for server 1), so server 0
 learns only the sums over the evaluated users. Which reply to send is decided
 by the user's own config, never by what server 0 asks for.
@@ -27,6 +28,8 @@ from clients import two_server as ts
 from clients.environment import ClientEnv
 from clients.local_training import evaluate_locally
 from clients.private_state import device_state_dir, load_private
+from models.ranking import candidate_scores, mf_candidate_scores, ranking_sums
+from recdata.ranking import user_candidates
 from schemas import common
 from schemas import two_server as ts_schema
 from schemas.plaintext import parse_model_content, parse_update_message, request_reply
@@ -35,9 +38,30 @@ from schemas.validation import MessageError
 TWO_SERVER_PROTOCOLS = ("secemb", "secfedrec")
 
 
+def ranking_case(env: ClientEnv) -> np.ndarray | None:
+    """This user's ranking case (positive, then its seeded negatives), from its own ratings and the run
+    seed: the same row recdata.ranking.ranking_candidates gives the batched engine. None: no case or off."""
+    train = env.cfg.train
+    if not train.ranking:
+        return None
+    u = env.user
+    return user_candidates(u.user_id, u.train_items, u.test_items, env.n_items, env.seed, int(train.ranking_negatives))
+
+
+def mf_ranking(env: ClientEnv, u: np.ndarray, V: np.ndarray) -> np.ndarray | None:
+    """[hit, ndcg, 1] of this user's ranking case scored with its private u and the item matrix V it holds
+    (``fedmf``, ``distributed_mf``); None without a case."""
+    case = ranking_case(env)
+    if case is None:
+        return None
+    return ranking_sums(mf_candidate_scores(u[None], V[case][None]), int(env.cfg.train.ranking_k))[0]
+
+
 def named_test_items(env: ClientEnv) -> np.ndarray:
-    """The distinct items of this user's test ratings, sorted: what it names and the order rows arrive in."""
-    return np.unique(env.user.test_items)
+    """The distinct items of this user's test ratings and ranking candidates, sorted: what it names and
+    the order rows arrive in."""
+    case = ranking_case(env)
+    return np.unique(env.user.test_items if case is None else np.concatenate([env.user.test_items, case]))
 
 
 def refuse_if_items_are_private(env: ClientEnv) -> None:
@@ -58,7 +82,7 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     start = time.perf_counter()
     secure = _secure_header(content, context, env)
     table, dense = parse_model_content(content, env.n_items, env.spec.row_dim, env.spec.dense_size)
-    return _reply(env, context, secure, table, dense, env.user.test_items, env.item_features, start)
+    return _reply(env, context, secure, table, dense, None, start)
 
 
 def on_evaluate_rows(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
@@ -69,8 +93,7 @@ def on_evaluate_rows(content: RecordDict, context: Context, env: ClientEnv) -> R
     items = named_test_items(env)
     if rows.shape[0] != len(items):
         raise MessageError(f"evaluation sent {rows.shape[0]} rows for {len(items)} test items")
-    local = np.searchsorted(items, env.user.test_items)  # each test rating's row among the received ones
-    return _reply(env, context, None, rows, dense, local, env.item_features[items], start)
+    return _reply(env, context, None, rows, dense, items, start)
 
 
 def _secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tuple[int, bytes, str, int] | None:
@@ -83,15 +106,30 @@ def _secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tup
 
 
 def _reply(env: ClientEnv, context: Context, secure: tuple[int, bytes, str, int] | None, table: np.ndarray,
-           dense: np.ndarray, items: np.ndarray, item_features: np.ndarray, start: float) -> RecordDict:
-    """Test SSE and count with rows ``table`` (indexed by ``items``), in the clear or secret-shared."""
+           dense: np.ndarray, row_items: np.ndarray | None, start: float) -> RecordDict:
+    """Test SSE and count, and the ranking case's [hit, ndcg, ranked], in the clear or secret-shared.
+
+    ``table`` holds every item's row (``row_items`` None) or the rows of the sorted ``row_items``.
+    """
+    def local(ids: np.ndarray) -> np.ndarray:
+        return ids if row_items is None else np.searchsorted(row_items, ids)
+
+    features = env.item_features if row_items is None else env.item_features[row_items]
     private = load_private(context, env.spec, env.user.user_id, env.seed, device_state_dir(env, context))
-    sse, count = evaluate_locally(env.spec, table, dense, private["params"], items, env.user.test_ratings,
-                                  env.user.user_features, item_features)
+    params = private["params"]
+    sse, count = evaluate_locally(env.spec, table, dense, params, local(env.user.test_items), env.user.test_ratings,
+                                  env.user.user_features, features)
+    case = ranking_case(env)
+    ranking = None
+    if case is not None:
+        rows = local(case)
+        scores = candidate_scores(env.spec, table[rows][None], dense, np.asarray(params)[None],
+                                  np.arange(len(case))[None], env.user.user_features[None], features[rows][None])
+        ranking = ranking_sums(scores, int(env.cfg.train.ranking_k))[0]
     if secure is None:
-        return common.evaluation_reply(sse, count, time.perf_counter() - start)
+        return common.evaluation_reply(sse, count, time.perf_counter() - start, ranking)
     rnd, pub, run, bits = secure
-    metrics = ts.eval_metric_codec(env, bits).encode(sse, count, "test error")
+    metrics = ts.eval_metric_codec(env, bits).encode_eval(sse, count, ranking)
     share0, box = ts.sealed_metric_shares(pub, run, rnd, env.user.user_id, metrics)
     return ts_schema.secure_eval_reply(share0, box, ts.telemetry_seconds(env, time.perf_counter() - start))
 

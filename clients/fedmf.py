@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients.environment import ClientEnv
+from clients.evaluation import mf_ranking
 from clients.fedmf_common import compute_user_upload, load_user_vector
 from models.fedmf_mf import squared_error
 from crypto.packed_matrix import PackedMatrixPrivate
@@ -256,15 +257,16 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
 
 
 def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
-    """Decrypt C_V locally; answer only Enc([test error sum, test count, 1])."""
+    """Decrypt C_V locally; answer only Enc([test error sum, test count, hit, ndcg, ranked, 1])."""
     start = time.perf_counter()
     key = PaillierKeyState.from_record(context, ("holder", "keyed"))
     crypto = key.crypto(env)
     _attach_pool(context, crypto, key.n)
     V = crypto.decrypt_matrix(schema.parse_model_message(content, env.n_items, crypto.cts_per_row, crypto.key_bits))
-    sse, count = squared_error(load_user_vector(context, env), V[env.user.test_items],
-                               env.user.test_ratings.astype(float))
-    reply = schema.evaluation_reply(_metric_ciphertext(crypto, [sse, count]), _telemetry(env, start))
+    u = load_user_vector(context, env)
+    sse, count = squared_error(u, V[env.user.test_items], env.user.test_ratings.astype(float))
+    hit, ndcg, ranked = schema.clip_ranking(mf_ranking(env, u, V)).tolist()
+    reply = schema.evaluation_reply(_metric_ciphertext(crypto, [sse, count, hit, ndcg, ranked]), _telemetry(env, start))
     _refill_pool(context, env, crypto, key.n)
     return reply
 

@@ -13,10 +13,12 @@ whole round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from models.batch import make_batch
+from models.dp_training import train_batch_clipped
 from models.spec import ModelSpec
 from models.training import PrivateState, evaluate_batch, train_batch
 
@@ -42,11 +44,17 @@ def train_locally(
     lr: float,
     reg: float,
     steps: int,
+    clip: float | None = None,
 ) -> LocalResult:
-    """One participation of one user. ``local_items`` index ``rows``; ``item_x`` is per rating."""
+    """One participation of one user. ``local_items`` index ``rows``; ``item_x`` is per rating.
+
+    ``clip`` (differential privacy on): the uploaded gradients are the record-level clipped sum
+    (:func:`models.dp_training.train_batch_clipped`, what the batched engine runs too).
+    """
     batch = make_batch([local_items], [ratings], np.asarray(user_x, np.float32).reshape(1, -1), [item_x])
-    result = train_batch(spec, np.asarray(rows, np.float32)[None], dense, PrivateState.from_dicts([private]),
-                         batch, lr, reg, steps)
+    train = train_batch if clip is None else partial(train_batch_clipped, clip=float(clip))
+    result = train(spec, np.asarray(rows, np.float32)[None], dense, PrivateState.from_dicts([private]),
+                   batch, lr, reg, steps)
     return LocalResult(row_grads=result.row_grads[0], dense_grad=result.dense_grads[0], loss=float(result.loss[0]),
                        n_ratings=int(result.n_ratings[0]), private=result.private.to_dicts()[0])
 

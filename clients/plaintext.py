@@ -70,7 +70,8 @@ def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.nda
     m = env.cfg.model
     result = train_locally(env.spec, rows, dense, private, local, ratings, env.user.user_features,
                            env.item_features[items[local]], float(m.lr), float(m.reg),
-                           int(env.cfg.train.local_user_steps))
+                           int(env.cfg.train.local_user_steps),
+                           clip=float(env.cfg.dp.clip) if env.cfg.dp.enabled else None)
     save_private(context, result.private, env.user.user_id, device_dir)
     return result
 

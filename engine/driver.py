@@ -28,6 +28,8 @@ class Driver(ABC):
     :meth:`sampler` for the strategy object that does the seeded sampling.
     """
 
+    cfg: AppConfig  # the run's config (every driver keeps it)
+
     @abstractmethod
     def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
         """Build the public model, every user's private state and the codecs."""
@@ -49,6 +51,11 @@ class Driver(ABC):
     def evaluate(self, users: np.ndarray) -> tuple[float, int]:
         """Test SSE and rating count over ``users`` on the current public model (for
         protocols whose Flower path clips/encodes metric sums, the same clipped value)."""
+
+    def ranking(self, users: np.ndarray) -> np.ndarray | None:
+        """Summed [hits, ndcg, ranked] of ``users``' ranking cases, as the Flower path's server gets them
+        (None: ``train.ranking`` off, or a protocol that does not rank)."""
+        return None
 
     @abstractmethod
     def message_sizes(self, users: np.ndarray | None = None) -> dict[str, float]:

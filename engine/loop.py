@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from engine.driver import Driver
-from engine.registry import get_driver
+from engine.registry import driver_name, get_driver
 from recdata import FederatedSplit
 from recdata.dataset import DatasetMeta
 from schemas.config import AppConfig
+from strategies.base import ranking_fields
+from strategies.privacy import protocol_name
 
 log = logging.getLogger("secrec.engine")
 ENGINE = "batched"
@@ -38,8 +40,9 @@ def evaluation_record(driver: Driver, users: np.ndarray) -> dict[str, Any]:
     """Test RMSE from the summed SSE and count over ``users`` (as the Flower path's evaluation)."""
     start = time.perf_counter()
     sse, count = driver.evaluate(users)
-    return {"test_rmse": math.sqrt(sse / count) if count else float("nan"), "eval_clients": int(len(users)),
-            "eval_seconds": time.perf_counter() - start}
+    ranking = ranking_fields(driver.ranking(users), driver.cfg.train)
+    return {"test_rmse": math.sqrt(sse / count) if count else float("nan"), **ranking,
+            "eval_clients": int(len(users)), "eval_seconds": time.perf_counter() - start}
 
 
 def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
@@ -50,7 +53,7 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
     records.jsonl).
     """
     t_setup = time.perf_counter()
-    driver = get_driver(cfg.strategy.name)(cfg, split, meta)
+    driver = get_driver(driver_name(protocol_name(cfg), cfg))(cfg, split, meta)
     sampler = driver.sampler()
     setup_seconds = time.perf_counter() - t_setup
     rounds, eval_every = int(cfg.rounds), int(cfg.train.eval_every)
@@ -65,7 +68,7 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
         record: dict[str, Any] = {
             "round": rnd, "clients": int(len(users)), "engine": ENGINE, "bytes_source": "computed",
             "bytes_down_per_client": metrics.pop("bytes_down"), "bytes_up_per_client": metrics.pop("bytes_up"),
-            **metrics,
+            **metrics, **sampler.dp_fields(metrics, len(users)),
             "client_seconds_mean": None, "client_seconds_max": None, "dropped": 0, "dropped_users": {},
             "server_seconds": wall, "round_seconds": wall, "test_rmse": None,
         }
@@ -78,4 +81,5 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
         if on_round is not None:
             on_round(record)
     return {"records": records, "setup_seconds": setup_seconds, "engine": ENGINE, **driver.summary(),
+            **sampler.dp_summary(),
             "evaluated_users": [int(u) for u in sampler.evaluation_users()]}

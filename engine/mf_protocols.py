@@ -37,6 +37,8 @@ import numpy as np
 
 from clients.fedmf_common import hyper, sorted_by_item
 from engine.driver import Driver
+from models.ranking import mf_candidate_scores, ranking_sums
+from recdata.ranking import ranking_candidates
 from models.fedmf_mf import (apply_gradient_sum, init_item_matrix, init_user_matrix, squared_error_batch,
                              user_step_batch)
 from recdata import FederatedSplit
@@ -68,7 +70,7 @@ class _FedMFFamilyDriver(Driver):
     strategy: DistributedMFStrategy | FedMFStrategy
 
     def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
-        self.cfg, self.meta = cfg, meta
+        self.cfg, self.meta, self.split = cfg, meta, split
         s = cfg.strategy
         self.mode, self.pad_to = str(s.mode), int(s.pad_to or 0)
         self.dim, self.seed, self.init_std = int(cfg.model.dim), int(cfg.seed), float(cfg.model.init_std)
@@ -113,6 +115,22 @@ class _FedMFFamilyDriver(Driver):
             self.U[new] = init_user_matrix(self.dim, new, self.seed, self.init_std)
             self.started[new] = True
         return self.U[users]
+
+    def ranking(self, users: np.ndarray) -> np.ndarray | None:
+        """Every evaluated user's [hit, ndcg, ranked] (zeros without a case), scored as its device scores it."""
+        if not self.cfg.train.ranking:
+            return None
+        users = np.asarray(users, dtype=np.int64)
+        case = ranking_candidates(self.split, self.seed, int(self.cfg.train.ranking_negatives), users)
+        per_user = np.zeros((len(users), 3))
+        if len(case.users):
+            scores = mf_candidate_scores(self.private_u(case.users), self.item_matrix()[case.items])
+            per_user[:len(case.users)] = ranking_sums(scores, int(self.cfg.train.ranking_k))
+        return self.ranking_sums(per_user)
+
+    def ranking_sums(self, per_user: np.ndarray) -> np.ndarray | None:
+        """Summed [hits, ndcg, ranked] as the Flower path's evaluation sums them (plaintext twin: in the clear)."""
+        return per_user.sum(axis=0)
 
     def train_round(self, rnd: int, users: np.ndarray) -> dict[str, Any]:
         users = np.asarray(users, dtype=np.int64)
@@ -207,6 +225,11 @@ class FedMFDriver(_FedMFFamilyDriver):
         if sums is None:
             return math.nan, 0
         return float(sums[0]), int(round(sums[1]))
+
+    def ranking_sums(self, per_user: np.ndarray) -> np.ndarray | None:
+        """Clipped per user and summed in the packed fixed point, None where the Flower path refuses the sum."""
+        sums = self._secure_sum(fedmf_schema.clip_ranking(per_user))
+        return None if sums is None else np.asarray(sums, dtype=np.float64)
 
     def summary(self) -> dict[str, Any]:
         """The Flower server's final keys that exist without a key (no key holder: no key was made)."""

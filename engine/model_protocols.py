@@ -23,6 +23,7 @@ client are computed by each protocol's schema size function.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,9 +31,12 @@ import numpy as np
 from clients.item_selection import ratings_of, truncate_items
 from clients.two_server import encode_upload, user_ring_codec
 from engine.driver import Driver
+from models.dp_training import train_batch_clipped
 from models import PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
 from models.batch import pad_flat
+from models.ranking import candidate_scores, ranking_sums
 from recdata import FederatedSplit
+from recdata.ranking import ranking_candidates
 from recdata.dataset import DatasetMeta
 from schemas import plaintext as plain_schema
 from schemas import secemb as secemb_schema
@@ -200,13 +204,14 @@ class ModelDriver(Driver):
         row_grads = np.zeros((len(users), int(k.max(initial=0)), spec.row_dim), dtype=np.float32)
         dense_grads = np.zeros((len(users), spec.dense_size), dtype=np.float32)
         loss = np.zeros(len(users))
+        train = partial(train_batch_clipped, clip=float(self.cfg.dp.clip)) if self.cfg.dp.enabled else train_batch
         for g in groups(k * spec.row_dim + n_rat * (4 + spec.n_item_features), 2 * spec.dense_size):
             batch = make_batch_flat(n_rat[g], np.concatenate([local[i] for i in g]),
                                     np.concatenate([ratings[i] for i in g]), sp.user_features[users[g]],
                                     sp.item_features[np.concatenate([items[i][local[i]] for i in g])])
             rows, _ = gather_rows(table, [items[i] for i in g])
-            res = train_batch(spec, rows, dense, self.private.take(users[g]), batch, float(m.lr), float(m.reg),
-                              int(self.cfg.train.local_user_steps))
+            res = train(spec, rows, dense, self.private.take(users[g]), batch, float(m.lr), float(m.reg),
+                        int(self.cfg.train.local_user_steps))
             self.private.put(users[g], res.private)
             row_grads[g, :rows.shape[1]] = res.row_grads
             dense_grads[g], loss[g] = res.dense_grads, res.loss
@@ -230,6 +235,29 @@ class ModelDriver(Driver):
             rows = pad_flat(table[items], lengths[g], batch.local_items.shape[1])
             sse[g], count[g] = evaluate_batch(self.spec, rows, dense, self.private.params[users[g]], batch)
         return sse, count
+
+    def user_ranking(self, users: np.ndarray) -> np.ndarray:
+        """Per-user [hit, ndcg, 1] of the users that have a ranking case (the clients' scoring, batched):
+        the same candidates (recdata.ranking) and scoring (models.ranking.candidate_scores) as a device."""
+        self.ensure_initialised(users)
+        train = self.cfg.train
+        case = ranking_candidates(self.split, self.seed, int(train.ranking_negatives), users)
+        table, dense = self.strategy.model.table_numpy(), self.strategy.model.dense_numpy()
+        n_cand = case.items.shape[1]
+        step = max(1, CHUNK_ELEMENTS // (n_cand * (self.spec.row_dim + self.spec.n_item_features + 4)))
+        out = np.zeros((len(case.users), 3))
+        for lo in range(0, len(case.users), step):
+            u, items = case.users[lo:lo + step], case.items[lo:lo + step]
+            scores = candidate_scores(self.spec, table[items], dense, self.private.params[u],
+                                      np.broadcast_to(np.arange(n_cand), items.shape), self.split.user_features[u],
+                                      self.split.item_features[items])
+            out[lo:lo + step] = ranking_sums(scores, int(train.ranking_k))
+        return out
+
+    def ranking(self, users: np.ndarray) -> np.ndarray | None:
+        if not self.cfg.train.ranking:
+            return None
+        return self.user_ranking(np.asarray(users, dtype=np.int64)).sum(axis=0)
 
     @staticmethod
     def real_rows(batch: RoundBatch, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,6 +313,8 @@ class TwoServerDriver(ModelDriver):
             table_sum += scatter_rows(self.meta.n_items, items, rows_ring[batch.row_mask[part]], self.ring)
             chunk_dense = dense_metrics.sum(axis=0, dtype=self.ring)
             dense_sum = chunk_dense if dense_sum is None else dense_sum + chunk_dense
+        for _server in range(2):  # central DP: each server's own fresh noise on its share, not the metric slots
+            table_sum, dense_sum = st.noised_share(table_sum), st.noised_share(dense_sum, self.spec.dense_size)
         return {"train_loss": st.step_from_ring(table_sum, dense_sum, n_users)}
 
     def evaluate(self, users: np.ndarray) -> tuple[float, int]:
@@ -295,6 +325,16 @@ class TwoServerDriver(ModelDriver):
         encoded = [codec.encode(float(s), int(c), "test error") for s, c in zip(sse, count)]
         total = np.sum(encoded, axis=0, dtype=codec.ring) if encoded else np.zeros(2, dtype=codec.ring)
         return codec.decode(total)
+
+    def ranking(self, users: np.ndarray) -> np.ndarray | None:
+        """Each ranked user's [hit, ndcg, 1] through the evaluation codec, summed in the ring and decoded, as
+        server 0 reconstructs the last 3 elements of the evaluation shares (users without a case add zeros)."""
+        if not self.cfg.train.ranking:
+            return None
+        codec = self.strategy.eval_metrics
+        encoded = [codec.encode_ranking(r) for r in self.user_ranking(np.asarray(users, dtype=np.int64))]
+        return codec.decode_ranking(np.sum(encoded, axis=0, dtype=codec.ring) if encoded
+                                    else np.zeros(3, dtype=codec.ring))
 
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
         down, up = self.cached_bytes((int_width(rnd),), lambda: self.protocol_bytes(rnd))

@@ -16,7 +16,15 @@ DRIVERS: dict[str, str] = {
     "secfedrec": "engine.model_protocols:SecFedRecDriver",
     "distributed_mf": "engine.mf_protocols:DistributedMFDriver",
     "fedmf": "engine.mf_protocols:FedMFDriver",
+    "dp_fedrec": "engine.dp_protocols:DPFedRecDriver",  # strategy=plaintext with dp.mode=local
+    "compressed": "engine.compressed_protocol:CompressedPlaintextDriver",  # strategy=plaintext, compression != none
 }
+
+
+def driver_name(protocol: str, cfg) -> str:
+    """The DRIVERS key of a run: ``compressed`` for plaintext with strategy.compression != none
+    (as simulations.registry.build_strategy chooses), else the protocol name."""
+    return "compressed" if protocol == "plaintext" and cfg.strategy.compression != "none" else protocol
 
 
 def get_driver(name: str) -> type[Driver]:

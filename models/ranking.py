@@ -27,6 +27,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from models.batch import make_batch_flat
+from models.fedmf_mf import _predict as _mf_predict
+from models.recommenders import predict
+from models.spec import ModelSpec
+
 Scores = TypeVar("Scores", np.ndarray, torch.Tensor)
 
 
@@ -56,3 +61,37 @@ def ndcg_at_k(scores: Scores, k: int) -> Scores:
 def _check_k(k: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def ranking_sums(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per-row [hit, ndcg, 1] (float64 [B, 3]): what a user reports, summed over users into [hits, ndcg, n_ranked]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.stack([hit_rate_at_k(scores, k), ndcg_at_k(scores, k), np.ones(len(scores))], axis=1)
+
+
+def candidate_scores(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private_params: np.ndarray,
+                     local_items: np.ndarray, user_x: np.ndarray, item_x: np.ndarray) -> np.ndarray:
+    """Model scores [B, C] of B users' C candidates, by the model's own ``predict`` (no re-implementation).
+
+    ``rows`` [B, K, row_dim] are each user's rows, ``local_items`` [B, C] index them (column 0 the
+    positive), ``user_x`` [B, l_x], ``item_x`` [B, C, l_y] the candidates' features. Both engines call it.
+    """
+    n_users, n_cand = np.shape(local_items)
+    lengths = np.full(n_users, n_cand, dtype=np.int64)
+    item_x = np.asarray(item_x, np.float32).reshape(n_users * n_cand, -1)
+    batch = make_batch_flat(lengths, np.asarray(local_items, np.int64).ravel(), np.zeros(n_users * n_cand),
+                            np.asarray(user_x, np.float32).reshape(n_users, -1), item_x)
+    params = np.asarray(private_params, dtype=np.float32)
+    with torch.no_grad():
+        pred = predict(spec, torch.from_numpy(np.asarray(rows, np.float32)), torch.from_numpy(params),
+                       torch.from_numpy(np.asarray(dense, np.float32)).expand(n_users, -1), batch)
+    return pred.numpy()
+
+
+def mf_candidate_scores(U: np.ndarray, v_rows: np.ndarray) -> np.ndarray:
+    """FedMF's predictions <u_b, v_c> [B, C] of B users' C candidate rows ``v_rows`` [B, C, d] (``fedmf`` and
+    ``distributed_mf``: their devices and the batched engine), by models.fedmf_mf's own predictor."""
+    n_users, n_cand, dim = v_rows.shape
+    seg = np.repeat(np.arange(n_users, dtype=np.int64), n_cand)
+    return _mf_predict(np.asarray(U, np.float64), np.asarray(v_rows, np.float64).reshape(-1, dim),
+                       seg).reshape(n_users, n_cand)

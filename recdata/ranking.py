@@ -1,19 +1,21 @@
 """Leave-one-out ranking cases of the NCF / PFedRec protocol: each user's held-out item among 99 it never rated.
 
-With ``dataset.split=loo`` (recdata/split.py) each user's latest rating (by
-timestamp, ties by item id) is its only test rating. Its ranking case is that
-item (the positive, column 0) followed by ``n_neg`` (99) distinct items the
-user rated neither in train nor in test; a model scores the row and
-models/ranking.py turns the scores into HR@10 and NDCG@10.
+The positive of a user's case is its last test rating in the split's order
+(recdata/split.py): with ``dataset.split=loo`` that is its only test rating,
+the latest by timestamp (ties by item id), exactly the NCF / PFedRec protocol;
+with ``last_k`` the latest of its k test ratings; with ``random`` (shuffled)
+one of them, chosen by the split's seeded shuffle. The case is that item
+(column 0) followed by ``n_neg`` (99) distinct items the user rated neither in
+train nor in test; a model scores the row and models/ranking.py turns the
+scores into HR@10 and NDCG@10.
 
 Which users have a case:
-- a user with exactly one test rating; a user with one rating in all keeps it
-  in train (split_users) and has none;
+- a user with at least one test rating; a user with one rating in all keeps
+  it in train (split_users) and has none;
 - and with at least ``n_neg`` items it never rated (otherwise 99 distinct
   negatives do not exist); such users are left out, not padded.
-A split with more than one test rating for some user is refused: it is not
-leave-one-out. A positive that is also among the user's training ratings (the
-same item rated twice) is refused too: the case would reward memorising it.
+A positive that is also among the user's training ratings (the same item
+rated twice) is refused: the case would reward memorising it.
 
 Negatives are a function of (seed, user, the user's own ratings) only: user
 ``u``'s draw ``j`` is one 64-bit word of AES-128 under a key derived from the
@@ -51,7 +53,7 @@ class RankingCandidates:
 
 def ranking_candidates(split: FederatedSplit, seed: int, n_neg: int = N_NEGATIVES,
                        users: np.ndarray | None = None) -> RankingCandidates:
-    """The leave-one-out ranking cases of ``users`` (default all) of a ``dataset.split=loo`` split.
+    """The ranking cases of ``users`` (default all): each one's last test rating against ``n_neg`` unrated items.
 
     Users without a case (see the module docstring) are left out of the result;
     a user's row does not depend on which other users are asked for.
@@ -62,12 +64,9 @@ def ranking_candidates(split: FederatedSplit, seed: int, n_neg: int = N_NEGATIVE
     if asked.size and (asked[0] < 0 or asked[-1] >= split.n_users):
         raise DatasetError(f"users must be in 0..{split.n_users - 1}")
     n_test = np.diff(split.test_ptr)[asked]
-    if np.any(n_test > 1):
-        raise DatasetError("ranking needs a leave-one-out split (dataset.split=loo): some users have "
-                           f"up to {int(n_test.max())} test ratings")
     n_rated = np.diff(split.train_ptr)[asked] + n_test
-    keep = asked[(n_test == 1) & (split.n_items - n_rated >= n_neg)]
-    positive = split.test_item[split.test_ptr[keep]]
+    keep = asked[(n_test >= 1) & (split.n_items - n_rated >= n_neg)]
+    positive = split.test_item[split.test_ptr[keep + 1] - 1]  # the last test rating in the split's order
     train_rows, train_pos = _ranges(split.train_ptr, keep)
     if np.any(split.train_item[train_pos] == positive[train_rows]):
         raise DatasetError("some users' held-out item is also among their training ratings (an item rated twice)")
@@ -75,12 +74,46 @@ def ranking_candidates(split: FederatedSplit, seed: int, n_neg: int = N_NEGATIVE
     draws = 2 * n_neg + 32  # enough for one pass unless a user rated more than ~40% of the items
     step = max(1, _CHUNK_DRAWS // draws)
     for a in range(0, len(keep), step):
-        negatives[a:a + step] = _negatives(split, keep[a:a + step], seed, n_neg, draws)
+        negatives[a:a + step] = _negatives(split, keep[a:a + step], keep[a:a + step], seed, n_neg, draws)
     return RankingCandidates(users=keep, items=np.concatenate([positive[:, None], negatives], axis=1))
 
 
-def _negatives(split: FederatedSplit, users: np.ndarray, seed: int, n_neg: int, draws: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _OneUser:
+    """One user's ratings as a one-row split (the CSR fields :func:`_negatives` reads)."""
+
+    n_items: int
+    train_ptr: np.ndarray
+    train_item: np.ndarray
+    test_ptr: np.ndarray
+    test_item: np.ndarray
+
+
+def user_candidates(user: int, train_items: np.ndarray, test_items: np.ndarray, n_items: int, seed: int,
+                    n_neg: int = N_NEGATIVES) -> np.ndarray | None:
+    """One user's ranking case from its own ratings alone (a device's view), or None if it has none.
+
+    The same row as :func:`ranking_candidates` gives that user on the whole
+    split: the stream depends only on (seed, user) and the rejections only on
+    the user's own ratings.
+    """
+    train_items, test_items = np.asarray(train_items, np.int64), np.asarray(test_items, np.int64)
+    if len(test_items) == 0 or n_items - len(train_items) - len(test_items) < n_neg:
+        return None
+    if np.any(train_items == test_items[-1]):
+        raise DatasetError("this user's held-out item is also among its training ratings (an item rated twice)")
+    one = _OneUser(n_items, np.array([0, len(train_items)]), train_items, np.array([0, len(test_items)]), test_items)
+    draws = 2 * n_neg + 32
+    negatives = _negatives(one, np.zeros(1, np.int64), np.array([user], np.int64), seed, n_neg, draws)[0]
+    return np.concatenate([test_items[-1:], negatives])
+
+
+def _negatives(split: FederatedSplit | _OneUser, rows: np.ndarray, users: np.ndarray, seed: int, n_neg: int,
+               draws: int) -> np.ndarray:
     """The first ``n_neg`` distinct items the users never rated in each user's stream: int64 [len(users), n_neg].
+
+    ``rows`` index the split's CSR parts, ``users`` are the user ids that key the streams (the same
+    on a whole split; row 0 and the user's id on a device's one-user view).
 
     Users not filled by ``draws`` draws are redone with twice as many; their
     streams start the same way, so a row does not depend on the draw count.
@@ -88,11 +121,11 @@ def _negatives(split: FederatedSplit, users: np.ndarray, seed: int, n_neg: int, 
     out = np.empty((len(users), n_neg), dtype=np.int64)
     pending = np.arange(len(users))
     while pending.size:
-        u = users[pending]
+        u, csr = users[pending], rows[pending]
         stream = _stream(u, seed, draws, split.n_items)  # [P, draws]
         row = np.arange(len(u), dtype=np.int64)[:, None]
-        rated = np.concatenate([_rated_keys(split.train_ptr, split.train_item, u, split.n_items),
-                                _rated_keys(split.test_ptr, split.test_item, u, split.n_items)])
+        rated = np.concatenate([_rated_keys(split.train_ptr, split.train_item, csr, split.n_items),
+                                _rated_keys(split.test_ptr, split.test_item, csr, split.n_items)])
         # One stable sort of the rated keys followed by the draws' keys (row * n_items + item): a draw
         # is valid iff the entry sorted just before it has another key, i.e. it is the row's first
         # draw of that item and the user did not rate it.

@@ -65,19 +65,29 @@ def eval_request_message(rnd: int) -> RecordDict:
     return RecordDict({"cfg": ConfigRecord({"round": int(rnd)})})
 
 
-def evaluation_reply(sse: float, count: int, seconds: float) -> RecordDict:
-    """Sum of squared test errors and test count of one user, computed locally."""
-    return RecordDict({"eval": MetricRecord({"sse": float(sse), "count": int(count), CLIENT_SECONDS: float(seconds)})})
+def evaluation_reply(sse: float, count: int, seconds: float, ranking: np.ndarray | None = None) -> RecordDict:
+    """Sum of squared test errors and test count of one user, computed locally, and its ranking case's
+    [hit, ndcg, ranked] (models.ranking.ranking_sums; zeros when it has no case or ranking is off)."""
+    hit, ndcg, ranked = (0.0, 0.0, 0) if ranking is None else (float(ranking[0]), float(ranking[1]), int(ranking[2]))
+    return RecordDict({"eval": MetricRecord({"sse": float(sse), "count": int(count), CLIENT_SECONDS: float(seconds),
+                                             "hit": hit, "ndcg": ndcg, "ranked": ranked})})
 
 
-def parse_evaluation_reply(content: RecordDict) -> tuple[float, int, float]:
+def parse_evaluation_reply(content: RecordDict) -> tuple[float, int, float, np.ndarray]:
+    """(sse, count, seconds, [hit, ndcg, ranked]): one user has at most one ranking case, so hit and
+    ranked are 0/1, hit <= ranked and 0 <= ndcg <= hit (NDCG is 0 without a hit, at most 1)."""
     rec = require_record(content, "eval", MetricRecord)
     sse = float(get_scalar(rec, "sse", float, 0.0))
     count = int(get_scalar(rec, "count", int, 0, 10**9))
     seconds = float(get_scalar(rec, CLIENT_SECONDS, float, 0.0))
     if count == 0 and sse != 0.0:
         raise MessageError("eval reports an error sum with zero test ratings")
-    return sse, count, seconds
+    ranked = int(get_scalar(rec, "ranked", int, 0, 1))
+    hit = float(get_scalar(rec, "hit", float, 0.0, float(ranked)))
+    if hit not in (0.0, 1.0):
+        raise MessageError(f"eval reports a hit of {hit}, not 0 or 1")
+    ndcg = float(get_scalar(rec, "ndcg", float, 0.0, hit))
+    return sse, count, seconds, np.array([hit, ndcg, float(ranked)])
 
 
 def train_metrics(loss: float, n_ratings: int, seconds: float) -> MetricRecord:

@@ -61,7 +61,8 @@ METRIC_FRAC_BITS = 32
 METRIC_SLOT_BITS = 128
 METRIC_VALUE_LIMIT = float(2 ** 40)
 TRAIN_METRICS = ("loss_sum", "n_ratings")
-EVAL_METRICS = ("sse", "count")
+# + the ranking case's [hit, ndcg, ranked]: 5 values + the counter = 6 x 128 = 768 bits < the 1024-bit minimum key
+EVAL_METRICS = ("sse", "count", "hit", "ndcg", "ranked")
 METRIC_KINDS = {"train": TRAIN_METRICS, "eval": EVAL_METRICS}
 
 
@@ -108,6 +109,15 @@ def pack_metrics(values: Sequence[float]) -> int:
         slots.append(int(round(v * 2 ** METRIC_FRAC_BITS)))
     slots.append(1)
     return sum(x << (i * METRIC_SLOT_BITS) for i, x in enumerate(slots))
+
+
+def clip_ranking(ranking: np.ndarray | None) -> np.ndarray:
+    """Users' [..., hit, ndcg, ranked] clipped to what one case can add (hit, ranked in {0, 1}, hit <= ranked,
+    0 <= ndcg <= hit): a user moves the sums by at most one case. None (no case): zeros [3]."""
+    r = np.zeros(3) if ranking is None else np.nan_to_num(np.asarray(ranking, dtype=np.float64), nan=0.0)
+    ranked = (r[..., 2] >= 0.5) * 1.0
+    hit = np.minimum((r[..., 0] >= 0.5) * 1.0, ranked)
+    return np.stack([hit, np.clip(r[..., 1], 0.0, hit), ranked], axis=-1)
 
 
 def unpack_metrics(plaintext: int, n_values: int) -> tuple[np.ndarray, int]:

@@ -41,7 +41,7 @@ SECURE_EVALUATE = "evaluate"  # same Flower message type; its content differs (s
 METRIC_BOUND = 4096.0  # per-user bound of a float metric sum (loss x n_ratings, test SSE)
 MAX_METRIC_FRAC_BITS = 24
 TRAIN_METRICS = 2  # [loss x n_ratings, n_ratings] appended to the shared dense vector
-EVAL_METRICS = 2   # [test SSE, test count]
+EVAL_METRICS = 5   # [test SSE, test count, ranking hit, ranking NDCG, ranked] (the last 3: encode_ranking)
 
 
 def context(run: str, rnd: int, user: int, purpose: str) -> bytes:
@@ -142,6 +142,32 @@ class MetricCodec:
         """Server 0: the reconstructed sums (signed interpretation of the ring elements)."""
         signed = total.view(np.int64 if np.dtype(total.dtype).itemsize == 8 else np.int32)
         return float(signed[0]) / 2.0 ** self.frac_bits, int(signed[1])
+
+    def encode_ranking(self, ranking: np.ndarray | None) -> np.ndarray:
+        """Client side: one user's [hit, ndcg, ranked] (models.ranking.ranking_sums; None: no case) in the ring.
+
+        Clipped to what one user can contribute - hit and ranked 0 or 1, hit <= ranked,
+        0 <= ndcg <= hit - so a user can move the sums by at most one case; ndcg in fixed point.
+        """
+        hit, ndcg, ranked = (0.0, 0.0, 0.0) if ranking is None else (float(v) for v in ranking[:3])
+        ranked_i = int(ranked >= 0.5)
+        hit_i = min(int(hit >= 0.5), ranked_i)
+        ndcg = min(max(ndcg, 0.0), float(hit_i)) if math.isfinite(ndcg) else 0.0
+        return np.array([hit_i, round(ndcg * 2.0 ** self.frac_bits), ranked_i], dtype=np.int64).astype(self.ring)
+
+    def decode_ranking(self, total: np.ndarray) -> np.ndarray:
+        """Server 0: summed [hits, ndcg, ranked] from the reconstructed ring elements of :meth:`encode_ranking`."""
+        signed = total.view(np.int64 if np.dtype(total.dtype).itemsize == 8 else np.int32)
+        return np.array([float(signed[0]), float(signed[1]) / 2.0 ** self.frac_bits, float(signed[2])])
+
+    def encode_eval(self, sse: float, count: int, ranking: np.ndarray | None) -> np.ndarray:
+        """One user's whole evaluation vector [SSE, count, hit, ndcg, ranked] (EVAL_METRICS elements)."""
+        return np.concatenate([self.encode(sse, count, "test error"), self.encode_ranking(ranking)])
+
+    def decode_eval(self, total: np.ndarray) -> tuple[float, int, np.ndarray]:
+        """(SSE, count, [hits, ndcg, ranked]) from a reconstructed sum of :meth:`encode_eval` vectors."""
+        sse, count = self.decode(total[:2])
+        return sse, count, self.decode_ranking(total[2:EVAL_METRICS])
 
 
 def eval_summands(clients: int | None, n_users: int) -> int:

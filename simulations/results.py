@@ -40,6 +40,7 @@ def final_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(records),
         "final_test_rmse": evaluated[-1]["test_rmse"] if evaluated else None,
         "best_test_rmse": min((r["test_rmse"] for r in evaluated), default=None),
+        **{f"final_{k}": v for k, v in (evaluated[-1] if evaluated else {}).items() if k.startswith(("hr@", "ndcg@"))},
         "final_train_loss": last.get("train_loss"),
         "mean_bytes_up_per_client": _mean(records, "bytes_up_per_client"),
         "mean_bytes_down_per_client": _mean(records, "bytes_down_per_client"),

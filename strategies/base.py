@@ -44,6 +44,7 @@ from schemas import common
 from schemas import plaintext as plain_schema
 from schemas.config import AppConfig
 from strategies.exchange import Exchange, Meter, client_seconds_of, summarize_meter
+from strategies.privacy import dp_run_of
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec.strategy")
@@ -57,7 +58,20 @@ def weighted_train_loss(uploads) -> float:
     return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")
 
 
-EvalSums = tuple[float, int, int, "list[float] | None"]
+# (SSE, count, users summed, per-user seconds[, summed ranking [hits, ndcg, ranked]]); no 5th: no ranking
+EvalSums = tuple  # tuple[float, int, int, list[float] | None] or that plus an np.ndarray [3]
+
+
+def ranking_fields(sums: np.ndarray | None, train: Any) -> dict[str, float | None]:
+    """``hr@k`` and ``ndcg@k`` from summed [hits, ndcg, ranked] (both engines' records; {} with ranking off).
+
+    Averages over the evaluated users that have a ranking case (models.ranking, recdata.ranking).
+    """
+    if not train.ranking or sums is None:
+        return {}
+    k, ranked = int(train.ranking_k), float(sums[2])
+    return {f"hr@{k}": float(sums[0]) / ranked if ranked else None,
+            f"ndcg@{k}": float(sums[1]) / ranked if ranked else None, "ranked_users": int(round(ranked))}
 
 
 @dataclass
@@ -154,6 +168,7 @@ class RecStrategy(ABC):
         self.directory = NodeDirectory([], {})
         self.users: list[int] = []
         self.round = 0
+        self.dp = dp_run_of(cfg, meta.n_users)  # None unless dp.enabled (strategies/privacy.py)
 
     # ----------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -230,6 +245,8 @@ class RecStrategy(ABC):
         self.users = self.directory.users
         self._log_evaluation_plan()
         records: list[dict[str, Any]] = list(prior_records or [])
+        for prior in records:  # a resumed run re-accounts the rounds it already released
+            self.dp_fields(prior, min(int(self.cfg.clients_per_round), len(self.users)))
         eval_every = int(self.cfg.train.eval_every)
         rounds = int(self.cfg.rounds)
         stopped: str | None = None
@@ -265,7 +282,8 @@ class RecStrategy(ABC):
                     log.error("[%s] %s", self.name, stopped)
                     break
                 participants = [u for u in users if u not in self.meter.dropped]
-                record: dict[str, Any] = {"round": rnd, "clients": len(participants), **metrics}
+                record: dict[str, Any] = {"round": rnd, "clients": len(participants), **metrics,
+                                          **self.dp_fields(metrics, len(users))}
                 record.update(summarize_meter(self.meter, participants))
                 record["dropped_users"] = {str(u): reason for u, reason in self.meter.dropped.items()}
                 record["server_seconds"] = max(wall - self.meter.wait_seconds, 0.0)
@@ -278,7 +296,8 @@ class RecStrategy(ABC):
                 bar.update(1)
                 if on_round is not None:
                     on_round(record)
-        out: dict[str, Any] = {"records": records, "setup_seconds": setup_seconds, **self.server_state_summary()}
+        out: dict[str, Any] = {"records": records, "setup_seconds": setup_seconds, **self.server_state_summary(),
+                               **self.dp_summary()}
         if first_round > 1:
             out["resumed_from_round"] = first_round - 1
         if stopped is not None:
@@ -333,10 +352,11 @@ class RecStrategy(ABC):
             log.warning("[%s] evaluation of round %d refused: %s", self.name, rnd, sums)
             return {**out, "test_rmse": None, "eval_clients": 0, "eval_refused": sums,
                     "eval_client_seconds_max": None}
-        sse, count, n_users, seconds = sums
+        sse, count, n_users, seconds = sums[:4]
         return {
             **out,
             "test_rmse": math.sqrt(sse / count) if count else float("nan"),
+            **ranking_fields(sums[4] if len(sums) > 4 else None, self.cfg.train),
             "eval_clients": n_users,
             "eval_client_seconds_max": max(seconds) if seconds else None,
         }
@@ -357,8 +377,9 @@ class RecStrategy(ABC):
 
     def evaluation_sums(self, rnd: int, replies: dict[int, Any]) -> EvalSums | str:
         """(sum SSE, sum count, users summed, per-user seconds or None), or a refusal reason."""
+        ranking = sum((r[3] for r in replies.values()), np.zeros(3))
         return (sum(r[0] for r in replies.values()), sum(r[1] for r in replies.values()), len(replies),
-                [r[2] for r in replies.values()])
+                [r[2] for r in replies.values()], ranking)
 
     def record_client_seconds(self, user: int, seconds: float) -> None:
         client_seconds_of(self.meter, user, seconds)
@@ -397,8 +418,26 @@ class RecStrategy(ABC):
             log.warning("%d of %d users registered; training with those", len(node_of_user), expected)
         return node_of_user
 
+    def dp_fields(self, metrics: dict[str, Any], sampled: int) -> dict[str, float]:
+        """A round's DP record fields (epsilon so far, noise multiplier) after accounting it; {} without DP.
+
+        The round is accounted with its sample size (the sampling rate), unless it was refused
+        (no aggregate released). Both engines call this, so their epsilons agree.
+        """
+        if self.dp is None:
+            return {}
+        return self.dp.account(sampled, released=metrics.get("refused") is None)
+
+    def dp_summary(self) -> dict[str, Any]:
+        """The final DP numbers for results.json ({} without DP)."""
+        return {} if self.dp is None else self.dp.summary()
+
     def _log_round(self, r: dict[str, Any]) -> None:
         rmse = "" if r.get("test_rmse") is None else f" test_rmse={r['test_rmse']:.4f}"
+        for key in (k for k in r if k.startswith(("hr@", "ndcg@")) and r[k] is not None):
+            rmse += f" {key}={r[key]:.4f}"
+        if r.get("epsilon") is not None:
+            rmse += f" epsilon={r['epsilon']:.4g}"
         loss = r.get("train_loss")
         loss_s = "refused" if loss is None else f"{loss:.4f}"
         secs = r.get("client_seconds_mean")
@@ -418,7 +457,8 @@ class ItemRequestEvaluation(RecStrategy):
     dense parameters (:data:`schemas.common.EVALUATE_ROWS`): an evaluated
     user's download is O(its test items) instead of the whole table. The
     server learns each evaluated user's test item ids, as ``plaintext``
-    learns its training items; so a protocol that hides which items a user
+    learns its training items (with ``train.ranking`` also its ranking candidates, among them
+    its held-out positive: acceptable for a twin that promises nothing); so a protocol that hides which items a user
     rated (SecEmb, Secure FedRec) must not use it (its users refuse anyway).
     Listed before the strategy's model base class (``class S(ItemRequestEvaluation, ModelStrategy)``).
     """

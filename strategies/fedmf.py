@@ -247,7 +247,7 @@ class FedMFStrategy(RecStrategy):
         return [u for u in super().evaluation_users() if u in self.keyed]
 
     def parse_evaluation(self, user: int, content: RecordDict) -> tuple[Any, float | None]:
-        """A user's Enc([sse, count, 1]) (range-checked) and, with telemetry only, its seconds."""
+        """A user's Enc([sse, count, hit, ndcg, ranked, 1]) (range-checked) and, with telemetry only, its seconds."""
         assert self.crypto is not None
         ct, seconds = schema.parse_evaluation_reply(content, self.key_bits)
         return self.crypto.scheme.from_array(ct)[0], seconds
@@ -258,7 +258,7 @@ class FedMFStrategy(RecStrategy):
         if sums is None:
             return str(refused)
         seconds = [r[1] for r in replies.values() if r[1] is not None]
-        return float(sums[0]), int(round(sums[1])), len(replies), seconds or None
+        return float(sums[0]), int(round(sums[1])), len(replies), seconds or None, np.asarray(sums[2:5], float)
 
     def server_state_summary(self) -> dict[str, Any]:
         return {"key_bits": self.key_bits, "key_holder": self.holder, "keyed_users": len(self.keyed),

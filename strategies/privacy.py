@@ -29,7 +29,10 @@ the noise multiplier meeting a target epsilon, which is dp-accounting's
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import dp_accounting
 from flwr.serverapp import (
@@ -46,6 +49,8 @@ SAMPLING_METHODS: dict[str, tuple[SamplingMethod, NeighboringRelation]] = {
     "without_replacement": (SamplingMethod.WITHOUT_REPLACEMENT, NeighboringRelation.REPLACE_ONE),
     "none": (SamplingMethod.NO_AMPLIFICATION, NeighboringRelation.ADD_OR_REMOVE_ONE),
 }
+
+log = logging.getLogger("secrec.privacy")
 
 
 def _sampling(name: str) -> tuple[SamplingMethod, NeighboringRelation]:
@@ -181,3 +186,69 @@ def noise_multiplier_for_epsilon(
             return z
         z += tol
     raise RuntimeError(f"noise calibration did not meet epsilon={target_epsilon} (method {method.value})")
+
+
+@dataclass
+class DPRun:
+    """One run's differential privacy: the resolved noise multiplier, the clip, and the ledger.
+
+    Built once per run from ``cfg.dp`` by :func:`dp_run_of` (``target_epsilon`` is turned into
+    the noise multiplier that spends it over ``cfg.rounds`` rounds of ``clients_per_round``
+    users, and logged); both engines call :meth:`account` once per round that released an
+    aggregate and put its fields in the round's record.
+    """
+
+    noise_multiplier: float
+    clip: float
+    delta: float
+    sampling: str
+    mode: str
+    ledger: PrivacyLedger
+
+    @property
+    def std(self) -> float:
+        """Std of the Gaussian noise each noising party (a server, or a DP-FedRec user) adds."""
+        return self.noise_multiplier * self.clip
+
+    def account(self, sampled_users: int, released: bool = True) -> dict[str, float]:
+        """Account a round over ``sampled_users`` (if it released an aggregate); the record's DP fields."""
+        if self.noise_multiplier == 0:  # no noise: clipping only, no guarantee (Flower's events need sigma > 0)
+            return {"epsilon": math.inf, "noise_multiplier": 0.0}
+        if released and sampled_users > 0:
+            self.ledger.record_round(int(sampled_users))
+        return {"epsilon": self.ledger.epsilon(), "noise_multiplier": self.noise_multiplier}
+
+    def summary(self) -> dict[str, object]:
+        """What results.json carries: final epsilon, delta, noise multiplier, clip, sampling, mode."""
+        eps = math.inf if self.noise_multiplier == 0 else self.ledger.epsilon()
+        return {"dp": {"epsilon": eps, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
+                       "clip": self.clip, "sampling": self.sampling, "mode": self.mode,
+                       "rounds_accounted": self.ledger.rounds}}
+
+
+def dp_run_of(cfg: Any, n_users: int) -> DPRun | None:
+    """The run's :class:`DPRun` from an AppConfig, or None when ``dp.enabled`` is false."""
+    dp = cfg.dp
+    if not dp.enabled:
+        return None
+    sampled = min(int(cfg.clients_per_round), int(n_users))
+    if dp.noise_multiplier is not None:
+        z = float(dp.noise_multiplier)
+    else:
+        z = noise_multiplier_for_epsilon(float(dp.target_epsilon), float(dp.delta), sampled, int(n_users),
+                                         int(cfg.rounds), str(dp.sampling))
+        log.info("dp: noise multiplier %.4f spends epsilon=%g at delta=%g over %d rounds of %d/%d users (%s)",
+                 z, dp.target_epsilon, dp.delta, cfg.rounds, sampled, n_users, dp.sampling)
+    return DPRun(noise_multiplier=z, clip=float(dp.clip), delta=float(dp.delta), sampling=str(dp.sampling),
+                 mode=str(dp.mode), ledger=PrivacyLedger(z, int(n_users), float(dp.delta), str(dp.sampling)))
+
+
+def protocol_name(cfg: Any) -> str:
+    """The protocol a config runs: ``dp_fedrec`` for strategy=plaintext with local DP, else the strategy name.
+
+    Both registries (simulations/registry.py, engine/registry.py via engine/loop.py) resolve through this.
+    """
+    dp = cfg.dp
+    if cfg.strategy.name == "plaintext" and dp.enabled and dp.mode == "local":
+        return "dp_fedrec"
+    return str(cfg.strategy.name)

@@ -174,7 +174,7 @@ class SecEmbStrategy(TwoServerStrategy):
         """Server 1 aggregates its shares for the users it accepts; server 0 the same users."""
         meta = {"run": self.run_id, "round": st.rnd, "width": self.spec.row_dim,
                 "dense_size": self.spec.dense_size + ts.TRAIN_METRICS, "users": sorted(st.uploads),
-                **self.variant.server1_meta(st.m_prime, self.meta.n_items)}
+                **self.variant.server1_meta(st.m_prime, self.meta.n_items), **self.server1_dp_meta()}
         answer = self.server1_sum(self.variant.server1_op, meta, self.variant.server1_arrays(st.uploads),
                                   "aggregation")
         if isinstance(answer, str):
@@ -189,6 +189,8 @@ class SecEmbStrategy(TwoServerStrategy):
                                                  self.spec.row_dim)
         dense0 = sum((st.uploads[u].dense_share0 for u in st.kept),
                      np.zeros(self.spec.dense_size + ts.TRAIN_METRICS, dtype=self.ring))
+        # central DP: server 0 noises its own share (server 1 did the same to its share); metric slots untouched
+        sparse0, dense0 = self.noised_share(sparse0), self.noised_share(dense0, self.spec.dense_size)
         train_loss = self.step_from_ring(sparse0 + st.sparse1, dense0 + st.dense1, len(st.kept))
         self.record_telemetry(st.uploads, st.kept)
         st.metrics = {"train_loss": train_loss, "m_prime": st.m_prime}

@@ -68,7 +68,8 @@ class SecFedRecStrategy(TwoServerStrategy):
         """Server 1 sums the shares it can open; server 0 keeps the same users."""
         answer = self.server1_sum(
             "sum_shares", {"run": self.run_id, "round": st.rnd, "users": sorted(st.uploads), "shape": [self.size],
-                           "ring_bits": self.ring_bits}, {f"box_{u}": up.box for u, up in st.uploads.items()},
+                           "ring_bits": self.ring_bits, **self.server1_dp_meta(self.size - ts.TRAIN_METRICS)},
+            {f"box_{u}": up.box for u, up in st.uploads.items()},
             "aggregation")
         if isinstance(answer, str):
             st.refuse(answer)
@@ -78,7 +79,9 @@ class SecFedRecStrategy(TwoServerStrategy):
 
     def step_stage(self, st: SecFedRecRoundState) -> None:
         """Reconstruct the sums, average over the kept users, step the public model."""
-        total = sum((st.uploads[u].share0 for u in st.kept), np.zeros(self.size, dtype=self.ring)) + st.sum1
+        share0 = sum((st.uploads[u].share0 for u in st.kept), np.zeros(self.size, dtype=self.ring))
+        # central DP: server 0 noises its own share of [table | dense] (server 1 did the same), not the metrics
+        total = self.noised_share(share0, self.size - ts.TRAIN_METRICS) + st.sum1
         train_loss = self.step_from_ring(total[:self.n_table].reshape(self.meta.n_items, self.spec.row_dim),
                                          total[self.n_table:], len(st.kept))
         self.record_telemetry(st.uploads, st.kept)

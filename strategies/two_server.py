@@ -4,7 +4,7 @@ What both protocols' server 0 does alike lives here: the fixed-point codec,
 the link to server 1, the ``min_users`` floor of every aggregate, decoding
 the metric elements appended to the shared dense vector (the round's loss
 and rating count arrive only as sums), and the secure evaluation (users
-secret-share [SSE, count]; server 1 sums its shares with ``sum_metrics``;
+secret-share [SSE, count, hit, ndcg, ranked]; server 1 sums its shares with ``sum_metrics``;
 server 0 reconstructs only the sums).
 """
 
@@ -25,6 +25,7 @@ from schemas import two_server as ts
 from schemas.config import AppConfig
 from strategies.base import EvalSums
 from strategies.public_model import ModelStrategy
+from twoserver.dp_noise import add_noise_share
 from twoserver.link import Server1Client, Server1Error
 
 log = logging.getLogger("secrec.strategy")
@@ -53,6 +54,27 @@ class TwoServerStrategy(ModelStrategy):
         self.server1_public = self.server1.call(
             "hello", {"run": self.run_id, "min_users": self.min_users})[1]["public_key"].tobytes()
         log.info("[%s] server 1 key fingerprint %s", self.name, fingerprint(self.server1_public))
+
+    # ------------------------------------------------------ central DP
+    @property
+    def dp_std(self) -> float:
+        """Std of the Gaussian noise each server adds to its aggregated share (0 without DP)."""
+        return 0.0 if self.dp is None else self.dp.std
+
+    def noised_share(self, share: np.ndarray, slots: int | None = None) -> np.ndarray:
+        """Server 0's aggregated ``share`` plus its own fresh ring-encoded noise (first ``slots`` entries)."""
+        return add_noise_share(share, self.dp_std, int(self.cfg.strategy.frac_bits), slots)
+
+    def server1_dp_meta(self, slots: int | None = None) -> dict[str, float | int]:
+        """What server 1 needs to add its own noise to its aggregate (sent with the aggregation request).
+
+        ``slots``: how many leading entries of a flat sum are gradients (the rest are metric sums).
+        {} without DP. Server 1 draws its noise itself; server 0 only tells it the agreed std.
+        """
+        if self.dp is None:
+            return {}
+        out: dict[str, float | int] = {"noise_std": self.dp_std, "frac_bits": int(self.cfg.strategy.frac_bits)}
+        return out if slots is None else {**out, "dp_slots": int(slots)}
 
     # ------------------------------------------------------- aggregates
     def too_few(self, users, what: str) -> str | None:
@@ -107,7 +129,7 @@ class TwoServerStrategy(ModelStrategy):
         return ts.parse_secure_eval_reply(content, self.ring)
 
     def evaluation_sums(self, rnd: int, replies: dict[int, Any]) -> EvalSums | str:
-        """Secure sum of [SSE, count] over the evaluated users; refused below ``min_users``."""
+        """Secure sum of [SSE, count, hits, ndcg, ranked] over the evaluated users; refused below ``min_users``."""
         refused = self.too_few(replies, "evaluation sum")
         if refused:
             return refused
@@ -119,6 +141,6 @@ class TwoServerStrategy(ModelStrategy):
             return answer
         _meta1, arrays1, kept = answer
         total = sum((replies[u][0] for u in kept), np.zeros(ts.EVAL_METRICS, dtype=self.ring)) + arrays1["sum"]
-        sse, count = self.eval_metrics.decode(total)
+        sse, count, ranking = self.eval_metrics.decode_eval(total)
         seconds = [replies[u][2] for u in kept if replies[u][2] is not None]
-        return sse, count, len(kept), seconds or None
+        return sse, count, len(kept), seconds or None, ranking

@@ -27,7 +27,7 @@ from tests.sim_utils import SMALL, run_sim
 from tests.test_secure_protocols import FEATURES, _run as flower_run
 
 BASE = tuple(SMALL + FEATURES)
-MF20 = ("model=mf", "rounds=20", "train.eval_every=5")
+MF20 = ("model=mf", "rounds=20", "train.eval_every=5", "train.ranking_negatives=20")  # 40 items: 20 negatives fit
 
 
 def _cfg(overrides):
@@ -53,6 +53,13 @@ def assert_same_run(flower: dict, batched: dict, tol: float) -> float:
     assert max(gaps) <= tol, (_rmses(flower), _rmses(batched))
     for a, b in zip(flower["records"], batched["records"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+    evaluated = [(a, b) for a, b in zip(flower["records"], batched["records"]) if a["test_rmse"] is not None]
+    for a, b in evaluated:  # HR@10 / NDCG@10: same candidates, same scoring, same (fixed-point) sums
+        assert a.get("ranked_users") == b.get("ranked_users")
+        for key in ("hr@10", "ndcg@10"):
+            assert (a.get(key) is None) == (b.get(key) is None), key
+            if a.get(key) is not None:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), key
     print(f"largest test-RMSE gap {max(gaps):.3g}")
     return max(gaps)
 
@@ -82,6 +89,7 @@ def test_mf_batched_equals_flower_and_bytes_are_the_measured_ones(tmp_path_facto
     batched = batched_run(tmp_path_factory.mktemp("batched"), *strategy, *MF20)
     assert_same_run(flower, batched, 1e-5)
     assert_bytes_match(flower, batched)
+    assert all(r["ranked_users"] > 0 for r in flower["records"] if r["test_rmse"] is not None)
     if "strategy=secemb" in strategy:
         assert batched["final"]["m_prime"] == flower["final"]["m_prime"] == 6
 
@@ -91,7 +99,8 @@ def test_mf_batched_equals_flower_and_bytes_are_the_measured_ones(tmp_path_facto
 @pytest.mark.parametrize("strategy", ["plaintext", "secemb"])
 @pytest.mark.parametrize("model,rounds", [("ncf", 2), ("fm", 2), ("deepfm", 20)])
 def test_other_models_batched_equal_flower(tmp_path_factory, strategy, model, rounds):
-    common = [f"model={model}", f"rounds={rounds}", "train.eval_every=5" if rounds > 5 else "train.eval_every=1"]
+    common = [f"model={model}", f"rounds={rounds}", "train.eval_every=5" if rounds > 5 else "train.eval_every=1",
+              "train.ranking_negatives=20"]
     flower = flower_run(tmp_path_factory, f"strategy={strategy}", "strategy.m_prime=6", *common)
     batched = batched_run(tmp_path_factory.mktemp("batched"), f"strategy={strategy}", "strategy.m_prime=6", *common)
     assert_same_run(flower, batched, 1e-4)

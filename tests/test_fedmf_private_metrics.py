@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord
 
 from tests.sim_utils import run_sim
 
-BASE = ["+experiment=fedmf_small", "rounds=2", "train.eval_every=1"]
+BASE = ["+experiment=fedmf_small", "rounds=2", "train.eval_every=1", "train.ranking_negatives=20"]  # 40 items
 SECURE = ["strategy=fedmf", "strategy.key_bits=1024"]
 SKIPPED_ARRAYS = {"items"}
 
@@ -78,6 +78,8 @@ def _twin_secrets(plain_grid, split) -> tuple[set[int], list[float]]:
             floats.append(float(c["metrics"]["loss"]) * int(c["metrics"]["n_ratings"]))
         elif t == "evaluate.mf":
             floats.append(float(c["eval"]["sse"]))
+            if float(c["eval"]["ndcg"]) not in (0.0, 1.0):  # the ranking case's NDCG (hit/ranked are 0/1)
+                floats.append(float(c["eval"]["ndcg"]))
     floats += [float(i) for i in ints]
     return ints, [f for f in floats if f != 0.0]
 

@@ -46,6 +46,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import schemas
+from models.compression import make_codec
 from schemas.validation import NUMPY_STYPE, MessageError
 from schemas.wire import WireError
 from tests.fuzz_support import assert_case_counts
@@ -64,11 +65,11 @@ N_USERS, N_ITEMS, DIM, ROW_DIM, DENSE, M_PRIME, K, KEY_BITS, CTS, PAD_TO, SIZE =
 CT_BYTES = 2 * KEY_BITS // 8
 SCENARIOS: list[dict[str, Any]] = [
     {"ring": np.uint32, "ring_bits": 32, "variant": "secemb", "mode": "parttext", "expected_count": None,
-     "kind": "train"},
+     "kind": "train", "codec": "svd", "rank": 2},
     {"ring": np.uint64, "ring_bits": 64, "variant": "rowenc", "mode": "fulltext", "expected_count": N_ITEMS,
-     "kind": "eval"},
+     "kind": "eval", "codec": "tern", "rank": None},
     {"ring": np.uint32, "ring_bits": 32, "variant": "init", "mode": "padded", "expected_count": PAD_TO,
-     "kind": "train"},
+     "kind": "train", "codec": "colr", "rank": 2},
 ]
 for _sc in SCENARIOS:
     _sc.update(n_users=N_USERS, n_items=N_ITEMS, dim=DIM, row_dim=ROW_DIM, dense_size=DENSE, m_prime=M_PRIME, k=K,
@@ -138,7 +139,7 @@ def _count(sc: dict[str, Any]) -> int:
 def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
     """Parser -> a function building a message it accepts in a scenario, with the schema's own builders."""
     m = {name: importlib.import_module(f"schemas.{name}") for name in
-         ("common", "plaintext", "distributed_mf", "fedmf", "secemb", "secfedrec", "two_server")}
+         ("common", "plaintext", "distributed_mf", "fedmf", "secemb", "secfedrec", "two_server", "dp_fedrec", "compressed")}
     f32 = lambda *s: np.linspace(-1, 1, math.prod(s), dtype=np.float32).reshape(s)  # noqa: E731
     n_bytes = np.full(KEY_BITS // 8, 0xA5, dtype=np.uint8)
     ct = np.full((1, CT_BYTES), 7, dtype=np.uint8)
@@ -153,6 +154,15 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "plaintext.parse_update_reply": lambda sc: m["plaintext"].update_reply(f32(K, ROW_DIM), f32(DENSE), 0.5, 3,
                                                                                0.1),
         "plaintext.parse_model_content": lambda sc: m["plaintext"].model_content(f32(N_ITEMS, ROW_DIM), f32(DENSE)),
+        "dp_fedrec.parse_update_message": lambda sc: m["dp_fedrec"].update_message(2, f32(N_ITEMS, ROW_DIM),
+                                                                                    f32(DENSE), 1.0),
+        "dp_fedrec.parse_update_reply": lambda sc: m["dp_fedrec"].update_reply(f32(N_ITEMS, ROW_DIM), f32(DENSE),
+                                                                                0.5, 3, 0.1),
+        "compressed.parse_update_message": lambda sc: m["compressed"].update_message(2, f32(N_ITEMS, ROW_DIM),
+                                                                                      f32(DENSE)),
+        "compressed.parse_update_reply": lambda sc: m["compressed"].update_reply(
+            make_codec(sc["codec"], sc["rank"]).compress(f32(N_ITEMS, ROW_DIM), np.random.default_rng(0), 2),
+            f32(DENSE), 0.5, 3, 0.1),
         "distributed_mf.parse_update_message": lambda sc: m["distributed_mf"].update_message(2, f32(N_ITEMS, DIM)),
         "distributed_mf.parse_update_reply": lambda sc: m["distributed_mf"].update_reply(
             np.arange(_count(sc)), f32(_count(sc), DIM), 0.5, 3, 0.1),

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from models.ranking import hit_rate_at_k, ndcg_at_k, positive_rank
+from models import evaluate_batch, make_batch
+from models.ranking import (candidate_scores, hit_rate_at_k, mf_candidate_scores, ndcg_at_k, positive_rank,
+                            ranking_sums)
+from models.spec import ModelSpec
 from recdata import DatasetError, load_ratings, ranking_candidates, split_users
+from recdata.ranking import user_candidates
 from recdata.ratings import from_raw
+from schemas import common
+from schemas import fedmf as fedmf_schema
+from schemas.two_server import MetricCodec
+from schemas.validation import MessageError
 
 
 # ---------------------------------------------------------------- metrics, by hand
@@ -142,13 +150,77 @@ def test_a_user_who_rated_most_items_still_gets_99_negatives():
     assert np.array_equal(ranking_candidates(s, seed=1, users=[1]).items[0], c.items[1])
 
 
-def test_a_split_that_is_not_leave_one_out_is_refused():
+def test_other_splits_rank_the_last_test_rating_and_a_device_draws_the_same_case():
     s = split_users(load_ratings("ml_latest_small"), "last_k", k=3)
-    with pytest.raises(DatasetError, match="dataset.split=loo"):
-        ranking_candidates(s, seed=0)
+    c = ranking_candidates(s, seed=5, users=np.arange(40))
+    assert np.array_equal(c.items[:, 0], s.test_item[s.test_ptr[c.users + 1] - 1])  # the latest of the 3
+    for r, u in enumerate(c.users[:5]):
+        d = s.user(int(u))
+        assert np.array_equal(user_candidates(int(u), d.train_items, d.test_items, s.n_items, 5), c.items[r])
 
 
 def test_a_held_out_item_also_in_train_is_refused():
     r = _ratings([0, 0, 0], [1, 2, 1], [1, 2, 3], n_items=200)  # item 1 rated twice, the last time latest
     with pytest.raises(DatasetError, match="rated twice"):
         ranking_candidates(split_users(r, "loo"), seed=0)
+
+
+# ------------------------------------------------------------- what a user reports, and how it is summed
+def test_ranking_sums_by_hand():
+    scores = np.array([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 1.0]])  # ranks 0, 2, 1
+    got = ranking_sums(scores, 2)
+    assert got.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, pytest.approx(1 / math.log2(3)), 1.0]]
+
+
+def test_mf_candidate_scores_are_dot_products():
+    U = np.array([[1.0, 2.0], [0.5, -1.0]])
+    V = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[2.0, 2.0], [0.0, 1.0], [4.0, 0.0]]])
+    assert mf_candidate_scores(U, V).tolist() == [[1.0, 2.0, 3.0], [-1.0, -1.0, 2.0]]
+
+
+def test_candidate_scores_are_the_models_rating_predictions():
+    """Scoring a user's items as candidates gives the predictions its test SSE is computed from."""
+    spec = ModelSpec(name="mf", dim=4)
+    rng = np.random.default_rng(0)
+    rows, params = rng.normal(size=(1, 5, spec.row_dim)), rng.normal(size=(1, spec.private_size))
+    dense = np.zeros(spec.dense_size)
+    scores = candidate_scores(spec, rows, dense, params, np.arange(5)[None], np.zeros((1, 0)), np.zeros((1, 5, 0)))
+    ratings = np.arange(5, dtype=np.float32)
+    sse, _ = evaluate_batch(spec, rows, dense, params, make_batch([np.arange(5)], [ratings], np.zeros((1, 0)),
+                                                                  [np.zeros((5, 0))]))
+    assert sse[0] == pytest.approx(float(((scores[0] - ratings) ** 2).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_two_server_ranking_codec_sums_and_clips_per_user(bits):
+    codec = MetricCodec(bits, 100)
+    per_user = [np.array([1.0, 0.5, 1.0]), np.array([0.0, 0.0, 1.0]), None, np.array([1.0, 1 / math.log2(3), 1.0])]
+    total = np.sum([codec.encode_ranking(r) for r in per_user], axis=0, dtype=codec.ring)
+    hits, ndcg, ranked = codec.decode_ranking(total)
+    assert (hits, ranked) == (2.0, 3.0) and ndcg == pytest.approx(0.5 + 1 / math.log2(3), abs=2 ** -codec.frac_bits)
+    # a cheating user moves the sums by at most one case: hit, ranked in {0, 1}, 0 <= ndcg <= hit
+    assert codec.decode_ranking(codec.encode_ranking(np.array([50.0, 9.0, 7.0]))).tolist() == [1.0, 1.0, 1.0]
+    assert codec.decode_ranking(codec.encode_ranking(np.array([1.0, 0.7, 0.0]))).tolist() == [0.0, 0.0, 0.0]
+    assert codec.decode_ranking(codec.encode_ranking(np.array([0.0, 0.7, 1.0]))).tolist() == [0.0, 0.0, 1.0]
+    sse, count, ranking = codec.decode_eval(codec.encode_eval(2.5, 3, per_user[0]))
+    assert (sse, count) == (2.5, 3) and ranking.tolist() == [1.0, 0.5, 1.0]
+
+
+def test_fedmf_ranking_slots_clip_and_fit_the_smallest_key():
+    assert fedmf_schema.clip_ranking(np.array([[3.0, -1.0, 1.0], [1.0, 0.4, 0.0], [1.0, 0.4, 1.0]])).tolist() == \
+        [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.4, 1.0]]
+    assert fedmf_schema.clip_ranking(None).tolist() == [0.0, 0.0, 0.0]
+    values = [[4.0, 3, 1.0, 0.5, 1.0], [1.5, 2, 0.0, 0.0, 1.0]]
+    sums, users = fedmf_schema.plain_metric_sum(np.array(values))
+    assert users == 2 and sums.tolist() == [5.5, 5.0, 1.0, 0.5, 2.0]
+    assert fedmf_schema.pack_metrics(values[0]).bit_length() < 1024  # the smallest allowed Paillier key
+
+
+def test_plaintext_reply_refuses_impossible_ranking_values():
+    def reply(hit, ndcg, ranked):
+        return common.evaluation_reply(1.0, 1, 0.1, np.array([hit, ndcg, ranked]))
+
+    assert common.parse_evaluation_reply(reply(1.0, 0.5, 1))[3].tolist() == [1.0, 0.5, 1.0]
+    for bad in [(2.0, 0.5, 1), (1.0, 0.5, 0), (0.0, 0.5, 1), (1.0, 1.5, 1), (0.5, 0.1, 1)]:
+        with pytest.raises(MessageError):
+            common.parse_evaluation_reply(reply(*bad))

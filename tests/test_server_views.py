@@ -165,7 +165,7 @@ def test_leakage_attack_recovers_real_users_ratings(tmp_path):
 # ---------------------------------------------------------------- SecEmb / Secure FedRec: values
 _PROTOCOL_META = {"run", "round", "users", "width", "dense_size", "variant", "m_prime", "n_items", "ring_bits",
                   "shape", "min_users", "size"}  # server 0's own protocol parameters, not users' data
-_VALUE_BASE = SMALL + ["model=mf", "rounds=2", "clients_per_round=12"]
+_VALUE_BASE = SMALL + ["model=mf", "rounds=2", "clients_per_round=12", "train.ranking_negatives=20"]  # 40 items
 _M_PRIME = ["strategy.m_prime=10"]  # SecEmb and its twin pad/truncate; Secure FedRec's twin uses every item
 _value_runs: dict[str, tuple] = {}
 
@@ -216,7 +216,8 @@ def _matches(values: np.ndarray, ints: np.ndarray, floats: np.ndarray) -> bool:
 
 
 def _secret_values(tmp_path_factory, twin: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user rated counts, test counts, training losses (and loss sums) and test SSEs, from the plaintext twin."""
+    """Per-user rated counts, test counts, training losses (and loss sums), test SSEs and ranking NDCGs, from the
+    plaintext twin."""
     key = " ".join(twin)
     if key not in _value_runs:
         _, plain = run_sim(tmp_path_factory.mktemp("plain"), _VALUE_BASE + ["strategy=plaintext"] + twin,
@@ -235,10 +236,11 @@ def _secret_values(tmp_path_factory, twin: list[str]) -> tuple[np.ndarray, np.nd
             loss, n = float(c["metrics"]["loss"]), int(c["metrics"]["n_ratings"])
             ints.add(n)
             floats |= {loss, loss * n}
-        elif t == "evaluate":
+        elif t in ("evaluate", "evaluate.rows"):  # plaintext evaluates by item request (evaluate.rows)
             ints.add(int(c["eval"]["count"]))
             floats.add(float(c["eval"]["sse"]))
-    floats = {f for f in floats if f != 0.0}
+            floats.add(float(c["eval"]["ndcg"]))  # the user's ranking case (hit/ranked are 0/1: no fingerprint)
+    floats = {f for f in floats if f not in (0.0, 1.0)}
     ints.discard(0)
     return np.array(sorted(ints), dtype=np.int64), np.array(sorted(floats), dtype=np.float64)
 

@@ -108,6 +108,13 @@ def validate_request(op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray
             _int(meta, key, 1, table.shape[1] if table is not None else MAX_WIDTH)
         elif key == "dense_size":
             _int(meta, key, 0, min(payload // itemsize, MAX_FRAME // itemsize))
+        elif key == "noise_std":  # central DP: the std of server 1's own noise (SecEmb Appendix G)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1e6:
+                raise WireError("meta 'noise_std' must be a number in [0, 1e6]")
+        elif key == "frac_bits":
+            _int(meta, key, 0, 62)
+        elif key == "dp_slots":
+            _int(meta, key, 0, payload // itemsize)
         elif key == "variant":
             if value not in VARIANTS:
                 raise WireError(f"meta 'variant'={value!r} is not one of {sorted(VARIANTS)}")

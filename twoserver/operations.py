@@ -34,7 +34,9 @@ from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
 from crypto.ring import ring_dtype
 from crypto.sealed import SealedMessageError, fingerprint, open_sealed, public_bytes, seal
 from schemas import secemb as schema
+from schemas.two_server import TRAIN_METRICS
 from schemas.wire import MAX_FRAME, WireError, decode_frame, encode_frame
+from twoserver.dp_noise import add_noise_share
 from twoserver.guard import RoundGuard, validate_request
 from twoserver.party import SecEmbParty
 from twoserver.variants import variant_of
@@ -165,7 +167,7 @@ class Server1:
             cws[user] = cw
             dense_sum += share
         sparse = variant_of("secemb").aggregate(self.party, cws, width)
-        return {"rejected": rejected, "users": sorted(cws)}, {"sparse": sparse, "dense": dense_sum}
+        return {"rejected": rejected, "users": sorted(cws)}, self._noised(meta, sparse, dense_sum)
 
     def _op_aggregate_fresh(self, meta, arrays):
         rnd, run, width, dense = int(meta["round"]), meta["run"], int(meta["width"]), int(meta["dense_size"])
@@ -183,10 +185,11 @@ class Server1:
             dense_sum += share
         party = SecEmbParty(1, n_items, self.ring_dtype, self.max_cache_bytes)
         sparse = variant.aggregate(party, keys, width)
-        return {"rejected": rejected, "users": sorted(keys)}, {"sparse": sparse, "dense": dense_sum}
+        return {"rejected": rejected, "users": sorted(keys)}, self._noised(meta, sparse, dense_sum)
 
     def _op_sum_metrics(self, meta, arrays):
-        """Secure evaluation sums (SecEmb / Secure FedRec): server 1's share of sum_u [SSE_u, count_u].
+        """Secure evaluation sums (SecEmb / Secure FedRec): server 1's share of
+        sum_u [SSE_u, count_u, hit_u, ndcg_u, ranked_u].
 
         Each user's box holds its share 1 of a short metric vector, bound to
         (run, round, user, "eval"). One sum per (run, round): a second sum over
@@ -210,6 +213,13 @@ class Server1:
         done.add((run, rnd))
         return {"rejected": rejected, "users": used}, {"sum": total}
 
+    @staticmethod
+    def _noised(meta: dict[str, Any], sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
+        """Central DP: server 1's own fresh noise on its aggregated table and dense shares (not the metric slots)."""
+        std, frac = float(meta.get("noise_std", 0.0)), int(meta.get("frac_bits", 0))
+        slots = max(int(meta["dense_size"]) - TRAIN_METRICS, 0)
+        return {"sparse": add_noise_share(sparse, std, frac), "dense": add_noise_share(dense, std, frac, slots)}
+
     def _op_sum_shares(self, meta, arrays):
         rnd, run = int(meta["round"]), meta["run"]
         shape = tuple(int(s) for s in meta["shape"])
@@ -222,4 +232,6 @@ class Server1:
                 used.append(user)
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
+        std, frac = float(meta.get("noise_std", 0.0)), int(meta.get("frac_bits", 0))
+        total = add_noise_share(total.reshape(-1), std, frac, int(meta.get("dp_slots", 0))).reshape(shape)
         return {"rejected": rejected, "users": used}, {"sum": total}

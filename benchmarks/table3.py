@@ -1,0 +1,97 @@
+"""SecEmb Table 3, ML100K column: RMSE and upload reduction ratio of SecEmb and the compression baselines.
+
+Every cell runs through the product's entry point on the batched engine
+(:func:`simulations.run.simulate_batched`, tied to the Flower path by
+tests/test_compressed_strategy.py and tests/test_batched_engine.py) with the
+``conf/experiment/secemb_ml100k_<model>`` settings. Rounds = ceil(epochs *
+n_users / clients_per_round). The measured R.R. is the full-model plaintext
+upload (float32 [n_items, row_dim] update + dense gradient, in the same message
+framing, :func:`full_upload_bytes`) over the run's ``bytes_up_per_client``.
+
+    python -m benchmarks.table3                                   # 4 models x 5 methods x 4 seeds x 200 epochs
+    python -m benchmarks.table3 --epochs 2 --seeds 1              # smoke
+    python -m benchmarks.table3 --models mf --methods bit8,svd --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recdata.dataset import dataset_meta
+from schemas import compressed, sizes
+from schemas.config import AppConfig, model_spec
+from simulations.config import compose_config, to_app_config
+from simulations.run import simulate_batched
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+METHODS: dict[str, list[str]] = {
+    "secemb": ["strategy=secemb", "strategy.m_prime=200"],
+    **{c: ["strategy=plaintext", f"strategy.compression={c}"] for c in ("bit8", "tern", "svd", "colr")},
+}
+# SecEmb paper (ICML 2025), Table 3, ML100K column: (RMSE mean, RMSE std, R.R.) per model and method.
+PAPER: dict[str, dict[str, tuple[float, float, float]]] = {
+    "mf": {"bit8": (0.948, 0.004, 4.00), "tern": (0.951, 0.002, 8.00), "svd": (0.952, 0.006, 5.22),
+           "colr": (0.951, 0.001, 5.42), "secemb": (0.944, 0.003, 4.99)},
+    "ncf": {"bit8": (0.950, 0.011, 3.86), "tern": (0.951, 0.005, 7.37), "svd": (0.952, 0.006, 3.15),
+            "colr": (0.947, 0.005, 3.21), "secemb": (0.949, 0.014, 3.44)},
+    "fm": {"bit8": (0.945, 0.001, 3.41), "tern": (0.948, 0.002, 5.70), "svd": (0.946, 0.001, 4.21),
+           "colr": (0.944, 0.004, 4.33), "secemb": (0.937, 0.004, 5.05)},
+    "deepfm": {"bit8": (0.947, 0.007, 1.05), "tern": (0.949, 0.004, 1.06), "svd": (0.954, 0.005, 1.05),
+               "colr": (0.952, 0.001, 1.05), "secemb": (0.939, 0.006, 1.05)},
+}
+
+
+def full_upload_bytes(cfg: AppConfig) -> int:
+    """Bytes of an uncompressed full-model upload (Table 3's "before"), framed as the compressed reply."""
+    meta = dataset_meta(cfg)
+    spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
+    table = sizes.filler((meta.n_items, spec.row_dim), np.float32)
+    return sizes.content_nbytes(compressed.update_reply({"table": table}, sizes.filler(spec.dense_size, np.float32),
+                                                        1.0, 100, 1.0))
+
+
+def run_cell(model: str, method: str, seed: int, epochs: float, data_path: str) -> tuple[float, float, float]:
+    """(final test RMSE, measured R.R., wall seconds) of one run."""
+    base = [f"+experiment=secemb_ml100k_{model}", f"dataset.path={data_path}", *METHODS[method], f"seed={seed}",
+            "engine=batched"]
+    cfg = to_app_config(compose_config(base))
+    rounds = math.ceil(epochs * dataset_meta(cfg).n_users / cfg.clients_per_round)
+    cfg = to_app_config(compose_config([*base, f"rounds={rounds}", f"train.eval_every={rounds}"]))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        simulate_batched(cfg, out)
+        res = json.loads((Path(out) / "results.json").read_text())
+    up = res["final"]["mean_bytes_up_per_client"]
+    return res["final"]["final_test_rmse"], full_upload_bytes(cfg) / up, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="mf,ncf,fm,deepfm")
+    parser.add_argument("--methods", default="secemb,bit8,tern,svd,colr")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--epochs", type=float, default=200)
+    parser.add_argument("--data-path", default=str(ML100K))
+    args = parser.parse_args()
+    print(f"{'model':7} {'method':7} {'RMSE':>16} {'paper RMSE':>16} {'R.R.':>6} {'paper':>6} {'wall s':>8}")
+    for model in args.models.split(","):
+        for method in args.methods.split(","):
+            cells = [run_cell(model, method, s, args.epochs, args.data_path) for s in range(args.seeds)]
+            rmse = [c[0] for c in cells]
+            std = statistics.stdev(rmse) if len(rmse) > 1 else 0.0
+            p = PAPER[model][method]
+            print(f"{model:7} {method:7} {statistics.mean(rmse):9.4f} +- {std:.3f} {p[0]:9.3f} +- {p[1]:.3f} "
+                  f"{statistics.mean(c[1] for c in cells):6.2f} {p[2]:6.2f} {sum(c[2] for c in cells):8.1f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

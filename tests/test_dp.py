@@ -1,0 +1,112 @@
+"""Differential privacy on both engines (SecEmb Appendix G; DP-FedRec for Figure 7).
+
+One Flower SecEmb run with central DP checks the per-round epsilon against a
+PrivacyLedger fed the same events; batched-engine runs (about a second each)
+check that noise is really added (fresh CSPRNG noise: same seed, different
+runs) and that sigma = 0 leaves the clipped run deterministic; the DP-FedRec
+client's upload is checked to cover every item row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from clients import dp_fedrec as dp_client
+from clients.environment import client_env
+from schemas import dp_fedrec as dp_schema
+from schemas.validation import MessageError
+from simulations.config import compose_config, to_app_config
+from simulations.run import simulate_batched
+from strategies.privacy import PrivacyLedger
+from tests.sim_utils import SMALL, run_sim
+from tests.test_secure_protocols import FEATURES
+
+BASE = [*SMALL, *FEATURES]
+CENTRAL = ["strategy=secemb", "dp.enabled=true", "dp.clip=0.5"]
+LOCAL = ["strategy=plaintext", "dp.enabled=true", "dp.mode=local", "dp.noise_multiplier=1.0"]
+
+
+def _cfg(overrides):
+    return to_app_config(compose_config([*BASE, *overrides]))
+
+
+def _batched(tmp_path: Path, *overrides: str) -> dict:
+    out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    simulate_batched(_cfg([*overrides, "engine=batched"]), str(out))
+    return json.loads((out / "results.json").read_text())
+
+
+def _curve(res: dict) -> list[tuple[float, float | None]]:
+    return [(r["train_loss"], r["test_rmse"]) for r in res["records"]]
+
+
+def test_flower_secemb_epsilon_per_round_is_the_ledgers(tmp_path):
+    res, _ = run_sim(tmp_path, [*BASE, *CENTRAL, "dp.noise_multiplier=1.2", "dp.sampling=without_replacement"])
+    cfg = _cfg([*CENTRAL, "dp.noise_multiplier=1.2", "dp.sampling=without_replacement"])
+    ledger = PrivacyLedger(1.2, 12, cfg.dp.delta, "without_replacement")
+    for rec in res["records"]:
+        ledger.record_round(cfg.clients_per_round)
+        assert rec["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-12)
+        assert rec["noise_multiplier"] == 1.2
+        assert math.isfinite(rec["test_rmse"])
+    assert res["records"][1]["epsilon"] > res["records"][0]["epsilon"] > 0
+    assert res["final"]["dp"]["epsilon"] == res["records"][-1]["epsilon"]
+    assert res["final"]["dp"]["mode"] == "central" and res["final"]["dp"]["rounds_accounted"] == 2
+
+
+@pytest.mark.parametrize("protocol", [CENTRAL, ["strategy=secfedrec", *CENTRAL[1:]], LOCAL],
+                         ids=["secemb", "secfedrec", "dp_fedrec"])
+def test_batched_noise_is_fresh_and_sigma_zero_is_deterministic(tmp_path, protocol):
+    noisy = [_batched(tmp_path, *protocol, "dp.noise_multiplier=1.0") for _ in range(2)]
+    assert _curve(noisy[0]) != _curve(noisy[1])  # same seed: only the CSPRNG noise differs
+    quiet = [_batched(tmp_path, *protocol, "dp.noise_multiplier=0.0") for _ in range(2)]
+    assert _curve(quiet[0]) == _curve(quiet[1])  # sigma = 0: clipping only, exactly reproducible
+    assert quiet[0]["records"][0]["epsilon"] == math.inf
+    assert noisy[0]["final"]["dp"]["epsilon"] > 0 and all(math.isfinite(r) for _, r in _curve(noisy[0]) if r)
+
+
+def test_sigma_zero_central_run_trains_with_the_clipped_step(tmp_path):
+    """sigma = 0 secemb (clipped, no noise) starts like the non-DP run and then departs from it: the upload
+    is the clipped one (the clipped step itself is checked against its definition in test_dp_training.py)."""
+    quiet = _batched(tmp_path, *CENTRAL, "dp.clip=0.01", "dp.noise_multiplier=0.0")
+    plain = _batched(tmp_path, "strategy=secemb")
+    assert _curve(quiet)[0][0] == _curve(plain)[0][0]  # same loss before the first update
+    assert _curve(quiet)[-1] != _curve(plain)[-1]
+
+
+def test_dp_fedrec_upload_covers_every_item_row():
+    cfg = _cfg([*LOCAL, "dp.noise_multiplier=0.5"])
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={})
+    env = client_env(cfg, context)
+    table = np.zeros((env.n_items, env.spec.row_dim), np.float32)
+    dense = np.zeros(env.spec.dense_size, np.float32)
+    reply = dp_client.on_update(dp_schema.update_message(1, table, dense, 0.5), context, env)
+    update = dp_schema.parse_update_reply(reply, env.n_items, env.spec.row_dim, env.spec.dense_size)
+    assert update.row_grads.shape == (env.n_items, env.spec.row_dim)
+    assert (np.abs(update.row_grads).sum(1) > 0).all()  # noise on every row, rated or not
+    rated = np.unique(env.user.train_items)
+    with pytest.raises(MessageError):  # a reply with only the rated rows is refused
+        sparse = dp_schema.update_reply(update.row_grads[rated], update.dense_grad, 1.0, 1, 0.0)
+        dp_schema.parse_update_reply(sparse, env.n_items, env.spec.row_dim, env.spec.dense_size)
+    # a server offering less noise than the user's own dp.noise_multiplier does not lower it
+    assert dp_client.noise_multiplier_of(env, 0.0) == 0.5
+
+
+def test_each_server_noises_its_gradient_share_not_the_metric_slots():
+    from twoserver.dp_noise import add_noise_share
+    from twoserver.operations import Server1
+    sparse, dense = np.zeros((5, 3), np.uint64), np.zeros(6, np.uint64)  # dense: 4 gradients + 2 metric slots
+    out = Server1._noised({"noise_std": 2.0, "frac_bits": 16, "dense_size": 6}, sparse, dense)
+    signed = out["dense"].view(np.int64) / 2.0 ** 16
+    assert (out["sparse"] != 0).all() and (signed[:4] != 0).all() and (out["dense"][4:] == 0).all()
+    assert np.abs(signed[:4]).max() < 2.0 * 8  # ring-encoded Gaussian of std 2, two's complement
+    same = Server1._noised({"dense_size": 6}, sparse, dense)  # no DP requested: unchanged
+    assert not same["sparse"].any() and not same["dense"].any()
+    a, b = add_noise_share(sparse, 1.0, 16), add_noise_share(sparse, 1.0, 16)
+    assert not np.array_equal(a, b)  # fresh CSPRNG noise every call

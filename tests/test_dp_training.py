@@ -1,0 +1,71 @@
+"""Record-level clipping (SecEmb Appendix G) against its definition: per-rating gradients, clipped, summed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import ModelSpec, PrivateState, init_dense, init_item_table, make_batch, train_batch
+from models.dp_training import train_batch_clipped
+
+
+def _mf_by_definition(table, mu, user, items, ratings, reg, clip):
+    """One rating at a time: autograd of (pred - r)^2 + reg ||q_i||^2, joint L2 clip over (q_i, mu), summed."""
+    d = len(user) - 1
+    rows_sum, dense_sum = np.zeros_like(table), np.zeros(1)
+    for i, r in zip(items, ratings):
+        q = torch.tensor(table[i], dtype=torch.float64, requires_grad=True)
+        g = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
+        p = torch.tensor(user, dtype=torch.float64)
+        pred = (q[:d] * p[:d]).sum() + q[d] + p[d] + g[0]
+        ((pred - r) ** 2 + reg * (q ** 2).sum()).backward()
+        norm = float(torch.sqrt((q.grad ** 2).sum() + (g.grad ** 2).sum()))
+        factor = min(1.0, clip / norm)
+        rows_sum[i] += q.grad.numpy() * factor
+        dense_sum += g.grad.numpy() * factor
+    return rows_sum, dense_sum
+
+
+@pytest.mark.parametrize("clip", [0.05, 1.0, 1e6])
+def test_mf_clipped_upload_equals_per_rating_definition(clip):
+    spec = ModelSpec("mf", 6)
+    table, dense = init_item_table(spec, 7, 1), init_dense(spec, 1, global_bias=3.0)
+    users = [2, 5]
+    local = [np.array([0, 3, 4, 6]), np.array([1, 2])]
+    ratings = [np.array([5, 1, 3, 4], np.float32), np.array([2, 5], np.float32)]
+    batch = make_batch(local, ratings, np.zeros((2, 0)), [np.zeros((4, 0)), np.zeros((2, 0))])
+    private = PrivateState.initial(spec, users, 0)
+    rows = np.stack([table, table])
+    res = train_batch_clipped(spec, rows, dense, private, batch, lr=0.05, reg=0.01, steps=2, clip=clip)
+    plain = train_batch(spec, rows, dense, private, batch, lr=0.05, reg=0.01, steps=2)
+    for b in range(2):
+        want_rows, want_dense = _mf_by_definition(table, dense, private.params[b], local[b], ratings[b], 0.01, clip)
+        np.testing.assert_allclose(res.row_grads[b], want_rows, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(res.dense_grads[b], want_dense, rtol=1e-4, atol=1e-6)
+    # private parameters and loss are the non-DP step's: they never leave the device
+    np.testing.assert_array_equal(res.private.params, plain.private.params)
+    np.testing.assert_array_equal(res.loss, plain.loss)
+    if clip == 0.05:  # every record is clipped: each user's upload norm is at most n_ratings x clip
+        norms = np.sqrt((res.row_grads ** 2).sum((1, 2)) + (res.dense_grads ** 2).sum(1))
+        assert (norms <= np.array([4, 2]) * clip + 1e-6).all()
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("ncf", 4), ModelSpec("deepfm", 4, 3, 2)], ids=lambda s: s.name)
+def test_chunking_changes_nothing_and_unclipped_sum_is_the_summed_loss_gradient(spec):
+    """Chunks of one record give the same upload; with no effective clipping, the upload is the gradient
+    of the SUM of record losses (n x the mean-loss gradient on the error part) - checked against train_batch."""
+    from models.dp_training import clipped_public_gradients
+    table, dense = init_item_table(spec, 5, 2), init_dense(spec, 2)
+    items = np.array([0, 2, 4])
+    batch = make_batch([np.arange(3)], [np.array([4, 2, 5], np.float32)], np.ones((1, spec.n_user_features)),
+                       [np.ones((3, spec.n_item_features))])
+    priv = PrivateState.initial(spec, [1], 0)
+    rows = table[items][None]
+    a = clipped_public_gradients(spec, rows, priv.params, dense, batch, 0.0, 1e9)
+    b = clipped_public_gradients(spec, rows, priv.params, dense, batch, 0.0, 1e9, chunk_elements=1)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-7)
+    plain = train_batch(spec, rows, dense, priv, batch, lr=0.01, reg=0.0, steps=1)  # mean loss over 3 ratings
+    np.testing.assert_allclose(a[0], 3 * plain.row_grads, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a[1], 3 * plain.dense_grads, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,161 @@
+"""One comparison across every protocol: utility, cost and what each server learns, on the same data.
+
+Each row is a protocol configuration run through the product's entry point (``python -m
+simulations.run``) twice, on the same data, split and seeds:
+
+* **utility** on the batched engine (``engine=batched``, whose equality tests tie it to the Flower
+  path): final test RMSE, HR@10 and NDCG@10 after ``--epochs`` epochs of 100 clients per round,
+  mean +- std over ``--seeds``;
+* **cost** on the Flower path (``engine=flower``, real messages and cryptography, telemetry on):
+  upload and download bytes per client measured from the serialised messages, client seconds per
+  participation and server seconds per round, over ``--cost-rounds`` rounds of ``--cost-clients``
+  clients (round 1 left out).
+
+The "server learns" column is the protocol's view as the value audits (tests/test_server_views.py,
+tests/test_fedmf_private_metrics.py) check it. Rows whose protocol is not built yet in this checkout
+are reported as such, not skipped silently.
+
+    python -m benchmarks.compare_protocols                        # every row, 200 epochs (about an hour)
+    python -m benchmarks.compare_protocols --epochs 2 --cost-rounds 2 --rows plaintext,secemb   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+
+# name -> (overrides on top of the SecEmb MF ML100K experiment, what the server(s) learn)
+ROWS: dict[str, tuple[list[str], str]] = {
+    "plaintext": (["strategy=plaintext"], "everything: item ids, gradients, per-user metrics"),
+    "distributed_mf": (["strategy=distributed_mf", "strategy.mode=fulltext"],
+                       "every gradient (ratings recoverable: leakage attack)"),
+    "fedmf_parttext": (["strategy=fedmf", "strategy.mode=parttext"],
+                       "Paillier ciphertexts; rated count from upload size; metric sums only"),
+    "fedmf_fulltext": (["strategy=fedmf", "strategy.mode=fulltext"], "Paillier ciphertexts; metric sums only"),
+    "secemb": (["strategy=secemb"], "each server: pseudorandom DPF keys/CWs, shares; sums over >= min_users"),
+    "secfedrec": (["strategy=secfedrec"], "each server: one share of a full-size vector; sums only"),
+    "bit8": (["strategy=plaintext", "strategy.compression=bit8"], "as plaintext (compressed gradients)"),
+    "tern": (["strategy=plaintext", "strategy.compression=tern"], "as plaintext (compressed gradients)"),
+    "svd": (["strategy=plaintext", "strategy.compression=svd"], "as plaintext (compressed gradients)"),
+    "colr": (["strategy=plaintext", "strategy.compression=colr"], "as plaintext (compressed gradients)"),
+    "secemb_dp": (["strategy=secemb", "dp.enabled=true", "dp.target_epsilon=8", "dp.clip=1.0"],
+                  "as secemb; aggregate under (8, 1e-5) record-level DP against either server"),
+}
+
+
+def run(overrides: list[str]) -> dict[str, Any]:
+    """One ``python -m simulations.run``; its results.json, or {"error": last stderr line}."""
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides, f"output_dir={out}",
+                               "hydra/job_logging=disabled"], cwd=ROOT, capture_output=True, text=True)
+        path = Path(out) / "results.json"
+        if proc.returncode != 0 or not path.exists():
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+        return json.loads(path.read_text())
+
+
+def last(records: list[dict[str, Any]], *keys: str) -> float | None:
+    """The last record's value of the first key present (ranking keys may be named hr@10 or similar)."""
+    for record in reversed(records):
+        for key in keys:
+            if record.get(key) is not None:
+                return float(record[key])
+    return None
+
+
+def mean_std(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    return f"{statistics.mean(vals):.4f}" + (f" +- {statistics.stdev(vals):.4f}" if len(vals) > 1 else "")
+
+
+def utility(base: list[str], row: list[str], epochs: float, seeds: list[int], n_users: int) -> dict[str, Any]:
+    rounds = max(1, math.ceil(epochs * n_users / 100))
+    runs = [run([*base, *row, "engine=batched", f"rounds={rounds}", f"seed={s}",
+                 f"train.eval_every={max(1, rounds // 4)}", "train.eval_clients=null"]) for s in seeds]
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        return {"error": errors[0]}
+    recs = [r["records"] for r in runs]
+    return {"rmse": mean_std([last(r, "test_rmse") for r in recs]),
+            "hr": mean_std([last(r, "hr@10", "hit_rate", "hr_at_10") for r in recs]),
+            "ndcg": mean_std([last(r, "ndcg@10", "ndcg", "ndcg_at_10") for r in recs]),
+            "epsilon": last(recs[0], "epsilon"), "rounds": rounds}
+
+
+def cost(base: list[str], row: list[str], clients: int, rounds: int) -> dict[str, Any]:
+    res = run([*base, *row, "engine=flower", f"rounds={rounds}", f"clients_per_round={clients}",
+               "simulation.telemetry=true", "train.eval_every=0", "train.eval_clients=2"])
+    if "error" in res:
+        return res
+    recs = res["records"][1:] or res["records"]
+
+    def avg(key: str) -> float | None:
+        vals = [float(r[key]) for r in recs if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"up": avg("bytes_up_per_client"), "down": avg("bytes_down_per_client"),
+            "client_s": avg("client_seconds_mean"), "server_s": avg("server_seconds")}
+
+
+def _kib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 1024:,.1f}"
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--data-path", default=str(ML100K))
+    parser.add_argument("--epochs", type=float, default=200.0)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--cost-clients", type=int, default=10)
+    parser.add_argument("--cost-rounds", type=int, default=3)
+    parser.add_argument("--skip-cost", action="store_true")
+    args = parser.parse_args()
+    base = ["+experiment=secemb_ml100k_mf", f"dataset.path={args.data_path}"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    n_users = 943  # ml_100k
+    print(f"load average {os.getloadavg()[0]:.2f}; ml_100k MF, utility: batched engine, {args.epochs:g} epochs x "
+          f"100 clients/round, seeds {seeds}; cost: Flower path, {args.cost_clients} clients/round, "
+          f"mean of rounds 2..{args.cost_rounds}", flush=True)
+    header = ("| protocol | RMSE | HR@10 | NDCG@10 | up KiB/client | down KiB/client | client s | server s/round "
+              "| server learns |")
+    lines = [header, "|" + "---|" * 9]
+    for name in args.rows.split(","):
+        row, learns = ROWS[name]
+        t0 = time.perf_counter()
+        u = utility(base, row, args.epochs, seeds, n_users)
+        c = {} if args.skip_cost else cost(base, row, args.cost_clients, args.cost_rounds)
+        if "error" in u:
+            line = f"| {name} | not run: {u['error'][:80]} | | | | | | | {learns} |"
+        else:
+            eps = f" (eps {u['epsilon']:.2f})" if u.get("epsilon") is not None else ""
+            line = (f"| {name} | {u['rmse']}{eps} | {u['hr']} | {u['ndcg']} | {_kib(c.get('up'))} | "
+                    f"{_kib(c.get('down'))} | {_s(c.get('client_s'))} | {_s(c.get('server_s'))} | {learns} |")
+            if "error" in c:
+                line += f" cost not run: {c['error'][:80]}"
+        lines.append(line)
+        print(line + f"  <!-- {time.perf_counter() - t0:.0f} s -->", flush=True)
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

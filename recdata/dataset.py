@@ -30,7 +30,8 @@ class DatasetMeta:
     n_item_features: int
     # The rating scale's (lowest, highest) value, e.g. (0.5, 5.0) stars: public knowledge of the service, read off
     # the dataset (as the star scale a deployment declares). Models start their global bias at its midpoint, so a
-    # short run does not spend its first rounds climbing from 0 to the scale. (0, 0) = unknown: the bias starts at 0.
+    # short run does not spend its first rounds climbing from 0 to the scale. (0, 0) = unknown (synthetic data):
+    # the bias starts at 0.
     rating_scale: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -86,5 +87,7 @@ def dataset_meta(cfg: Any) -> DatasetMeta:
     return DatasetMeta(
         name=cfg.dataset.name, n_users=split.n_users, n_items=split.n_items,
         n_user_features=split.user_features.shape[1], n_item_features=split.item_features.shape[1],
-        rating_scale=split.rating_scale(),
+        # A star scale is declared by real rating services (MovieLens, a csv of stars); synthetic data is a
+        # planted real-valued matrix with no scale of its own, so its models keep the bias at 0.
+        rating_scale=(0.0, 0.0) if cfg.dataset.name == "synthetic" else split.rating_scale(),
     )

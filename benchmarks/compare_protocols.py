@@ -67,13 +67,9 @@ def run(overrides: list[str]) -> dict[str, Any]:
         return json.loads(path.read_text())
 
 
-def last(records: list[dict[str, Any]], *keys: str) -> float | None:
-    """The last record's value of the first key present (ranking keys may be named hr@10 or similar)."""
-    for record in reversed(records):
-        for key in keys:
-            if record.get(key) is not None:
-                return float(record[key])
-    return None
+def last(records: list[dict[str, Any]], key: str) -> float | None:
+    """The last record's value of ``key`` (evaluation keys appear only on evaluated rounds)."""
+    return next((float(r[key]) for r in reversed(records) if r.get(key) is not None), None)
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -92,8 +88,8 @@ def utility(base: list[str], row: list[str], epochs: float, seeds: list[int], n_
         return {"error": errors[0]}
     recs = [r["records"] for r in runs]
     return {"rmse": mean_std([last(r, "test_rmse") for r in recs]),
-            "hr": mean_std([last(r, "hr@10", "hit_rate", "hr_at_10") for r in recs]),
-            "ndcg": mean_std([last(r, "ndcg@10", "ndcg", "ndcg_at_10") for r in recs]),
+            "hr": mean_std([last(r, "hr@10") for r in recs]),
+            "ndcg": mean_std([last(r, "ndcg@10") for r in recs]),
             "epsilon": last(recs[0], "epsilon"), "rounds": rounds}
 
 

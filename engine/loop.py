@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from engine.driver import Driver
-from engine.registry import driver_name, get_driver
+from engine.registry import get_driver
 from recdata import FederatedSplit
 from recdata.dataset import DatasetMeta
 from schemas.config import AppConfig
 from strategies.base import ranking_fields
-from strategies.privacy import protocol_name
 
 log = logging.getLogger("secrec.engine")
 ENGINE = "batched"
@@ -53,7 +52,7 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
     records.jsonl).
     """
     t_setup = time.perf_counter()
-    driver = get_driver(driver_name(protocol_name(cfg), cfg))(cfg, split, meta)
+    driver = get_driver(cfg.protocol)(cfg, split, meta)
     sampler = driver.sampler()
     setup_seconds = time.perf_counter() - t_setup
     rounds, eval_every = int(cfg.rounds), int(cfg.train.eval_every)

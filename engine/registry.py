@@ -1,4 +1,4 @@
-"""Strategy name -> batched-engine driver class.
+"""Protocol (``AppConfig.protocol``) -> batched-engine driver class.
 
 Entries are "module:Class" strings imported on first use, so choosing one protocol
 does not import the others' modules (and helpers can add drivers with a one-line edit).
@@ -16,15 +16,9 @@ DRIVERS: dict[str, str] = {
     "secfedrec": "engine.model_protocols:SecFedRecDriver",
     "distributed_mf": "engine.mf_protocols:DistributedMFDriver",
     "fedmf": "engine.mf_protocols:FedMFDriver",
-    "dp_fedrec": "engine.dp_protocols:DPFedRecDriver",  # strategy=plaintext with dp.mode=local
-    "compressed": "engine.compressed_protocol:CompressedPlaintextDriver",  # strategy=plaintext, compression != none
-}
-
-
-def driver_name(protocol: str, cfg) -> str:
-    """The DRIVERS key of a run: ``compressed`` for plaintext with strategy.compression != none
-    (as simulations.registry.build_strategy chooses), else the protocol name."""
-    return "compressed" if protocol == "plaintext" and cfg.strategy.compression != "none" else protocol
+    "dp_fedrec": "engine.dp_protocols:DPFedRecDriver",
+    "compressed": "engine.compressed_protocol:CompressedPlaintextDriver",
+}  # keys: AppConfig.protocol
 
 
 def get_driver(name: str) -> type[Driver]:

@@ -467,6 +467,21 @@ class AppConfig:
     def model_spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return self.model.spec(n_user_features, n_item_features)
 
+    @property
+    def protocol(self) -> str:
+        """The protocol this config runs: the one key both engines' registries resolve.
+
+        The strategy's name, except two baselines that run on ``strategy=plaintext``: ``dp_fedrec``
+        (local DP, SecEmb Figure 7) and ``compressed`` (a codec, SecEmb Table 3). ``dp.check`` refuses
+        DP with compression, so at most one applies.
+        """
+        if self.strategy.name == "plaintext":
+            if self.dp.enabled and self.dp.mode == "local":
+                return "dp_fedrec"
+            if self.strategy.compression != "none":
+                return "compressed"
+        return str(self.strategy.name)
+
 
 def from_dict(values: dict[str, Any]) -> AppConfig:
     """An AppConfig from a plain nested dict (e.g. results.json's config); unknown keys are refused."""

@@ -7,8 +7,6 @@ from typing import Any
 
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy
-from strategies.privacy import protocol_name
-from engine.registry import driver_name
 from schemas.config import AppConfig
 
 STRATEGY_CLASSES = {
@@ -17,11 +15,11 @@ STRATEGY_CLASSES = {
     "fedmf": "strategies.fedmf:FedMFStrategy",
     "secemb": "strategies.secemb:SecEmbStrategy",
     "secfedrec": "strategies.secfedrec:SecFedRecStrategy",
-    "dp_fedrec": "strategies.dp_fedrec:DPFedRecStrategy",  # strategy=plaintext with dp.mode=local
-    "compressed": "strategies.compressed:CompressedPlaintextStrategy",  # strategy=plaintext, compression != none
-}
+    "dp_fedrec": "strategies.dp_fedrec:DPFedRecStrategy",
+    "compressed": "strategies.compressed:CompressedPlaintextStrategy",
+}  # keys: AppConfig.protocol
 
 
 def build_strategy(cfg: AppConfig, meta: DatasetMeta) -> RecStrategy:
-    module, cls = STRATEGY_CLASSES[driver_name(protocol_name(cfg), cfg)].split(":")
+    module, cls = STRATEGY_CLASSES[cfg.protocol].split(":")
     return getattr(importlib.import_module(module), cls)(cfg, meta)

@@ -241,14 +241,3 @@ def dp_run_of(cfg: Any, n_users: int) -> DPRun | None:
                  z, dp.target_epsilon, dp.delta, cfg.rounds, sampled, n_users, dp.sampling)
     return DPRun(noise_multiplier=z, clip=float(dp.clip), delta=float(dp.delta), sampling=str(dp.sampling),
                  mode=str(dp.mode), ledger=PrivacyLedger(z, int(n_users), float(dp.delta), str(dp.sampling)))
-
-
-def protocol_name(cfg: Any) -> str:
-    """The protocol a config runs: ``dp_fedrec`` for strategy=plaintext with local DP, else the strategy name.
-
-    Both registries (simulations/registry.py, engine/registry.py via engine/loop.py) resolve through this.
-    """
-    dp = cfg.dp
-    if cfg.strategy.name == "plaintext" and dp.enabled and dp.mode == "local":
-        return "dp_fedrec"
-    return str(cfg.strategy.name)

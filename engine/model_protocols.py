@@ -123,6 +123,7 @@ class ModelDriver(Driver):
         self.initialised = np.zeros(n, dtype=bool)
         self.last_sizes: dict[str, float] = {"bytes_down": 0.0, "bytes_up": 0.0}
         self._size_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._dense_grads_buffer = np.zeros((0, self.spec.dense_size), dtype=np.float32)
 
     # ---------------------------------------------------------- interface
     def sampler(self) -> Any:
@@ -202,7 +203,7 @@ class ModelDriver(Driver):
         k = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(users))
         spec, m = self.spec, self.cfg.model
         row_grads = np.zeros((len(users), int(k.max(initial=0)), spec.row_dim), dtype=np.float32)
-        dense_grads = np.zeros((len(users), spec.dense_size), dtype=np.float32)
+        dense_grads = self.dense_grads_buffer(len(users))  # every row is written below
         loss = np.zeros(len(users))
         train = partial(train_batch_clipped, clip=float(self.cfg.dp.clip)) if self.cfg.dp.enabled else train_batch
         for g in groups(k * spec.row_dim + n_rat * (4 + spec.n_item_features), 2 * spec.dense_size):
@@ -217,6 +218,17 @@ class ModelDriver(Driver):
             dense_grads[g], loss[g] = res.dense_grads, res.loss
         return RoundBatch(items=items, row_mask=np.arange(row_grads.shape[1]) < k[:, None], row_grads=row_grads,
                           dense_grads=dense_grads, loss=loss, n_ratings=n_rat)
+
+    def dense_grads_buffer(self, n_users: int) -> np.ndarray:
+        """A reused float32 [n_users, dense_size] array for the round's dense gradients.
+
+        A fresh array of that size costs its page faults every round (0.5 s of DeepFM's 2.6 s round on
+        ml_100k: 100 users x 1.76M floats). Reusing it is safe because a RoundBatch is consumed by
+        ``aggregate`` within its round and nothing keeps it.
+        """
+        if self._dense_grads_buffer.shape[0] < n_users:
+            self._dense_grads_buffer = np.zeros((n_users, self.spec.dense_size), dtype=np.float32)
+        return self._dense_grads_buffer[:n_users]
 
     def user_test_errors(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each user's test SSE and count on the current public model (the clients' evaluate_locally)."""

@@ -31,6 +31,7 @@ from unittest import mock
 import ray
 from flwr.app import Message
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import OmegaConf
 
 from simulations.client_app import make_client_app
 from simulations.config import compose_config, to_app_config
@@ -39,6 +40,21 @@ from simulations.server_app import run_server
 
 SMALL = ["dataset=synthetic", "dataset.n_users=12", "dataset.n_items=40", "dataset.mean_ratings=8",
          "clients_per_round=6", "rounds=2", "train.eval_every=1", "model.dim=8"]
+
+
+_RUNS: dict[str, dict] = {}
+
+
+def cached_run(tmp_path_factory, overrides: list[str]) -> dict:
+    """``run_sim`` once per distinct composed configuration in this pytest session; its results.
+
+    Keyed on the composed config (not the override strings, whose order and spelling vary), here in a
+    module every test file imports under the same name, so tests in different files share their runs.
+    """
+    key = json.dumps(OmegaConf.to_container(compose_config(list(overrides)), resolve=True), sort_keys=True)
+    if key not in _RUNS:
+        _RUNS[key] = run_sim(tmp_path_factory.mktemp("run"), list(overrides))[0]
+    return _RUNS[key]
 
 
 class RecordingGrid(Grid):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from simulations.report import Run, group_runs, main, markdown, metric_columns, run_metrics, table_rows, varying_keys
-from tests.sim_utils import SMALL, run_sim
+from simulations.config import compose_config, to_app_config
+from simulations.run import simulate_batched
+from tests.sim_utils import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,18 +25,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def runs_folder(tmp_path_factory) -> Path:
     """Four real runs: a Hydra multirun of two seeds (model.dim=8) and two more seeds with model.dim=4.
 
+    On the batched engine: the report reads the same files either engine writes (results.json,
+    records.jsonl, Hydra's config), and these runs take seconds instead of four Flower start-ups.
+
     The multirun's job 1 then loses its results.json, as a run that died before its
     first checkpoint would: the report must read it from records.jsonl and .hydra/config.yaml.
     """
     root = tmp_path_factory.mktemp("report")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "simulations.run", "--multirun", *SMALL, "seed=0,1",
+    cmd = [sys.executable, "-m", "simulations.run", "--multirun", *SMALL, "seed=0,1", "engine=batched",
            f"hydra.sweep.dir={root / 'sweep'}"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"multirun failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
     for seed in (0, 1):
-        run_sim(root / "dim4" / f"seed{seed}", [*SMALL, "model.dim=4", f"seed={seed}"])
+        cfg = to_app_config(compose_config([*SMALL, "model.dim=4", f"seed={seed}", "engine=batched"]))
+        simulate_batched(cfg, str(root / "dim4" / f"seed{seed}"))
     job1 = root / "sweep" / "1"
     shutil.copy(job1 / "results.json", root / "job1_results.json")  # kept outside every run folder
     (job1 / "results.json").unlink()

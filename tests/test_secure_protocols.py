@@ -10,19 +10,20 @@ import math
 
 import pytest
 
-from tests.sim_utils import SMALL, run_sim
+from tests.sim_utils import SMALL, cached_run, run_sim
 
 pytestmark = pytest.mark.slow
 FEATURES = ["dataset.n_user_features=5", "dataset.n_item_features=4"]
-_cache: dict[tuple, dict] = {}
+
+
+# 40 items: 20 ranking negatives fit (the default 99 do not). tests/test_batched_engine.py uses the same runs.
+TWIN = ("train.ranking_negatives=20",)
 
 
 def _run(tmp_path_factory, *overrides: str, base: tuple[str, ...] = tuple(SMALL + FEATURES)) -> dict:
-    """Run (once per distinct configuration) on ``base`` + ``overrides``."""
-    key = base + tuple(overrides)
-    if key not in _cache:
-        _cache[key] = run_sim(tmp_path_factory.mktemp("run"), list(key))[0]
-    return _cache[key]
+    """Run ``base`` + ``overrides`` once per distinct composed configuration (see ``cached_run``): the twins
+    here and the engine-equality runs of tests/test_batched_engine.py share the Flower runs they have in common."""
+    return cached_run(tmp_path_factory, [*base, *overrides])
 
 
 def _rmses(res: dict) -> list[float]:
@@ -38,7 +39,7 @@ def _assert_twins(plain: dict, secure: dict) -> None:
 
 @pytest.mark.parametrize("model,rounds", [("mf", 20), ("deepfm", 20), ("ncf", 2), ("fm", 2)])
 def test_secemb_is_lossless_against_plaintext(tmp_path_factory, model, rounds):
-    common = [f"model={model}", f"rounds={rounds}", "train.eval_every=5" if rounds > 5 else "train.eval_every=1"]
+    common = [f"model={model}", f"rounds={rounds}", "train.eval_every=5" if rounds > 5 else "train.eval_every=1", *TWIN]
     plain = _run(tmp_path_factory, "strategy=plaintext", "strategy.m_prime=6", *common)
     secure = _run(tmp_path_factory, "strategy=secemb", "strategy.m_prime=6", *common)
     _assert_twins(plain, secure)
@@ -60,7 +61,7 @@ def test_secemb_m_prime_comes_from_the_secure_count_sum(tmp_path_factory):
 def test_secfedrec_is_lossless_against_plaintext(tmp_path_factory, model):
     """20 rounds for MF and DeepFM, as for SecEmb. The protocol shares one flat vector (full row
     gradients, then the dense ones) for every model, so NCF and FM would change only its length."""
-    common = [f"model={model}", "rounds=20", "train.eval_every=5"]
+    common = [f"model={model}", "rounds=20", "train.eval_every=5", *TWIN]
     plain = _run(tmp_path_factory, "strategy=plaintext", *common)
     secure = _run(tmp_path_factory, "strategy=secfedrec", *common)
     _assert_twins(plain, secure)
@@ -72,7 +73,7 @@ def test_secfedrec_is_lossless_against_plaintext(tmp_path_factory, model):
 
 @pytest.mark.parametrize("variant", ["rowenc", "init"])
 def test_ablation_variants_train_the_same_model(tmp_path_factory, variant):
-    base = ["model=mf", "rounds=2", "train.eval_every=1", "strategy.m_prime=6"]
+    base = ["model=mf", "rounds=20", "train.eval_every=5", "strategy.m_prime=6", *TWIN]  # the MF twin's runs
     full = _run(tmp_path_factory, "strategy=secemb", *base)
     ablation = _run(tmp_path_factory, "strategy=secemb", f"strategy.variant={variant}", *base)
     for a, b in zip(_rmses(full), _rmses(ablation)):
@@ -98,11 +99,11 @@ def test_fedmf_is_lossless_against_distributed_mf_small_setting(tmp_path_factory
 
 
 def test_fedmf_is_lossless_on_ml_latest_small_with_2048_bit_keys(tmp_path_factory):
-    common = ["dataset=ml_latest_small", "dataset.max_items=60", "dataset.max_users=40", "dataset.split=last_k",
-              "model=mf", "model.dim=10", "clients_per_round=20", "rounds=2", "train.eval_every=1"]
+    common = ["dataset=ml_latest_small", "dataset.max_items=60", "dataset.max_users=20", "dataset.split=last_k",
+              "model=mf", "model.dim=10", "clients_per_round=10", "rounds=2", "train.eval_every=1"]
     plain = run_sim(tmp_path_factory.mktemp("dmf"), common + ["strategy=distributed_mf", "strategy.mode=parttext"])[0]
     secure = run_sim(tmp_path_factory.mktemp("fedmf"), common + ["strategy=fedmf", "strategy.mode=parttext",
                                                                  "strategy.key_bits=2048"])[0]
-    assert secure["final"]["key_bits"] == 2048 and secure["final"]["keyed_users"] == 40
+    assert secure["final"]["key_bits"] == 2048 and secure["final"]["keyed_users"] == 20
     for a, b in zip(_rmses(plain), _rmses(secure)):
         assert abs(a - b) <= 1e-6, (a, b)

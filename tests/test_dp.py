@@ -102,11 +102,37 @@ def test_each_server_noises_its_gradient_share_not_the_metric_slots():
     from twoserver.dp_noise import add_noise_share
     from twoserver.operations import Server1
     sparse, dense = np.zeros((5, 3), np.uint64), np.zeros(6, np.uint64)  # dense: 4 gradients + 2 metric slots
-    out = Server1._noised({"noise_std": 2.0, "frac_bits": 16, "dense_size": 6}, sparse, dense)
+    out = Server1()._noised({"noise_std": 2.0, "frac_bits": 16, "dense_size": 6}, sparse, dense)
     signed = out["dense"].view(np.int64) / 2.0 ** 16
     assert (out["sparse"] != 0).all() and (signed[:4] != 0).all() and (out["dense"][4:] == 0).all()
     assert np.abs(signed[:4]).max() < 2.0 * 8  # ring-encoded Gaussian of std 2, two's complement
-    same = Server1._noised({"dense_size": 6}, sparse, dense)  # no DP requested: unchanged
+    same = Server1()._noised({"dense_size": 6}, sparse, dense)  # no DP requested: unchanged
     assert not same["sparse"].any() and not same["dense"].any()
     a, b = add_noise_share(sparse, 1.0, 16), add_noise_share(sparse, 1.0, 16)
     assert not np.array_equal(a, b)  # fresh CSPRNG noise every call
+
+
+def test_server1_noise_floor_is_its_own():
+    """Server 1's operator sets the least noise it adds: server 0 asking for less (or for none) does not lower it."""
+    from schemas.wire import WireError, decode_frame, encode_frame
+    from twoserver.operations import Server1
+    sparse, dense = np.zeros((400, 5), np.uint64), np.zeros(6, np.uint64)
+    floored = Server1(min_noise_std=3.0)
+    assert floored.noise_std({"noise_std": 0.5, "frac_bits": 16}) == 3.0
+    assert floored.noise_std({"noise_std": 5.0, "frac_bits": 16}) == 5.0
+    out = floored._noised({"noise_std": 0.5, "frac_bits": 16, "dense_size": 6}, sparse, dense)
+    std = (out["sparse"].view(np.int64) / 2.0 ** 16).std()
+    assert 2.7 < std < 3.3  # 2,000 draws of the floor's N(0, 9), not of the requested N(0, 0.25)
+    for meta in ({}, {"noise_std": 1.0}, {"frac_bits": 16}):
+        with pytest.raises(WireError, match="DP noise"):
+            floored.noise_std(meta)
+    with pytest.raises(WireError, match="dp_slots"):
+        floored.noise_std({"noise_std": 1.0, "frac_bits": 16}, need_slots=True)
+    # through the service's dispatch: a sum without DP parameters is answered with an error frame
+    frame = encode_frame("sum_shares", {"run": "r", "round": 1, "users": [1, 2], "shape": [2], "ring_bits": 64},
+                         {"box_1": np.zeros(200, np.uint8), "box_2": np.zeros(200, np.uint8)})
+    op, meta, _ = decode_frame(floored.handle(frame))
+    assert op == "error" and "DP noise" in meta["reason"]
+    assert Server1().noise_std({}) == 0.0  # no floor, no DP asked: none added
+    with pytest.raises(ValueError):
+        Server1(min_noise_std=float("nan"))

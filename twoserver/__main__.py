@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path-cache-mib", type=int, default=DEFAULT_MAX_CACHE_BYTES >> 20,
                         help="cap on the round's cached DPF tree paths (MiB); past it keys are re-expanded "
                              "in aggregation: the same bits, about 20%% more CPU")
+    parser.add_argument("--min-noise-std", type=float, default=0.0,
+                        help="server 1's own floor for the std of its central-DP noise (gradient units, i.e. "
+                             "noise_multiplier x clip); with a floor, aggregations without DP are refused")
     parser.add_argument("--key-file", type=Path, help="keep server 1's X25519 key here (0600) across restarts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--min-users must be >= 1")
     if args.path_cache_mib < 0:
         parser.error("--path-cache-mib must be >= 0")
+    if not (math.isfinite(args.min_noise_std) and args.min_noise_std >= 0):
+        parser.error("--min-noise-std must be a finite number >= 0")
     server1 = Server1(min_users=args.min_users, max_cache_bytes=args.path_cache_mib << 20,
+                      min_noise_std=args.min_noise_std,
                       private_key=load_or_create_key(args.key_file) if args.key_file else None)
     print(f"server 1 X25519 public key fingerprint (strategy.server1_fingerprint): {server1.fingerprint}",
           flush=True)

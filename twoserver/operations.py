@@ -24,6 +24,7 @@ FedRec: sum of sealed full-gradient shares).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Any
 
@@ -48,14 +49,21 @@ class Server1:
     """State and operations of server 1 (party b = 1)."""
 
     def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None,
-                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, min_noise_std: float = 0.0) -> None:
         """``min_users`` is server 1's own floor: server 0 may ask for more, never for fewer.
+
+        ``min_noise_std`` is server 1's own floor for its central-DP noise (SecEmb Appendix G): each
+        server's guarantee rests on the *other* server's noise, so the operator of server 1 sets what
+        it adds, whatever server 0 asks. With a floor, an aggregation without DP parameters is refused.
 
         ``private_key`` lets a deployment keep server 1's X25519 key across restarts
         (``--key-file``), so the fingerprint users pin stays valid. ``max_cache_bytes`` caps
         the round's cached DPF paths (:class:`twoserver.party.SecEmbParty`).
         """
         self.max_cache_bytes = max_cache_bytes
+        if not (math.isfinite(min_noise_std) and min_noise_std >= 0):
+            raise ValueError(f"min_noise_std must be a finite number >= 0, got {min_noise_std}")
+        self.min_noise_std = float(min_noise_std)
         self._private = private_key or X25519PrivateKey.generate()
         self.public_key = public_bytes(self._private)
         self.table: np.ndarray | None = None
@@ -153,6 +161,7 @@ class Server1:
         if self.party is None:
             raise WireError("aggregate before retrieve")
         rnd, run, width, dense = int(meta["round"]), meta["run"], int(meta["width"]), int(meta["dense_size"])
+        self.noise_std(meta)  # with a DP floor, a request without DP parameters is refused before any work
         cws, dense_sum, rejected = {}, np.zeros(dense, dtype=self.ring_dtype), {}
         for user in meta["users"]:
             try:
@@ -171,6 +180,7 @@ class Server1:
 
     def _op_aggregate_fresh(self, meta, arrays):
         rnd, run, width, dense = int(meta["round"]), meta["run"], int(meta["width"]), int(meta["dense_size"])
+        self.noise_std(meta)  # with a DP floor, a request without DP parameters is refused before any work
         keys, dense_sum, rejected = {}, np.zeros(dense, dtype=self.ring_dtype), {}
         n_items = self.table.shape[0] if self.table is not None else int(meta["n_items"])
         variant = variant_of(meta["variant"])
@@ -213,10 +223,22 @@ class Server1:
         done.add((run, rnd))
         return {"rejected": rejected, "users": used}, {"sum": total}
 
-    @staticmethod
-    def _noised(meta: dict[str, Any], sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
+    def noise_std(self, meta: dict[str, Any], need_slots: bool = False) -> float:
+        """The std of server 1's noise for this aggregate: server 0's ``noise_std``, raised to server 1's floor.
+
+        A floor with a request that carries no DP parameters (``noise_std``, ``frac_bits``, and
+        ``dp_slots`` where the sum holds metric slots) is refused: server 1 would not know how to encode it.
+        """
+        if self.min_noise_std > 0:
+            missing = [k for k in ("noise_std", "frac_bits", *(("dp_slots",) if need_slots else ())) if k not in meta]
+            if missing:
+                raise WireError(f"server 1 adds DP noise of std >= {self.min_noise_std} to every aggregate; "
+                                f"the request lacks {', '.join(missing)}")
+        return max(float(meta.get("noise_std", 0.0)), self.min_noise_std)
+
+    def _noised(self, meta: dict[str, Any], sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
         """Central DP: server 1's own fresh noise on its aggregated table and dense shares (not the metric slots)."""
-        std, frac = float(meta.get("noise_std", 0.0)), int(meta.get("frac_bits", 0))
+        std, frac = self.noise_std(meta), int(meta.get("frac_bits", 0))
         slots = max(int(meta["dense_size"]) - TRAIN_METRICS, 0)
         return {"sparse": add_noise_share(sparse, std, frac), "dense": add_noise_share(dense, std, frac, slots)}
 
@@ -224,6 +246,7 @@ class Server1:
         rnd, run = int(meta["round"]), meta["run"]
         shape = tuple(int(s) for s in meta["shape"])
         ring = ring_dtype(int(meta["ring_bits"]))
+        std = self.noise_std(meta, need_slots=True)
         total, rejected, used = np.zeros(shape, dtype=ring), {}, []
         for user in meta["users"]:
             try:
@@ -232,6 +255,6 @@ class Server1:
                 used.append(user)
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
-        std, frac = float(meta.get("noise_std", 0.0)), int(meta.get("frac_bits", 0))
+        frac = int(meta.get("frac_bits", 0))
         total = add_noise_share(total.reshape(-1), std, frac, int(meta.get("dp_slots", 0))).reshape(shape)
         return {"rejected": rejected, "users": used}, {"sum": total}

@@ -36,6 +36,7 @@ Numpy only: these run on the user side, before any Flower message exists.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -140,6 +141,7 @@ def dynamic_tree_codebook(exponent_bits: int = 7) -> np.ndarray:
 
 _CODEBOOK = dynamic_tree_codebook()
 _CODEBOOK_MIDPOINTS = (_CODEBOOK[:-1] + _CODEBOOK[1:]) / 2.0
+_ZERO_CODE = np.uint8(np.searchsorted(_CODEBOOK_MIDPOINTS, 0.0))
 
 
 @dataclass(frozen=True)
@@ -156,13 +158,20 @@ class Bit8Codec:
     def compress(self, update: np.ndarray, rng: np.random.Generator | None = None, round_idx: int = 0) -> Payload:
         arr = _as_update(update)
         scale = np.float32(_max_abs(arr))
-        normalised = arr.astype(np.float64) / scale if scale > 0 else np.zeros(arr.shape)
-        codes = np.searchsorted(_CODEBOOK_MIDPOINTS, normalised).astype(np.uint8)
+        # A user's update is zero outside its rated rows: only the nonzero entries are searched, the
+        # rest take zero's code (the same codes as searching every entry, ~15x less work on ml_100k).
+        codes = np.full(arr.shape, _ZERO_CODE, dtype=np.uint8)
+        if scale > 0:
+            nonzero = arr != 0
+            codes[nonzero] = np.searchsorted(_CODEBOOK_MIDPOINTS, arr[nonzero].astype(np.float64) / scale)
         return {"codes": codes, "scale": np.array([scale], dtype=np.float32)}
 
     def decompress(self, payload: Payload, shape: tuple[int, int], round_idx: int = 0) -> np.ndarray:
         codes = np.asarray(payload["codes"]).reshape(shape)
-        return (_CODEBOOK[codes] * float(payload["scale"][0])).astype(np.float32)
+        out = np.zeros(shape, dtype=np.float32)
+        coded = codes != _ZERO_CODE  # zero's code decodes to 0 at any scale
+        out[coded] = _CODEBOOK[codes[coded]] * float(payload["scale"][0])
+        return out
 
 
 # ---------------------------------------------------------------- TernGrad (Wen et al. 2017)
@@ -182,7 +191,10 @@ class TernGradCodec:
     :meth:`local_scale`, which makes the ternary codes of all users summable).
 
     Payload: ``packed`` (uint8, four 2-bit codes per byte, code = value + 1, as
-    TernGrad's encoder packs them) and ``scale`` (one float32).
+    TernGrad's encoder packs them) and ``scale`` (one float32). Two bits per
+    value give MF on ML100K an R.R. near 16; SecEmb's Table 3 reports 8.00 for
+    every MF cell, i.e. four bits per value. We keep TernGrad's own packing and
+    say so beside the measured ratio.
     """
 
     clip_factor: float | None = 2.5
@@ -208,14 +220,15 @@ class TernGradCodec:
         s = local if scale is None else float(scale)
         if s < local * (1 - 1e-6):
             raise ValueError(f"shared scale {s} is below this user's max |g| = {local}; share the maximum")
+        flat = clipped.ravel()
+        codes = np.ones(flat.size + (-flat.size) % 4, dtype=np.uint8)  # code 1 is the value 0 (also the padding)
         if s > 0:
-            keep = rng.random(clipped.shape) < np.abs(clipped) / s
-            ternary = (np.sign(clipped) * keep).astype(np.int8)
-        else:
-            ternary = np.zeros(clipped.shape, dtype=np.int8)
-        codes = (ternary.ravel() + 1).astype(np.uint8)
-        codes = np.concatenate([codes, np.ones((-codes.size) % 4, dtype=np.uint8)])  # pad with the code of 0
-        packed = np.bitwise_or.reduce(codes.reshape(-1, 4) << _TERN_SHIFTS, axis=1).astype(np.uint8)
+            # Zero entries stay zero whatever the draw (keep probability 0), so only the nonzero ones draw.
+            nonzero = np.flatnonzero(flat)
+            keep = rng.random(nonzero.size) < np.abs(flat[nonzero]) / s
+            codes[nonzero] += (np.sign(flat[nonzero]) * keep).astype(np.int8).view(np.uint8)
+        quads = codes.reshape(-1, 4)
+        packed = quads[:, 0] | (quads[:, 1] << 2) | (quads[:, 2] << 4) | (quads[:, 3] << 6)
         return {"packed": packed, "scale": np.array([s], dtype=np.float32)}
 
     def decompress(self, payload: Payload, shape: tuple[int, int], round_idx: int = 0) -> np.ndarray:
@@ -245,9 +258,19 @@ class SVDCodec:
 
     def compress(self, update: np.ndarray, rng: np.random.Generator | None = None, round_idx: int = 0) -> Payload:
         arr = _as_update(update)
-        u, s, vt = np.linalg.svd(arr.astype(np.float64), full_matrices=False)
-        r = min(self.rank, s.size)
-        return {"us": (u[:, :r] * s[:r]).astype(np.float32), "vt": vt[:r].astype(np.float32)}
+        r = min(self.rank, *arr.shape)
+        # Zero rows (items the user did not rate) add nothing to the singular values or V and get zero
+        # rows of U, so the SVD runs on the nonzero rows only; a user with fewer than r such rows gets
+        # zero-padded factors (singular value 0), which decode to the same product.
+        rows = np.flatnonzero(np.any(arr != 0, axis=1))
+        us = np.zeros((arr.shape[0], r), dtype=np.float32)
+        vt = np.zeros((r, arr.shape[1]), dtype=np.float32)
+        if rows.size:
+            u, s, v = np.linalg.svd(arr[rows].astype(np.float64), full_matrices=False)
+            k = min(r, s.size)
+            us[rows, :k] = u[:, :k] * s[:k]
+            vt[:k] = v[:k]
+        return {"us": us, "vt": vt}
 
     def decompress(self, payload: Payload, shape: tuple[int, int], round_idx: int = 0) -> np.ndarray:
         out = np.asarray(payload["us"], dtype=np.float64) @ np.asarray(payload["vt"], dtype=np.float64)
@@ -285,10 +308,7 @@ class CoLRCodec:
         """The round's shared basis ``B``, float64 ``[rank, d]`` (rank <= d)."""
         if self.rank > d:
             raise ValueError(f"CoLR rank {self.rank} exceeds the row width {d}")
-        gen = np.random.default_rng([int(self.basis_seed), int(round_idx)])
-        gauss = gen.standard_normal((self.rank, d))
-        u, _, vt = np.linalg.svd(gauss, full_matrices=False)
-        return (u @ vt) * math.sqrt(d / self.rank)
+        return _colr_basis(int(self.basis_seed), int(round_idx), self.rank, d)
 
     def compress(self, update: np.ndarray, rng: np.random.Generator | None, round_idx: int) -> Payload:
         """Coefficients in round ``round_idx``'s basis (``rng`` is unused: the basis comes from the public seed)."""
@@ -302,6 +322,16 @@ class CoLRCodec:
         if coef.shape != (shape[0], self.rank):
             raise ValueError(f"CoLR payload has shape {coef.shape}, expected {(shape[0], self.rank)}")
         return (coef @ self.basis(shape[1], round_idx)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _colr_basis(basis_seed: int, round_idx: int, rank: int, d: int) -> np.ndarray:
+    """One round's basis, built once per round rather than once per user and per decode (read-only)."""
+    gen = np.random.default_rng([basis_seed, round_idx])
+    u, _, vt = np.linalg.svd(gen.standard_normal((rank, d)), full_matrices=False)
+    basis = (u @ vt) * math.sqrt(d / rank)
+    basis.flags.writeable = False
+    return basis
 
 
 CODEC_NAMES = ("bit8", "tern", "svd", "colr")

@@ -54,6 +54,37 @@ def test_bit8_decodes_to_nearest_code_and_error_is_bounded():
     np.testing.assert_array_equal(codec.decompress(codec.compress(zeros), zeros.shape), zeros)
 
 
+def _sparse_rows(shape=(60, 9), rows=(3, 17, 40, 41), seed=2) -> np.ndarray:
+    """A user's update: nonzero only on its rated rows (one entry inside them set to zero too)."""
+    update = np.zeros(shape, np.float32)
+    update[list(rows)] = _update((len(rows), shape[1]), seed)
+    update[rows[0], 0] = 0.0
+    return update
+
+
+def test_bit8_codes_of_a_sparse_update_are_the_nearest_codes_of_every_entry():
+    update = _sparse_rows()
+    payload = Bit8Codec().compress(update)
+    book = dynamic_tree_codebook()
+    normalised = update.astype(np.float64) / float(payload["scale"][0])
+    nearest = np.abs(normalised[..., None] - book).argmin(axis=-1)  # by definition, over all entries
+    np.testing.assert_array_equal(payload["codes"], nearest)
+    assert book[payload["codes"][update == 0]].max() == 0.0
+
+
+@pytest.mark.parametrize("rows", [(3, 17, 40, 41, 50, 55), (8, 30)])  # more and fewer nonzero rows than the rank
+def test_svd_of_a_sparse_update_matches_the_full_matrix_svd(rows):
+    update = _sparse_rows(rows=rows)
+    rank = 4
+    payload = SVDCodec(rank).compress(update)
+    assert payload["us"].shape == (60, rank) and payload["vt"].shape == (rank, 9)
+    u, s, vt = np.linalg.svd(update.astype(np.float64), full_matrices=False)
+    reference = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    np.testing.assert_allclose(SVDCodec(rank).decompress(payload, update.shape), reference, atol=1e-6)
+    zero_rows = np.setdiff1d(np.arange(60), rows)
+    assert not payload["us"][zero_rows].any()
+
+
 def test_terngrad_is_unbiased_and_ternary():
     g = np.array([[0.05, -0.2, 0.0, 0.4], [-0.4, 0.13, -0.01, 0.3], [0.2, -0.33, 0.07, 0.0]], np.float32)
     codec = TernGradCodec(clip_factor=None)

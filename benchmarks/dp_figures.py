@@ -2,8 +2,11 @@
 
 Figure 6: SecEmb with central DP (each server noises its share, record-level
 clipping) for each model (mf, ncf, fm, deepfm) at 100 and 500 clients per
-round on ML-100K; one curve per (model, clients per round). Figure 7: SecEmb+DP
-against the DP-FedRec baseline (strategy=plaintext, dp.mode=local) for MF.
+round on ML-100K; one curve per (model, clients per round), with the same run
+without DP as a dashed line (the utility loss is the gap; the table prints it
+in percent). Figure 7: SecEmb+DP against the DP-FedRec baseline
+(strategy=plaintext, dp.mode=local) for MF. Every run is evaluated on every
+user's test ratings.
 
 Each point is one run with ``dp.target_epsilon`` = that epsilon (the noise
 multiplier is calibrated by strategies/privacy.py to spend it over the run) and
@@ -35,13 +38,15 @@ log = logging.getLogger("secrec.dp_figures")
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
-def one_run(model: str, protocol: str, clients: int, epsilon: float, epochs: float, seed: int,
+def one_run(model: str, protocol: str, clients: int, epsilon: float | None, epochs: float, seed: int,
             overrides: list[str]) -> dict[str, Any]:
-    """Final test RMSE and epsilon of one DP run (protocol ``secemb`` or ``dp_fedrec``)."""
+    """Final test RMSE and epsilon of one DP run (protocol ``secemb`` or ``dp_fedrec``); ``epsilon``
+    None is the same protocol without DP (secemb, or plaintext for DP-FedRec): the utility-loss reference."""
     strategy = ["strategy=secemb", "dp.mode=central"] if protocol == "secemb" else \
         ["strategy=plaintext", "dp.mode=local"]
+    dp = ["dp.enabled=false"] if epsilon is None else ["dp.enabled=true", f"dp.target_epsilon={epsilon}"]
     base = [f"+experiment=secemb_ml100k_{model}", *strategy, f"clients_per_round={clients}", f"seed={seed}",
-            "engine=batched", "dp.enabled=true", f"dp.target_epsilon={epsilon}", "train.eval_every=0", *overrides]
+            "engine=batched", *dp, "train.eval_every=0", "train.eval_clients=null", *overrides]
     probe = to_app_config(compose_config([*base, "rounds=1"]))
     n_users = dataset_meta(probe).n_users
     rounds = max(1, math.ceil(epochs * n_users / min(clients, n_users)))
@@ -50,9 +55,11 @@ def one_run(model: str, protocol: str, clients: int, epsilon: float, epochs: flo
     start = time.perf_counter()
     run = run_batched(cfg, split, meta)
     last = run["records"][-1]
-    return {"model": model, "protocol": protocol, "clients": clients, "target_epsilon": epsilon, "seed": seed,
-            "rounds": rounds, "epsilon": run["dp"]["epsilon"], "noise_multiplier": run["dp"]["noise_multiplier"],
-            "test_rmse": last["test_rmse"], "seconds": time.perf_counter() - start}
+    spent = (math.inf, 0.0) if epsilon is None else (run["dp"]["epsilon"], run["dp"]["noise_multiplier"])
+    return {"model": model, "protocol": protocol, "clients": clients,
+            "target_epsilon": math.inf if epsilon is None else epsilon, "seed": seed, "rounds": rounds,
+            "epsilon": spent[0], "noise_multiplier": spent[1], "test_rmse": last["test_rmse"],
+            "seconds": time.perf_counter() - start}
 
 
 def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -74,8 +81,12 @@ def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, 
         curves.setdefault(tuple(p[k] for k in curve_keys), []).append(p)
     for key, pts in sorted(curves.items()):
         pts.sort(key=lambda p: p["target_epsilon"])
-        ax.plot([p["target_epsilon"] for p in pts], [p["test_rmse"] for p in pts], marker="o",
-                label=" / ".join(str(k) for k in key))
+        noised = [p for p in pts if math.isfinite(p["target_epsilon"])]
+        line, = ax.plot([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised], marker="o",
+                        label=" / ".join(str(k) for k in key))
+        for p in pts:
+            if not math.isfinite(p["target_epsilon"]):  # the run without DP: a dashed reference line
+                ax.axhline(p["test_rmse"], color=line.get_color(), linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("privacy budget epsilon")
     ax.set_ylabel("test RMSE")
@@ -113,10 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         jobs += [("mf", p, c) for p in ("secemb", "dp_fedrec") for c in args.clients[:1]
                  if not (p == "secemb" and args.figure == "both" and "mf" in args.models)]
     for model, protocol, clients in jobs:
-        for eps in args.epsilons:
+        for eps in [None, *args.epsilons]:
             for seed in args.seeds:
                 r = one_run(model, protocol, clients, eps, args.epochs, seed, list(args.override))
-                print(f"{protocol:9s} {model:6s} clients={clients:4d} target_eps={eps:<6g} eps={r['epsilon']:.3f} "
+                print(f"{protocol:9s} {model:6s} clients={clients:4d} target_eps={eps or math.inf:<6g} "
+                      f"eps={r['epsilon']:.3f} "
                       f"sigma={r['noise_multiplier']:.3f} rounds={r['rounds']} rmse={r['test_rmse']:.4f} "
                       f"({r['seconds']:.1f}s)", flush=True)
                 runs.append(r)
@@ -128,10 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     if fig7 and args.figure in ("7", "both"):
         plot(fig7, ("protocol",), "Figure 7: SecEmb+DP vs DP-FedRec (MF)", out / "fig7_dp_vs_dpfedrec.png")
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
-    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'epsilon':>8s} {'rmse':>7s} seeds")
+    reference = {(p["protocol"], p["model"], p["clients"]): p["test_rmse"] for p in points
+                 if not math.isfinite(p["target_epsilon"])}
+    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'epsilon':>8s} {'rmse':>7s} {'loss vs no DP':>13s} seeds")
     for p in sorted(points, key=lambda p: (p["protocol"], p["model"], p["clients"], p["target_epsilon"])):
+        ref = reference.get((p["protocol"], p["model"], p["clients"]))
+        loss = f"{100 * (p['test_rmse'] / ref - 1):+12.2f}%" if ref else f"{'':13s}"
         print(f"{p['protocol']:9s} {p['model']:6s} {p['clients']:7d} {p['epsilon']:8.3f} {p['test_rmse']:7.4f} "
-              f"{p['seeds']}")
+              f"{loss} {p['seeds']}")
     print(f"figures and numbers in {out}")
 
 

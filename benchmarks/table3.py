@@ -89,7 +89,7 @@ class Cell:
 
 def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: float, data_path: str) -> Cell:
     base = [f"+experiment=secemb_ml100k_{model}", f"dataset.path={data_path}", *METHODS[method], f"seed={seed}",
-            "engine=batched"]
+            "engine=batched", "train.eval_clients=null"]  # every user's test ratings, not the default sample
     cfg = to_app_config(compose_config(base))
     per_epoch = dataset_meta(cfg).n_users / cfg.clients_per_round
     rounds = math.ceil(epochs * per_epoch)

@@ -9,7 +9,9 @@ simulations.run``) twice, on the same data, split and seeds:
 * **cost** on the Flower path (``engine=flower``, real messages and cryptography, telemetry on):
   upload and download bytes per client measured from the serialised messages, client seconds per
   participation and server seconds per round, over ``--cost-rounds`` rounds of ``--cost-clients``
-  clients (round 1 left out).
+  clients (round 1 left out). Rows in ``--computed-cost-rows`` (FedMF's, whose 2048-bit Paillier
+  rounds take many minutes here; ``benchmarks/bench_fedmf`` times them) show the bytes the batched
+  run computed from the protocol's size function instead, marked "(computed)", and no seconds.
 
 The "server learns" column is the protocol's view as the value audits (tests/test_server_views.py,
 tests/test_fedmf_private_metrics.py) check it. Rows whose protocol is not built yet in this checkout
@@ -90,7 +92,9 @@ def utility(base: list[str], row: list[str], epochs: float, seeds: list[int], n_
     return {"rmse": mean_std([last(r, "test_rmse") for r in recs]),
             "hr": mean_std([last(r, "hr@10") for r in recs]),
             "ndcg": mean_std([last(r, "ndcg@10") for r in recs]),
-            "epsilon": last(recs[0], "epsilon"), "rounds": rounds}
+            "epsilon": last(recs[0], "epsilon"), "rounds": rounds,
+            # the batched engine's bytes come from each protocol's size function (bytes_source "computed")
+            "up": runs[0]["final"]["mean_bytes_up_per_client"], "down": runs[0]["final"]["mean_bytes_down_per_client"]}
 
 
 def cost(base: list[str], row: list[str], clients: int, rounds: int) -> dict[str, Any]:
@@ -125,6 +129,9 @@ def main() -> None:
     parser.add_argument("--cost-clients", type=int, default=10)
     parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--computed-cost-rows", default="fedmf_parttext,fedmf_fulltext",
+                        help="rows whose bytes come from the batched run's size functions instead of a Flower run "
+                             "(2048-bit Paillier rounds take many minutes; benchmarks/bench_fedmf times them)")
     args = parser.parse_args()
     base = ["+experiment=secemb_ml100k_mf", f"dataset.path={args.data_path}"]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -139,13 +146,17 @@ def main() -> None:
         row, learns = ROWS[name]
         t0 = time.perf_counter()
         u = utility(base, row, args.epochs, seeds, n_users)
-        c = {} if args.skip_cost else cost(base, row, args.cost_clients, args.cost_rounds)
+        computed = args.skip_cost or name in args.computed_cost_rows.split(",")
+        c = {} if computed or "error" in u else cost(base, row, args.cost_clients, args.cost_rounds)
+        if computed and "error" not in u:
+            c = {"up": u["up"], "down": u["down"], "computed": True}
         if "error" in u:
             line = f"| {name} | not run: {u['error'][:80]} | | | | | | | {learns} |"
         else:
             eps = f" (eps {u['epsilon']:.2f})" if u.get("epsilon") is not None else ""
-            line = (f"| {name} | {u['rmse']}{eps} | {u['hr']} | {u['ndcg']} | {_kib(c.get('up'))} | "
-                    f"{_kib(c.get('down'))} | {_s(c.get('client_s'))} | {_s(c.get('server_s'))} | {learns} |")
+            mark = " (computed)" if c.get("computed") else ""
+            line = (f"| {name} | {u['rmse']}{eps} | {u['hr']} | {u['ndcg']} | {_kib(c.get('up'))}{mark} | "
+                    f"{_kib(c.get('down'))}{mark} | {_s(c.get('client_s'))} | {_s(c.get('server_s'))} | {learns} |")
             if "error" in c:
                 line += f" cost not run: {c['error'][:80]}"
         lines.append(line)

@@ -71,30 +71,50 @@ def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str
 
 
 def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, path: Path) -> None:
+    """One panel per model (curves of different models differ in scale), one curve per ``curve_keys``
+    value within it, and each curve's run without DP as a dashed line of its colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    curves: dict[tuple, list[dict[str, Any]]] = {}
-    for p in points:
-        curves.setdefault(tuple(p[k] for k in curve_keys), []).append(p)
-    for key, pts in sorted(curves.items()):
-        pts.sort(key=lambda p: p["target_epsilon"])
-        noised = [p for p in pts if math.isfinite(p["target_epsilon"])]
-        line, = ax.plot([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised], marker="o",
-                        label=" / ".join(str(k) for k in key))
-        for p in pts:
-            if not math.isfinite(p["target_epsilon"]):  # the run without DP: a dashed reference line
-                ax.axhline(p["test_rmse"], color=line.get_color(), linestyle="--", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("privacy budget epsilon")
-    ax.set_ylabel("test RMSE")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    models = sorted({p["model"] for p in points})
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        curves: dict[tuple, list[dict[str, Any]]] = {}
+        for p in points:
+            if p["model"] == model:
+                curves.setdefault(tuple(p[k] for k in curve_keys), []).append(p)
+        epsilons: set[float] = set()
+        for key, pts in sorted(curves.items()):
+            pts.sort(key=lambda p: p["target_epsilon"])
+            noised = [p for p in pts if math.isfinite(p["target_epsilon"])]
+            epsilons.update(p["target_epsilon"] for p in noised)
+            line, = ax.plot([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised], marker="o",
+                            label=" / ".join(str(k) for k in key))
+            for p in pts:
+                if not math.isfinite(p["target_epsilon"]):  # the run without DP: a dashed reference line
+                    ax.axhline(p["test_rmse"], color=line.get_color(), linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(epsilons), [f"{e:g}" for e in sorted(epsilons)])
+        ax.minorticks_off()
+        ax.set_xlabel("privacy budget epsilon")
+        ax.set_ylabel("test RMSE")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def draw(points: list[dict[str, Any]], clients0: int, figure: str, out: Path) -> None:
+    """Figures 6 and 7 from the averaged points."""
+    fig6 = [p for p in points if p["protocol"] == "secemb"]
+    fig7 = [p for p in points if p["model"] == "mf" and p["clients"] == clients0]
+    if fig6 and figure in ("6", "both"):
+        plot(fig6, ("model", "clients"), "Figure 6: SecEmb + central DP (dashed: no DP)", out / "fig6_dp_secemb.png")
+    if fig7 and figure in ("7", "both"):
+        plot(fig7, ("protocol",), "Figure 7: SecEmb+DP vs DP-FedRec (MF)", out / "fig7_dp_vs_dpfedrec.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", choices=["6", "7", "both"], default="both")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--out", default="outputs/dp_figures")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNGs from --out's dp_figures.json")
     ap.add_argument("--data", default=str(SHARED_ML100K) if SHARED_ML100K.exists() else None,
                     help="folder with ML-100K's u.data etc. (default: ../shared/data/ml-100k when present)")
     args = ap.parse_args(argv)
@@ -116,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order convergence chatter
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:  # redraw the figures from an earlier run's numbers, without training
+        points = json.loads((out / "dp_figures.json").read_text())["points"]
+        draw(points, args.clients[0], args.figure, out)
+        print(f"figures redrawn in {out}")
+        return
     runs: list[dict[str, Any]] = []
     jobs = []
     if args.figure in ("6", "both"):
@@ -133,12 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"({r['seconds']:.1f}s)", flush=True)
                 runs.append(r)
     points = _mean_by(runs, ("model", "protocol", "clients", "target_epsilon"))
-    fig6 = [p for p in points if p["protocol"] == "secemb"]
-    fig7 = [p for p in points if p["model"] == "mf" and p["clients"] == args.clients[0]]
-    if fig6 and args.figure in ("6", "both"):
-        plot(fig6, ("model", "clients"), "Figure 6: SecEmb + central DP", out / "fig6_dp_secemb.png")
-    if fig7 and args.figure in ("7", "both"):
-        plot(fig7, ("protocol",), "Figure 7: SecEmb+DP vs DP-FedRec (MF)", out / "fig7_dp_vs_dpfedrec.png")
+    draw(points, args.clients[0], args.figure, out)
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
     reference = {(p["protocol"], p["model"], p["clients"]): p["test_rmse"] for p in points
                  if not math.isfinite(p["target_epsilon"])}

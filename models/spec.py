@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_NAMES = ("mf", "ncf", "fm", "deepfm")
+# How the L2 term weighs a user's item rows (SecEmb Appendix I gives the weight, not the form):
+#   "user":   reg x (||p_u||^2 + sum over the user's fetched rows ||q_j||^2 [+ feature embeddings])
+#   "rating": the mean over the user's ratings of reg x (||p_u||^2 + ||q_j||^2 [+ features]), i.e. the
+#             rows' part divided by the user's rating count, as per-sample losses usually carry it.
+REG_FORMS = ("user", "rating")
 
 
 @dataclass(frozen=True)
@@ -14,6 +19,7 @@ class ModelSpec:
     n_user_features: int = 0
     n_item_features: int = 0
     init_std: float = 0.1
+    reg_form: str = "user"
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -26,6 +32,8 @@ class ModelSpec:
             raise ValueError("feature counts must be >= 0")
         if not self.init_std > 0:
             raise ValueError("init_std must be positive")
+        if self.reg_form not in REG_FORMS:
+            raise ValueError(f"unknown reg_form {self.reg_form!r}; choose one of {', '.join(REG_FORMS)}")
 
     @property
     def row_dim(self) -> int:

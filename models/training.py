@@ -82,14 +82,18 @@ class BatchResult:
 
 def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor, batch: UserBatch,
                 reg: float, fixed_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser.
+    """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser
+    (its rows' part per ``spec.reg_form``).
 
     ``fixed_rows`` = (``fetch_rated(rows, batch)``, ``row_squares(rows)``) computed once when the rows
     do not change between calls (the private Adam steps): the same values, without re-deriving them.
     """
     rated, rows_part = fixed_rows if fixed_rows is not None else (None, None)
     err = (predict(spec, rows, user, dense, batch, rated) - batch.ratings) ** 2 * batch.mask
-    mse = err.sum(1) / batch.n_ratings.clamp(min=1).to(err.dtype)
+    count = batch.n_ratings.clamp(min=1).to(err.dtype)
+    mse = err.sum(1) / count
+    if spec.reg_form == "rating":  # each rating carries its own row's term: the rows' sum over the count
+        rows_part = (row_squares(rows) if rows_part is None else rows_part) / count
     return mse + reg * regularizer(spec, rows, user, dense, rows_part)
 
 

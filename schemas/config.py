@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.spec import ModelSpec
+from models.spec import REG_FORMS, ModelSpec
 
 
 class ConfigError(ValueError):
@@ -166,6 +166,7 @@ class ModelConfig:
     lr: float = 0.025       # server Adam learning rate (and the clients' private-parameter rate)
     reg: float = 0.01       # L2 regularisation weight
     init_std: float = 0.1   # std of the normal initial embeddings
+    reg_form: str = "user"  # user (reg x sum of the user's row squares) | rating (that sum / its rating count)
 
     def __post_init__(self) -> None:
         _one_of(self.name, "model.name", MODELS)
@@ -173,13 +174,15 @@ class ModelConfig:
         _positive_float(self.lr, "model.lr")
         _non_negative_float(self.reg, "model.reg")
         _positive_float(self.init_std, "model.init_std")
+        _one_of(self.reg_form, "model.reg_form", REG_FORMS)
         # NCF's MLP tower halves the width twice (2d -> d -> d/2).
         _require(self.name != "ncf" or self.dim % 2 == 0, "model.dim",
                  f"must be even for ncf (MLP 2d -> d -> d/2), got {self.dim}")
 
     def spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return ModelSpec(name=self.name, dim=int(self.dim), n_user_features=n_user_features,
-                         n_item_features=n_item_features, init_std=float(self.init_std))
+                         n_item_features=n_item_features, init_std=float(self.init_std),
+                         reg_form=self.reg_form)
 
 
 @dataclass

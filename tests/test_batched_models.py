@@ -134,6 +134,25 @@ def test_mf_prediction_by_hand():
     assert pred.tolist() == [[3 + 8 + 0.5 + 0.25 + 2, 4 - 1 + 0.25 + 2]]
 
 
+@pytest.mark.parametrize("form", ["user", "rating"])
+def test_mf_loss_by_hand_in_both_regulariser_forms(form):
+    """One user, two rated items, all-zero predictions: loss = MSE + reg x (||p||^2 + rows' part),
+    the rows' part being their sum of squares ("user") or that sum over the 2 ratings ("rating")."""
+    spec = ModelSpec("mf", 2, reg_form=form)
+    rows = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])  # item embeddings | bias
+    user = torch.tensor([[0.0, 0.0, 3.0]])                     # embedding | user bias
+    batch = make_batch([np.array([0, 1])], [np.array([4.0, 1.0])], np.zeros((1, 0)), [np.zeros((2, 0))])
+    dense = torch.tensor([[-3.0]])  # global bias: predictions 0 + 0 + 3 - 3 = 0
+    mse, user_part, rows_part = (16 + 1) / 2, 9.0, 1 + 4
+    want = mse + 0.1 * (user_part + (rows_part if form == "user" else rows_part / 2))
+    assert user_losses(spec, rows, user, dense, batch, 0.1).item() == pytest.approx(want)
+
+
+def test_unknown_regulariser_form_is_refused():
+    with pytest.raises(ValueError, match="reg_form"):
+        ModelSpec("mf", 2, reg_form="item")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_dense_gradients_are_per_user_and_sum_to_the_shared_gradient(spec):
     items, local, ratings, user_x, item_x, state = _users(spec)

@@ -8,8 +8,9 @@ clipped step whenever ``dp.enabled``), scatters its row gradients into a full
 uploading. The noise multiplier is the server's (it may be calibrated from a
 target epsilon), but never below the user's own configured ``dp.noise_multiplier``.
 
-The loss and rating count travel in the clear as the plaintext protocol's
-train telemetry; they are outside the DP accounting (README, "Differential privacy").
+Nothing per-user travels beside the noised gradients: no loss, no rating count
+(they are exact and would void the guarantee), and compute seconds only with
+``simulation.telemetry`` (schemas/dp_fedrec.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flwr.app import Context, RecordDict
 
 from clients.environment import ClientEnv
 from clients.plaintext import local_step
+from clients.two_server import telemetry_seconds
 from models.dp import add_gaussian_noise
 from schemas import dp_fedrec as schema
 
@@ -58,7 +60,7 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     result = local_step(env, context, items, table[items], dense)
     rows, dense_grad = noised_upload(full_rows(env.n_items, items, result.row_grads), result.dense_grad,
                                      noise_multiplier_of(env, offered), float(env.cfg.dp.clip))
-    return schema.update_reply(rows, dense_grad, result.loss, result.n_ratings, time.perf_counter() - start)
+    return schema.update_reply(rows, dense_grad, telemetry_seconds(env, time.perf_counter() - start))
 
 
 # This protocol's message types (spelled once, in its schema) -> handler; the ClientApp collects these.

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from clients.dp_fedrec import noised_upload
-from engine.model_protocols import ENCODE_CHUNK_ELEMENTS, LossCount, PlaintextDriver, RoundBatch
+from engine.model_protocols import ENCODE_CHUNK_ELEMENTS, PlaintextDriver, RoundBatch
 from schemas import dp_fedrec as dp_schema
 from schemas.sizes import int_width
-from strategies.base import weighted_train_loss
 from strategies.dp_fedrec import DPFedRecStrategy
 
 
@@ -44,7 +43,7 @@ class DPFedRecDriver(PlaintextDriver):
             full, dense[part] = noised_upload(full, batch.dense_grads[part], st.dp.noise_multiplier, st.dp.clip)
             rows_sum += full.sum(axis=0, dtype=np.float64)
         st.apply_gradients(np.arange(n_items), rows_sum, dense)
-        return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings)))}
+        return {"train_loss": None}  # as on the Flower path: the users send no loss (schemas/dp_fedrec.py)
 
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
         down, up = self.cached_bytes((int_width(rnd),), lambda: dp_schema.round_bytes(

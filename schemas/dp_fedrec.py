@@ -6,16 +6,23 @@ gradient for EVERY item row (its record-clipped gradients on its rated rows,
 zero elsewhere, plus its own Gaussian noise on all of them) and its noised
 dense gradient. Full rows both ways, so the server cannot tell which items a
 user rated from the message shapes or from which rows are non-zero.
+
+Nothing else travels: the plaintext reply's loss and rating count are exact
+per-user values (the count moves by one with the neighbouring relation's one
+rating), outside the noise, so they would void the local-DP guarantee. Compute
+seconds travel only with ``simulation.telemetry``, as in the secure protocols.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from schemas import plaintext as plain
-from schemas import sizes
-from schemas.validation import get_scalar, require_record
+from schemas import sizes, two_server
+from schemas.validation import array_record, get_array, get_scalar, require_record
 
 UPDATE = "train.dp_fedrec_update"
 
@@ -36,18 +43,32 @@ def parse_update_message(content: RecordDict, n_items: int, row_dim: int,
     return rnd, z, table, dense
 
 
-def update_reply(full_rows: np.ndarray, dense_grad: np.ndarray, loss: float, n: int, seconds: float) -> RecordDict:
-    """The plaintext update reply with all ``n_items`` rows."""
-    return plain.update_reply(full_rows, dense_grad, loss, n, seconds)
+@dataclass(frozen=True)
+class NoisedUpload:
+    row_grads: np.ndarray   # float32 [n_items, row_dim], the user's own noise on every row
+    dense_grad: np.ndarray  # float32 [dense_size], noised
+    seconds: float | None   # only with simulation.telemetry
 
 
-def parse_update_reply(content: RecordDict, n_items: int, row_dim: int, dense_size: int) -> plain.Update:
+def update_reply(full_rows: np.ndarray, dense_grad: np.ndarray, seconds: float | None) -> RecordDict:
+    """The noised gradients of all ``n_items`` rows and of the dense vector, and nothing per-user beside them."""
+    content = RecordDict({"grads": array_record(rows=full_rows.astype(np.float32),
+                                                dense=dense_grad.astype(np.float32))})
+    if seconds is not None:
+        content["telemetry"] = two_server.telemetry_record(seconds)
+    return content
+
+
+def parse_update_reply(content: RecordDict, n_items: int, row_dim: int, dense_size: int) -> NoisedUpload:
     """A reply must carry exactly one row per item (a sparse reply would reveal the rated items)."""
-    return plain.parse_update_reply(content, n_items, row_dim, dense_size)
+    rec = require_record(content, "grads", ArrayRecord)
+    rows = get_array(rec, "rows", np.float32, (n_items, row_dim), finite=True)
+    dense = get_array(rec, "dense", np.float32, (dense_size,), finite=True)
+    return NoisedUpload(rows, dense, two_server.parse_telemetry(content))
 
 
 def round_bytes(rnd: int, n_items: int, row_dim: int, dense_size: int) -> tuple[int, int]:
     """(bytes down, bytes up) of one user's round, as the Flower path's meter measures them."""
     table, dense = sizes.filler((n_items, row_dim), np.float32), sizes.filler(dense_size, np.float32)
     return (sizes.content_nbytes(update_message(rnd, table, dense, 1.0)),
-            sizes.content_nbytes(update_reply(table, dense, 1.0, n_items, 1.0)))
+            sizes.content_nbytes(update_reply(table, dense, None)))

@@ -8,6 +8,7 @@ users and steps with the plaintext aggregation
 (:meth:`PlaintextStrategy.apply_gradients`). No secure aggregation: the server
 sees each upload with that user's own noise on it, which is what the ledger
 accounts (one noise multiplier per release, as for one server in central mode).
+It receives no loss or rating count, so its records carry no train loss.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import dp_fedrec as schema
-from strategies.base import weighted_train_loss
 from strategies.plaintext import PlaintextRoundState, PlaintextStrategy
 
 
@@ -38,8 +38,9 @@ class DPFedRecStrategy(PlaintextStrategy):
     def step_stage(self, st: PlaintextRoundState) -> None:
         users = list(st.updates)
         for u in users:
-            self.record_client_seconds(u, st.updates[u].seconds)
+            if st.updates[u].seconds is not None:
+                self.record_client_seconds(u, st.updates[u].seconds)
         if users:
             rows = np.sum([st.updates[u].row_grads for u in users], axis=0, dtype=np.float64)
             self.apply_gradients(np.arange(self.meta.n_items), rows, np.stack([st.updates[u].dense_grad for u in users]))
-        st.metrics = {"train_loss": weighted_train_loss(st.updates.values())}
+        st.metrics = {"train_loss": None}  # the users send no loss (schemas/dp_fedrec.py)

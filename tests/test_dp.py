@@ -42,7 +42,8 @@ def _batched(tmp_path: Path, *overrides: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def _curve(res: dict) -> list[tuple[float, float | None]]:
+def _curve(res: dict) -> list[tuple[float | None, float | None]]:
+    """(train loss, test RMSE) per round; DP-FedRec's server gets no loss, so its curves differ in RMSE."""
     return [(r["train_loss"], r["test_rmse"]) for r in res["records"]]
 
 
@@ -92,8 +93,11 @@ def test_dp_fedrec_upload_covers_every_item_row():
     assert (np.abs(update.row_grads).sum(1) > 0).all()  # noise on every row, rated or not
     rated = np.unique(env.user.train_items)
     with pytest.raises(MessageError):  # a reply with only the rated rows is refused
-        sparse = dp_schema.update_reply(update.row_grads[rated], update.dense_grad, 1.0, 1, 0.0)
+        sparse = dp_schema.update_reply(update.row_grads[rated], update.dense_grad, None)
         dp_schema.parse_update_reply(sparse, env.n_items, env.spec.row_dim, env.spec.dense_size)
+    # nothing per-user beside the noised gradients: no loss, no rating count, no seconds without telemetry
+    assert set(reply.keys()) == {"grads"} and set(reply["grads"].keys()) == {"rows", "dense"}
+    assert update.seconds is None
     # a server offering less noise than the user's own dp.noise_multiplier does not lower it
     assert dp_client.noise_multiplier_of(env, 0.0) == 0.5
 

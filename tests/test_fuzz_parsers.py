@@ -157,7 +157,7 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "dp_fedrec.parse_update_message": lambda sc: m["dp_fedrec"].update_message(2, f32(N_ITEMS, ROW_DIM),
                                                                                     f32(DENSE), 1.0),
         "dp_fedrec.parse_update_reply": lambda sc: m["dp_fedrec"].update_reply(f32(N_ITEMS, ROW_DIM), f32(DENSE),
-                                                                                0.5, 3, 0.1),
+                                                                                0.1),
         "compressed.parse_update_message": lambda sc: m["compressed"].update_message(2, f32(N_ITEMS, ROW_DIM),
                                                                                       f32(DENSE)),
         "compressed.parse_update_reply": lambda sc: m["compressed"].update_reply(

@@ -20,6 +20,16 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3                                   # 4 models x 5 methods x 4 seeds x 200 epochs
     python -m benchmarks.table3 --epochs 2 --seeds 1              # smoke
     python -m benchmarks.table3 --models mf --methods bit8,svd --seeds 1
+    python -m benchmarks.table3 --rr-presets ml_1m,ml_10m,ml_25m,yelp   # R.R. columns only (no training)
+
+``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
+(SecEmb Table 7: users, items, features; Table 8's embedding sizes; the real files are not on this
+machine). Nothing trains:
+each upload comes from the same per-protocol message-size functions the batched engine reports
+(:func:`schemas.compressed.round_bytes`, :func:`schemas.secemb.round_bytes`, tested within 1% of the
+Flower path's measured bytes), with SecEmb's m' of Appendix I (300, 300, 500, 500) and SVD/CoLR
+ranks of Table 10. Their RMSE columns need the real data: ``--data-path`` a real folder with
+``dataset=ml_1m`` etc. through ``simulations.run``.
 """
 
 from __future__ import annotations
@@ -36,10 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from recdata.dataset import dataset_meta
-from schemas import compressed, secfedrec, sizes
+from schemas import compressed, secemb, secfedrec, sizes
 from schemas.config import AppConfig, model_spec
 from simulations.config import compose_config, to_app_config
 from simulations.run import simulate_batched
+from twoserver.variants import variant_of
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 METHODS: dict[str, list[str]] = {
@@ -58,6 +69,20 @@ PAPER: dict[str, dict[str, tuple[float, float, float]]] = {
                "colr": (0.952, 0.001, 1.05), "secemb": (0.939, 0.006, 1.05)},
 }
 
+# Table 3's R.R. for the other columns: dataset -> model -> (bit8, tern, svd, colr, secemb).
+PAPER_RR: dict[str, dict[str, tuple[float, ...]]] = {
+    "ml_1m": {"mf": (4.00, 8.00, 6.39, 6.50, 7.35), "ncf": (3.94, 7.71, 4.02, 4.06, 5.02),
+              "fm": (3.86, 7.37, 6.00, 6.10, 7.22), "deepfm": (1.21, 1.25, 1.24, 1.24, 1.24)},
+    "ml_10m": {"mf": (4.00, 8.00, 16.15, 16.25, 19.22), "ncf": (3.97, 7.84, 11.81, 11.87, 15.93),
+               "fm": (3.98, 7.90, 15.71, 15.81, 18.76), "deepfm": (1.92, 2.26, 2.48, 2.49, 2.50)},
+    "ml_25m": {"mf": (4.00, 8.00, 16.23, 16.25, 62.07), "ncf": (3.99, 7.97, 12.17, 12.18, 51.80),
+               "fm": (4.00, 7.98, 16.16, 16.17, 60.87), "deepfm": (3.16, 4.94, 6.90, 6.90, 9.54)},
+    "yelp": {"mf": (4.00, 8.00, 16.24, 16.25, 91.22), "ncf": (4.00, 7.98, 10.22, 10.22, 68.46),
+             "fm": (4.00, 7.99, 16.20, 16.21, 91.05), "deepfm": (3.47, 5.88, 9.09, 9.10, 15.98)},
+}
+M_PRIME = {"ml_1m": 300, "ml_10m": 300, "ml_25m": 500, "yelp": 500}  # SecEmb Appendix I
+NCF_DIM = {"ml_1m": 16, "ml_10m": 24, "ml_25m": 24, "yelp": 20}  # Table 8 (MF, FM, DeepFM: 64 everywhere)
+RR_METHODS = ("bit8", "tern", "svd", "colr", "secemb")
 
 def full_upload_bytes(cfg: AppConfig) -> int:
     """Bytes of an uncompressed full-model upload (Table 3's "before"), framed as the compressed reply."""
@@ -75,6 +100,38 @@ def secfedrec_upload_bytes(cfg: AppConfig, rnd: int) -> int:
     return secfedrec.round_bytes(rnd, meta.n_items, spec.row_dim, spec.dense_size, cfg.strategy.ring_bits,
                                  bool(cfg.simulation.telemetry))[1]
 
+
+
+def computed_reduction_ratio(preset: str, model: str, method: str) -> float:
+    """R.R. of one cell on synthetic data at ``preset``'s sizes, from the protocols' message-size functions."""
+    over = [f"dataset=synthetic_{preset}", f"model={model}", *METHODS[method]]
+    if model == "ncf":
+        over.append(f"model.dim={NCF_DIM[preset]}")
+    if method == "secemb":
+        over[-1] = f"strategy.m_prime={M_PRIME[preset]}"
+    cfg = to_app_config(compose_config(over))
+    meta = dataset_meta(cfg)
+    spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
+    if method == "secemb":
+        st = cfg.strategy
+        m_prime = int(st.m_prime)
+        up = secemb.round_bytes(1, m_prime, meta.n_items, spec.row_dim, spec.dense_size, st.ring_bits,
+                                variant_of(st.variant).upload_key_shape(m_prime, spec.row_dim),
+                                bool(cfg.simulation.telemetry))[1]
+        return secfedrec_upload_bytes(cfg, 1) / up
+    _, rank = compressed.codec_for(cfg)
+    up = compressed.round_bytes(1, method, rank, meta.n_items, spec.row_dim, spec.dense_size, 100)[1]
+    return full_upload_bytes(cfg) / up
+
+
+def print_reduction_ratios(presets: list[str], models: list[str]) -> None:
+    """The R.R. columns of Table 3 for ``presets``, ours beside the paper's."""
+    print(f"{'dataset':8} {'model':7} " + " ".join(f"{m:>15}" for m in RR_METHODS) + "   (ours / paper)")
+    for preset in presets:
+        for model in models:
+            cells = [f"{computed_reduction_ratio(preset, model, m):6.2f} / {p:6.2f}"
+                     for m, p in zip(RR_METHODS, PAPER_RR[preset][model])]
+            print(f"{preset:8} {model:7} " + " ".join(f"{c:>15}" for c in cells), flush=True)
 
 @dataclass(frozen=True)
 class Cell:
@@ -115,7 +172,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=200)
     parser.add_argument("--eval-epochs", type=float, default=5.0, help="evaluate every this many epochs")
     parser.add_argument("--data-path", default=str(ML100K))
+    parser.add_argument("--rr-presets", default=None,
+                        help="comma-separated ml_1m,ml_10m,ml_25m,yelp: print only their computed R.R. columns")
     args = parser.parse_args()
+    if args.rr_presets:
+        print_reduction_ratios(args.rr_presets.split(","), args.models.split(","))
+        return
     total = time.perf_counter()
     print(f"{'model':7} {'method':7} {'final RMSE':>16} {'paper RMSE':>16} {'best-on-test':>16} {'R.R.':>6} "
           f"{'paper':>6} {'up MB':>7} {'wall s':>8}")

@@ -195,11 +195,21 @@ class FedMFDriver(_FedMFFamilyDriver):
     def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
         self.strategy = FedMFStrategy(cfg, meta)  # checks the codec fits; makes no key
         super().__init__(cfg, split, meta)
-        self.strategy.keyed = set(self.strategy.users)  # set-up delivers the key to every user
+        # who holds the key, as on the Flower path: everyone after an eager set-up; lazily, the holder (the
+        # first user, who answers first in simulation), the evaluation sample (keyed before its first
+        # evaluation, which precedes every use) and each round's users as they are sampled (train_round)
+        st = self.strategy
+        st.keyed = (set(st.users) if cfg.strategy.key_delivery == "eager"
+                    else {st.users[0] if cfg.strategy.key_holder is None else int(cfg.strategy.key_holder),
+                          *st.evaluation_sample()})
         self.codec = fedmf_schema.packing_codec(cfg)
         self.min_users = int(cfg.strategy.min_users)
         # the server encrypts V once (encrypt_model_stage): these are the integers inside C_V
         self.E = self.codec.encode_entries(init_item_matrix(meta.n_items, self.dim, self.seed, self.init_std))
+
+    def train_round(self, rnd: int, users: np.ndarray) -> dict[str, float]:
+        self.strategy.keyed.update(int(u) for u in users)  # lazy delivery keys the sampled users first
+        return super().train_round(rnd, users)
 
     def item_matrix(self) -> np.ndarray:
         return _beyond_bound(self.codec.decode_entries, self.E, "an entry of V")

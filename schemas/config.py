@@ -347,9 +347,13 @@ class FedMFConfig(DistributedMFConfig):
     precompute_obfuscators: bool = True  # users keep r^n values for their next upload in Context.state
     key_holder: int | None = None  # user id that must generate the Paillier key (the one holding the signing key)
     key_holder_key_file: str | None = None  # PEM Ed25519 private key of that user (simulation; deployments: node config)
+    # eager: the sealed secret key reaches every user before round 1 (FedMF's procedure; O(population) messages);
+    # lazy: a user gets it, by the same sealed delivery, when first sampled for training or evaluation.
+    key_delivery: str = "lazy"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _one_of(self.key_delivery, "strategy.key_delivery", ("eager", "lazy"))
         _require(self.key_bits in PAILLIER_KEY_BITS, "strategy.key_bits",
                  f"must be 1024, 2048, 3072 or 4096, got {self.key_bits!r}")
         _positive_int(self.frac_bits, "strategy.frac_bits")

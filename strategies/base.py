@@ -313,6 +313,10 @@ class RecStrategy(ABC):
         return sorted(self.users[i] for i in chosen)
 
     def evaluation_users(self) -> list[int]:
+        """Users evaluated now: the sample, less any the protocol cannot evaluate (FedMF: not yet keyed)."""
+        return self.evaluation_sample()
+
+    def evaluation_sample(self) -> list[int]:
         """Users whose local test sets are evaluated: all, or a fixed seeded sample."""
         n = self.cfg.train.eval_clients
         if n is None or n >= len(self.users):
@@ -324,7 +328,7 @@ class RecStrategy(ABC):
         """Say once, at start, which users the test RMSE is computed on and how often."""
         every = int(self.cfg.train.eval_every)
         when = f"every {every} rounds and after the last" if every else "after the last round"
-        n = len(self.evaluation_users())
+        n = len(self.evaluation_sample())
         who = (f"all {n} users" if n >= len(self.users) else
                f"a fixed seeded sample of {n} of {len(self.users)} users (train.eval_clients={n}; null = all)")
         log.info("[%s] test RMSE %s, on %s", self.name, when, who)

@@ -33,7 +33,7 @@ from models.fedmf_mf import init_item_matrix
 from crypto.packed_matrix import PackedMatrixPublic
 from schemas import fedmf as schema
 from recdata.dataset import DatasetMeta
-from strategies.base import RecStrategy, RoundState as BaseRoundState
+from strategies.base import RecStrategy, RoundState as BaseRoundState, UserExchange
 from strategies.exchange import Exchange, Meter
 from schemas.config import AppConfig
 
@@ -110,11 +110,15 @@ class FedMFStrategy(RecStrategy):
         self.cv = self.crypto.encrypt_matrix(V)
 
     def deliver_keys_stage(self, state: SetupState) -> None:
-        self.distribute_keys([u for u in self.users if u != state.holder])
+        """``strategy.key_delivery=eager`` only: every user gets the key now (FedMF's procedure, one message
+        per user per phase). Lazy delivery leaves this to the rounds and evaluations that sample a user."""
+        if self.cfg.strategy.key_delivery == "eager":
+            self.distribute_keys([u for u in self.users if u != state.holder])
 
-    def distribute_keys(self, users: list[int]) -> list[int]:
-        """Deliver the sealed secret key to ``users``; return those who acknowledged."""
-        ex, run, n_b = self.exchange, self.run_id, self.n_bytes
+    def distribute_keys(self, users: list[int], ex: Exchange | None = None) -> list[int]:
+        """Deliver the sealed secret key to ``users`` (through ``ex``, else the round's exchange);
+        return those who acknowledged."""
+        ex, run, n_b = ex or self.exchange, self.run_id, self.n_bytes
         assert ex is not None and n_b is not None and self.holder is not None
         if not users:
             return []
@@ -226,7 +230,7 @@ class FedMFStrategy(RecStrategy):
         ex = self.exchange
         for user in candidates[:3]:  # a decryptor that fails is not dropped from the round: try another
             side = Meter()
-            reply = Exchange(ex.grid, ex.node_of_user, ex.timeout, side).phase(
+            reply = UserExchange(ex.grid, self.directory, ex.timeout, side).phase(
                 schema.DECRYPT, {user: content}, f"{kind}-sum-{rnd}",
                 lambda _u, c: schema.parse_decrypt_reply(c, kind, k))
             self.meter.down[user] += side.down.get(user, 0)
@@ -242,9 +246,18 @@ class FedMFStrategy(RecStrategy):
         assert self.crypto is not None and self.cv is not None
         return RecordDict({"model": schema.update_message(0, self.crypto.to_bytes(self.cv))["model"]})
 
+    def evaluate(self, rnd: int) -> dict[str, Any]:
+        """Evaluated users without the key get it first (lazy delivery), then the base evaluation."""
+        missing = [u for u in self.evaluation_sample() if u not in self.keyed]
+        if missing:  # on its own meter, as evaluation's messages are: a failed delivery is not a round's drop
+            assert self.exchange is not None
+            self.distribute_keys(missing, UserExchange(self.exchange.grid, self.directory, self.exchange.timeout,
+                                                       Meter()))
+        return super().evaluate(rnd)
+
     def evaluation_users(self) -> list[int]:
         """Only users holding the key can decrypt C_V."""
-        return [u for u in super().evaluation_users() if u in self.keyed]
+        return [u for u in self.evaluation_sample() if u in self.keyed]
 
     def parse_evaluation(self, user: int, content: RecordDict) -> tuple[Any, float | None]:
         """A user's Enc([sse, count, hit, ndcg, ranked, 1]) (range-checked) and, with telemetry only, its seconds."""

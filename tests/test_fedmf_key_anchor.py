@@ -78,3 +78,15 @@ def test_without_anchor_a_substituted_key_is_accepted_as_before(tmp_path, monkey
     _substitute_keys(monkeypatch)
     res, _ = run_sim(tmp_path, BASE)
     assert res["final"]["keyed_users"] == 7
+
+
+def test_lazy_delivery_keys_only_the_users_a_run_samples(tmp_path):
+    """Lazy (the default): the sealed key reaches the holder, the round's users and the evaluated sample,
+    not the whole population before round 1; eager (FedMF's procedure) keys all 7 users up front."""
+    few = ["clients_per_round=2", "train.eval_clients=2"]
+    lazy, _ = run_sim(tmp_path / "lazy", BASE + few)
+    assert 2 <= lazy["final"]["keyed_users"] <= 1 + 2 + 2  # holder, the round's 2, the evaluated 2
+    assert lazy["records"][0]["clients"] == 2 and lazy["records"][0]["eval_clients"] == 2
+    eager, _ = run_sim(tmp_path / "eager", BASE + few + ["strategy.key_delivery=eager"])
+    assert eager["final"]["keyed_users"] == 7
+    assert lazy["final"]["final_test_rmse"] == pytest.approx(eager["final"]["final_test_rmse"], abs=1e-9)

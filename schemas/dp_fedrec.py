@@ -15,9 +15,9 @@ seconds travel only with ``simulation.telemetry``, as in the secure protocols.
 
 from __future__ import annotations
 
-import numpy as np
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from schemas import plaintext as plain

@@ -347,9 +347,7 @@ class FedMFConfig(DistributedMFConfig):
     precompute_obfuscators: bool = True  # users keep r^n values for their next upload in Context.state
     key_holder: int | None = None  # user id that must generate the Paillier key (the one holding the signing key)
     key_holder_key_file: str | None = None  # PEM Ed25519 private key of that user (simulation; deployments: node config)
-    # eager: the sealed secret key reaches every user before round 1 (FedMF's procedure; O(population) messages);
-    # lazy: a user gets it, by the same sealed delivery, when first sampled for training or evaluation.
-    key_delivery: str = "lazy"
+    key_delivery: str = "lazy"    # lazy: sealed key to a user when first sampled / evaluated; eager: to all at set-up (FedMF)
 
     def __post_init__(self) -> None:
         super().__post_init__()

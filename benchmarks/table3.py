@@ -28,8 +28,8 @@ machine). Nothing trains:
 each upload comes from the same per-protocol message-size functions the batched engine reports
 (:func:`schemas.compressed.round_bytes`, :func:`schemas.secemb.round_bytes`, tested within 1% of the
 Flower path's measured bytes), with SecEmb's m' of Appendix I (300, 300, 500, 500) and SVD/CoLR
-ranks of Table 10. Their RMSE columns need the real data: ``--data-path`` a real folder with
-``dataset=ml_1m`` etc. through ``simulations.run``.
+ranks of Table 10. Their RMSE columns need the real files (``simulations.run engine=batched
+dataset=ml_1m dataset.path=<folder>`` with that column's Table 8 settings).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from recdata.dataset import dataset_meta
-from schemas import compressed, secemb, secfedrec, sizes
+from engine.model_protocols import secemb_round_bytes
+from schemas import compressed, secfedrec, sizes
 from schemas.config import AppConfig, model_spec
 from simulations.config import compose_config, to_app_config
 from simulations.run import simulate_batched
-from twoserver.variants import variant_of
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 METHODS: dict[str, list[str]] = {
@@ -84,6 +84,7 @@ M_PRIME = {"ml_1m": 300, "ml_10m": 300, "ml_25m": 500, "yelp": 500}  # SecEmb Ap
 NCF_DIM = {"ml_1m": 16, "ml_10m": 24, "ml_25m": 24, "yelp": 20}  # Table 8 (MF, FM, DeepFM: 64 everywhere)
 RR_METHODS = ("bit8", "tern", "svd", "colr", "secemb")
 
+
 def full_upload_bytes(cfg: AppConfig) -> int:
     """Bytes of an uncompressed full-model upload (Table 3's "before"), framed as the compressed reply."""
     meta = dataset_meta(cfg)
@@ -101,26 +102,26 @@ def secfedrec_upload_bytes(cfg: AppConfig, rnd: int) -> int:
                                  bool(cfg.simulation.telemetry))[1]
 
 
-
-def computed_reduction_ratio(preset: str, model: str, method: str) -> float:
-    """R.R. of one cell on synthetic data at ``preset``'s sizes, from the protocols' message-size functions."""
+def rr_config(preset: str, model: str, method: str) -> AppConfig:
+    """One cell's config at ``preset``'s sizes with that column's Table 8 dim (NCF) and m' (SecEmb)."""
     over = [f"dataset=synthetic_{preset}", f"model={model}", *METHODS[method]]
     if model == "ncf":
         over.append(f"model.dim={NCF_DIM[preset]}")
     if method == "secemb":
-        over[-1] = f"strategy.m_prime={M_PRIME[preset]}"
-    cfg = to_app_config(compose_config(over))
+        over.append(f"strategy.m_prime={M_PRIME[preset]}")  # the later override wins over METHODS' 200
+    return to_app_config(compose_config(over))
+
+
+def computed_reduction_ratio(preset: str, model: str, method: str) -> float:
+    """R.R. of one cell on synthetic data at ``preset``'s sizes, from the protocols' message-size functions."""
+    cfg = rr_config(preset, model, method)
     meta = dataset_meta(cfg)
     spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
     if method == "secemb":
-        st = cfg.strategy
-        m_prime = int(st.m_prime)
-        up = secemb.round_bytes(1, m_prime, meta.n_items, spec.row_dim, spec.dense_size, st.ring_bits,
-                                variant_of(st.variant).upload_key_shape(m_prime, spec.row_dim),
-                                bool(cfg.simulation.telemetry))[1]
+        up = secemb_round_bytes(cfg, 1, int(cfg.strategy.m_prime), meta.n_items, spec)[1]
         return secfedrec_upload_bytes(cfg, 1) / up
-    _, rank = compressed.codec_for(cfg)
-    up = compressed.round_bytes(1, method, rank, meta.n_items, spec.row_dim, spec.dense_size, 100)[1]
+    up = compressed.round_bytes(1, method, cfg.strategy.rank(cfg), meta.n_items, spec.row_dim, spec.dense_size,
+                                100)[1]
     return full_upload_bytes(cfg) / up
 
 
@@ -132,6 +133,7 @@ def print_reduction_ratios(presets: list[str], models: list[str]) -> None:
             cells = [f"{computed_reduction_ratio(preset, model, m):6.2f} / {p:6.2f}"
                      for m, p in zip(RR_METHODS, PAPER_RR[preset][model])]
             print(f"{preset:8} {model:7} " + " ".join(f"{c:>15}" for c in cells), flush=True)
+
 
 @dataclass(frozen=True)
 class Cell:

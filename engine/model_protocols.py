@@ -32,7 +32,7 @@ from clients.item_selection import ratings_of, truncate_items
 from clients.two_server import encode_upload, user_ring_codec
 from engine.driver import Driver
 from models.dp_training import train_batch_clipped
-from models import PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
+from models import ModelSpec, PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
 from models.batch import pad_flat
 from models.ranking import candidate_scores, ranking_sums
 from recdata import FederatedSplit
@@ -48,6 +48,7 @@ from strategies.plaintext import PlaintextStrategy, scatter_rows
 from strategies.secemb import SecEmbStrategy, count_sample, m_prime_of
 from strategies.secfedrec import SecFedRecStrategy
 from strategies.two_server import TwoServerStrategy
+from twoserver.variants import variant_of
 
 # Float32 elements one torch sub-batch may hold in its per-user copies (dense vector and its gradient,
 # rows, ratings). Users are independent, so how a round is cut into sub-batches changes no result.
@@ -72,6 +73,13 @@ class RoundBatch(NamedTuple):
     dense_grads: np.ndarray  # float32 [B, dense_size]
     loss: np.ndarray         # float64 [B]
     n_ratings: np.ndarray    # int64 [B]
+
+
+def secemb_round_bytes(cfg: AppConfig, rnd: int, m_prime: int, n_items: int, spec: ModelSpec) -> tuple[int, int]:
+    """(bytes down, bytes up) of one SecEmb user's round under ``cfg``'s ring, variant and telemetry."""
+    return secemb_schema.round_bytes(rnd, m_prime, n_items, spec.row_dim, spec.dense_size, int(cfg.strategy.ring_bits),
+                                     variant_of(cfg.strategy.variant).upload_key_shape(m_prime, spec.row_dim),
+                                     bool(cfg.simulation.telemetry))
 
 
 def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -385,11 +393,7 @@ class SecEmbDriver(TwoServerDriver):
         return {**super().aggregate(batch), "m_prime": self.strategy.m_prime}
 
     def protocol_bytes(self, rnd: int) -> tuple[int, int]:
-        st = self.strategy
-        return secemb_schema.round_bytes(rnd, int(st.m_prime), self.meta.n_items, self.spec.row_dim,
-                                         self.spec.dense_size, st.ring_bits,
-                                         st.variant.upload_key_shape(int(st.m_prime), self.spec.row_dim),
-                                         bool(self.cfg.simulation.telemetry))
+        return secemb_round_bytes(self.cfg, rnd, int(self.strategy.m_prime), self.meta.n_items, self.spec)
 
     def summary(self) -> dict[str, Any]:
         return {"m_prime": self.strategy.m_prime}

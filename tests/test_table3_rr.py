@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.table3 import computed_reduction_ratio
+from benchmarks.table3 import computed_reduction_ratio, rr_config
 
 
 def test_bit8_and_svd_ratios_follow_from_their_payloads():
@@ -22,3 +22,8 @@ def test_bit8_and_svd_ratios_follow_from_their_payloads():
 def test_secemb_ratio_grows_with_the_item_count():
     """SecEmb uploads m' rows whatever the catalogue; Secure FedRec uploads every row."""
     assert computed_reduction_ratio("yelp", "mf", "secemb") > 5 * computed_reduction_ratio("ml_1m", "mf", "secemb")
+
+
+def test_secemb_cells_take_both_the_columns_dim_and_m_prime():
+    cfg = rr_config("ml_10m", "ncf", "secemb")
+    assert cfg.model.dim == 24 and cfg.strategy.m_prime == 300

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from schemas import plaintext as plain
 from schemas import sizes, two_server
-from schemas.validation import array_record, get_array, get_scalar, require_record
+from schemas.validation import get_scalar, require_record
 
 UPDATE = "train.dp_fedrec_update"
 
@@ -52,8 +52,7 @@ class NoisedUpload:
 
 def update_reply(full_rows: np.ndarray, dense_grad: np.ndarray, seconds: float | None) -> RecordDict:
     """The noised gradients of all ``n_items`` rows and of the dense vector, and nothing per-user beside them."""
-    content = RecordDict({"grads": array_record(rows=full_rows.astype(np.float32),
-                                                dense=dense_grad.astype(np.float32))})
+    content = RecordDict({"grads": plain.grads_record(full_rows, dense_grad)})
     if seconds is not None:
         content["telemetry"] = two_server.telemetry_record(seconds)
     return content
@@ -61,9 +60,7 @@ def update_reply(full_rows: np.ndarray, dense_grad: np.ndarray, seconds: float |
 
 def parse_update_reply(content: RecordDict, n_items: int, row_dim: int, dense_size: int) -> NoisedUpload:
     """A reply must carry exactly one row per item (a sparse reply would reveal the rated items)."""
-    rec = require_record(content, "grads", ArrayRecord)
-    rows = get_array(rec, "rows", np.float32, (n_items, row_dim), finite=True)
-    dense = get_array(rec, "dense", np.float32, (dense_size,), finite=True)
+    rows, dense = plain.parse_grads(content, n_items, row_dim, dense_size)
     return NoisedUpload(rows, dense, two_server.parse_telemetry(content))
 
 

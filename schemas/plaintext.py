@@ -68,15 +68,24 @@ class Update:
     seconds: float
 
 
+def grads_record(row_grads: np.ndarray, dense_grad: np.ndarray) -> ArrayRecord:
+    """A user's row gradients and dense gradient as float32 (this reply's and DP-FedRec's)."""
+    return array_record(rows=row_grads.astype(np.float32), dense=dense_grad.astype(np.float32))
+
+
+def parse_grads(content: RecordDict, k: int, row_dim: int, dense_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [k, row_dim], dense [dense_size]) of a ``grads`` record, shapes and finiteness checked."""
+    rec = require_record(content, "grads", ArrayRecord)
+    return (get_array(rec, "rows", np.float32, (k, row_dim), finite=True),
+            get_array(rec, "dense", np.float32, (dense_size,), finite=True))
+
+
 def update_reply(row_grads: np.ndarray, dense_grad: np.ndarray, loss: float, n: int, seconds: float) -> RecordDict:
-    return RecordDict({"grads": array_record(rows=row_grads.astype(np.float32), dense=dense_grad.astype(np.float32)),
-                       "metrics": common.train_metrics(loss, n, seconds)})
+    return RecordDict({"grads": grads_record(row_grads, dense_grad), "metrics": common.train_metrics(loss, n, seconds)})
 
 
 def parse_update_reply(content: RecordDict, k: int, row_dim: int, dense_size: int) -> Update:
-    rec = require_record(content, "grads", ArrayRecord)
-    rows = get_array(rec, "rows", np.float32, (k, row_dim), finite=True)
-    dense = get_array(rec, "dense", np.float32, (dense_size,), finite=True)
+    rows, dense = parse_grads(content, k, row_dim, dense_size)
     loss, n, seconds = common.parse_train_metrics(content)
     return Update(rows, dense, loss, n, seconds)
 

@@ -151,6 +151,8 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "plaintext.parse_request_message": lambda sc: m["plaintext"].request_message(3, M_PRIME),
         "plaintext.parse_request_reply": lambda sc: m["plaintext"].request_reply(np.array([1, 4, 9])),
         "plaintext.parse_update_message": lambda sc: m["plaintext"].update_message(3, f32(3, ROW_DIM), f32(DENSE)),
+        "plaintext.parse_grads": lambda sc: RecordDict({"grads": m["plaintext"].grads_record(f32(K, ROW_DIM),
+                                                                                             f32(DENSE))}),
         "plaintext.parse_update_reply": lambda sc: m["plaintext"].update_reply(f32(K, ROW_DIM), f32(DENSE), 0.5, 3,
                                                                                0.1),
         "plaintext.parse_model_content": lambda sc: m["plaintext"].model_content(f32(N_ITEMS, ROW_DIM), f32(DENSE)),

@@ -227,10 +227,9 @@ class FedMFStrategy(RecStrategy):
         content = schema.decrypt_message(kind, rnd, k, scheme.to_array([agg]))
         candidates = list(cts)
         secrets.SystemRandom().shuffle(candidates)
-        ex = self.exchange
         for user in candidates[:3]:  # a decryptor that fails is not dropped from the round: try another
             side = Meter()
-            reply = UserExchange(ex.grid, self.directory, ex.timeout, side).phase(
+            reply = self.side_exchange(side).phase(
                 schema.DECRYPT, {user: content}, f"{kind}-sum-{rnd}",
                 lambda _u, c: schema.parse_decrypt_reply(c, kind, k))
             self.meter.down[user] += side.down.get(user, 0)
@@ -250,10 +249,13 @@ class FedMFStrategy(RecStrategy):
         """Evaluated users without the key get it first (lazy delivery), then the base evaluation."""
         missing = [u for u in self.evaluation_sample() if u not in self.keyed]
         if missing:  # on its own meter, as evaluation's messages are: a failed delivery is not a round's drop
-            assert self.exchange is not None
-            self.distribute_keys(missing, UserExchange(self.exchange.grid, self.directory, self.exchange.timeout,
-                                                       Meter()))
+            self.distribute_keys(missing, self.side_exchange(Meter()))
         return super().evaluate(rnd)
+
+    def side_exchange(self, meter: Meter) -> UserExchange:
+        """The round's grid and node directory on another meter (a phase that must not count as the round's)."""
+        assert self.exchange is not None
+        return UserExchange(self.exchange.grid, self.directory, self.exchange.timeout, meter)
 
     def evaluation_users(self) -> list[int]:
         """Only users holding the key can decrypt C_V."""

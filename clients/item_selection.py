@@ -10,8 +10,11 @@ server that knows the seed recompute the padding and subtract it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 import numpy as np
+
+from models.batch import concat_ranges
 
 
 def truncate_items(rated: np.ndarray, m_prime: int | None, seed: int, rnd: int, user: int) -> np.ndarray:
@@ -44,9 +47,41 @@ def pad_items(real: np.ndarray, m_prime: int, n_items: int) -> np.ndarray:
 
 
 def ratings_of(items: np.ndarray, user_items: np.ndarray, user_ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local indices into ``items`` and ratings of the user's ratings whose item is in ``items``."""
-    order = np.argsort(items, kind="stable")
-    sorted_items = items[order]
-    at = np.clip(np.searchsorted(sorted_items, user_items), 0, max(len(items) - 1, 0))
-    mask = sorted_items[at] == user_items if len(items) else np.zeros(len(user_items), dtype=bool)
-    return order[at[mask]].astype(np.int64), user_ratings[mask]
+    """Local indices into ``items`` and ratings of the user's ratings whose item is in ``items``
+    (a device's call: :func:`ratings_of_many` for one user)."""
+    local, ratings, _ = ratings_of_many([items], np.zeros(1, np.int64), np.array([len(user_items)], np.int64),
+                                        user_items, user_ratings)
+    return local, ratings
+
+
+def ratings_of_many(requests: Sequence[np.ndarray], starts: np.ndarray, lengths: np.ndarray,
+                    all_items: np.ndarray, all_ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each user b, the ratings ``all_items/all_ratings[starts[b]:starts[b] + lengths[b]]`` whose item is
+    in ``requests[b]``, as (local indices into ``requests[b]`` [R], ratings [R], per-user counts [B]).
+
+    Users are concatenated in order and each keeps its ratings' order, so user b's slice of the output is
+    what the device computes for itself. One sort of (user, item) keys serves the whole batch: the
+    batched engine calls it once per round instead of once per user. An item requested twice matches its
+    first occurrence.
+    """
+    n_users = len(requests)
+    req_len = np.fromiter(map(len, requests), dtype=np.int64, count=n_users)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) != n_users:
+        raise ValueError(f"{n_users} requests but {len(lengths)} rating ranges")
+    req = np.concatenate(requests).astype(np.int64, copy=False) if n_users else np.zeros(0, np.int64)
+    flat = concat_ranges(starts, lengths)
+    rated, ratings = np.asarray(all_items)[flat].astype(np.int64, copy=False), np.asarray(all_ratings)[flat]
+    owner = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+    if not len(req):
+        return np.zeros(0, np.int64), ratings[:0], np.zeros(n_users, np.int64)
+    width = int(max(req.max(), rated.max(initial=0))) + 1  # (user, item) -> user * width + item, collision-free
+    keys = np.repeat(np.arange(n_users, dtype=np.int64), req_len) * width + req
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    probe = owner * width + rated
+    at = np.minimum(np.searchsorted(sorted_keys, probe), len(keys) - 1)
+    found = sorted_keys[at] == probe
+    req_start = np.cumsum(req_len) - req_len
+    local = order[at[found]] - req_start[owner[found]]
+    return local.astype(np.int64, copy=False), ratings[found], np.bincount(owner[found], minlength=n_users)

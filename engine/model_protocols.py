@@ -28,12 +28,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from clients.item_selection import ratings_of, truncate_items
+from clients.item_selection import ratings_of_many, truncate_items
 from clients.two_server import encode_upload, user_ring_codec
 from engine.driver import Driver
 from models.dp_training import train_batch_clipped
 from models import ModelSpec, PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
-from models.batch import pad_flat
+from models.batch import concat_ranges, pad_flat
 from models.ranking import candidate_scores, ranking_sums
 from recdata import FederatedSplit
 from recdata.ranking import ranking_candidates
@@ -80,13 +80,6 @@ def secemb_round_bytes(cfg: AppConfig, rnd: int, m_prime: int, n_items: int, spe
     return secemb_schema.round_bytes(rnd, m_prime, n_items, spec.row_dim, spec.dense_size, int(cfg.strategy.ring_bits),
                                      variant_of(cfg.strategy.variant).upload_key_shape(m_prime, spec.row_dim),
                                      bool(cfg.simulation.telemetry))
-
-
-def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Indices start[b] .. start[b] + lengths[b] - 1 for every b, concatenated (CSR row slices)."""
-    total = int(lengths.sum())
-    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return offsets + np.arange(total, dtype=np.int64)
 
 
 def groups(sizes: np.ndarray, fixed: int) -> list[np.ndarray]:
@@ -200,24 +193,22 @@ class ModelDriver(Driver):
         """Every user's local step (the clients' ``local_step``), batched; private states are kept."""
         self.ensure_initialised(users)
         sp = self.split
-        local, ratings = [], []
-        for u, its in zip(users, items):  # O(users in round): each user's ratings of its requested rows
-            a, b = sp.train_ptr[u], sp.train_ptr[u + 1]
-            lo, ra = ratings_of(its, sp.train_item[a:b], sp.train_rating[a:b])
-            local.append(lo)
-            ratings.append(ra)
-        table, dense = self.user_table(), self.strategy.model.dense_numpy()
-        n_rat = np.fromiter((len(r) for r in ratings), dtype=np.int64, count=len(users))
+        starts = sp.train_ptr[users]
+        local, ratings, n_rat = ratings_of_many(items, starts, sp.train_ptr[users + 1] - starts, sp.train_item,
+                                                sp.train_rating)
         k = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(users))
+        rating_start = np.cumsum(n_rat) - n_rat
+        rated_items = np.concatenate(items)[np.repeat(np.cumsum(k) - k, n_rat) + local] if len(users) else local
+        table, dense = self.user_table(), self.strategy.model.dense_numpy()
         spec, m = self.spec, self.cfg.model
         row_grads = np.zeros((len(users), int(k.max(initial=0)), spec.row_dim), dtype=np.float32)
         dense_grads = self.dense_grads_buffer(len(users))  # every row is written below
         loss = np.zeros(len(users))
         train = partial(train_batch_clipped, clip=float(self.cfg.dp.clip)) if self.cfg.dp.enabled else train_batch
         for g in groups(k * spec.row_dim + n_rat * (4 + spec.n_item_features), 2 * spec.dense_size):
-            batch = make_batch_flat(n_rat[g], np.concatenate([local[i] for i in g]),
-                                    np.concatenate([ratings[i] for i in g]), sp.user_features[users[g]],
-                                    sp.item_features[np.concatenate([items[i][local[i]] for i in g])])
+            mine = concat_ranges(rating_start[g], n_rat[g])  # the group's ratings, user by user
+            batch = make_batch_flat(n_rat[g], local[mine], ratings[mine], sp.user_features[users[g]],
+                                    sp.item_features[rated_items[mine]])
             rows, _ = gather_rows(table, [items[i] for i in g])
             res = train(spec, rows, dense, self.private.take(users[g]), batch, float(m.lr), float(m.reg),
                         int(self.cfg.train.local_user_steps))

@@ -61,6 +61,13 @@ def pad_flat(flat: np.ndarray, lengths: np.ndarray, width: int | None = None) ->
     return out
 
 
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices start[b] .. start[b] + lengths[b] - 1 for every b, concatenated (CSR row slices)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 def _concat(arrays: Sequence[np.ndarray], dtype, trailing: tuple[int, ...]) -> np.ndarray:
     if not arrays:
         return np.zeros((0,) + trailing, dtype=dtype)

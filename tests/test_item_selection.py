@@ -1,0 +1,64 @@
+"""The clients' item selection: which of a user's ratings fall on the rows it requested.
+
+``ratings_of_many`` answers for a whole round at once (the batched engine) and ``ratings_of`` is its
+batch of one (a device); both are checked against the definition written out per rating.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.item_selection import ratings_of, ratings_of_many, truncate_items
+from models.batch import concat_ranges
+
+
+def by_definition(request: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> tuple[list[int], list[float]]:
+    """For each rating in order: if its item was requested, (its first position in the request, the rating)."""
+    first: dict[int, int] = {}
+    for pos, item in enumerate(request.tolist()):
+        first.setdefault(item, pos)
+    kept = [(first[i], r) for i, r in zip(items.tolist(), ratings.tolist()) if i in first]
+    return [p for p, _ in kept], [r for _, r in kept]
+
+
+def test_ratings_of_hand_case() -> None:
+    local, ratings = ratings_of(np.array([7, 3, 9]), np.array([3, 5, 9, 7]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert local.tolist() == [1, 2, 0] and ratings.tolist() == [1.0, 3.0, 4.0]
+
+
+def test_ratings_of_many_equals_the_definition_per_user() -> None:
+    rng = np.random.default_rng(5)
+    n_users, n_items = 40, 60
+    lengths = rng.integers(0, 25, n_users)
+    all_items = rng.integers(0, n_items, int(lengths.sum()))
+    all_ratings = rng.integers(1, 6, len(all_items)).astype(np.float32)
+    starts = np.cumsum(lengths) - lengths
+    # requests: truncated rated items, some with unrated (padding) items, one empty, one with a repeat
+    requests = []
+    for u in range(n_users):
+        mine = all_items[starts[u]:starts[u] + lengths[u]]
+        req = truncate_items(mine, 8, seed=1, rnd=2, user=u)
+        requests.append(np.concatenate([req, rng.integers(0, n_items, int(rng.integers(0, 4)))]))
+    requests[3] = np.zeros(0, np.int64)
+    requests[4] = np.concatenate([requests[4], requests[4][:2]])
+    local, ratings, counts = ratings_of_many(requests, starts, lengths, all_items, all_ratings)
+    assert counts.sum() == len(local) == len(ratings)
+    at = np.cumsum(counts) - counts
+    for u in range(n_users):
+        mine = slice(starts[u], starts[u] + lengths[u])
+        want_local, want_ratings = by_definition(requests[u], all_items[mine], all_ratings[mine])
+        assert local[at[u]:at[u] + counts[u]].tolist() == want_local
+        assert ratings[at[u]:at[u] + counts[u]].tolist() == want_ratings
+        one_local, one_ratings = ratings_of(requests[u], all_items[mine], all_ratings[mine])
+        assert one_local.tolist() == want_local and one_ratings.tolist() == want_ratings
+
+
+def test_ratings_of_many_refuses_mismatched_ranges() -> None:
+    with pytest.raises(ValueError, match="2 requests but 1 rating ranges"):
+        ratings_of_many([np.array([1]), np.array([2])], np.zeros(1, np.int64), np.ones(1, np.int64),
+                        np.array([1]), np.array([5.0]))
+
+
+def test_concat_ranges() -> None:
+    assert concat_ranges(np.array([4, 0, 9]), np.array([2, 0, 3])).tolist() == [4, 5, 9, 10, 11]

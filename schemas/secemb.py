@@ -43,6 +43,12 @@ from schemas.wire import decode_frame, encode_frame
 COUNT = "query.secemb_count"
 RETRIEVE = "query.secemb_retrieve"
 UPLOAD = "train.secemb_upload"
+# Evaluation through the same private retrieval: the rows of a user's test items and ranking case, padded to
+# the evaluation m' (the request and reply of RETRIEVE; sealed under their own purposes), then the shares and
+# the dense vector (UPLOAD's message under the secure evaluation header), answered by a secure eval reply.
+EVAL_RETRIEVE = "query.secemb_eval_retrieve"
+EVALUATE_SHARES = "evaluate.secemb_shares"
+EVAL_BOX, EVAL_SHARES_BOX = "eval-retrieve", "eval-shares"  # sealing purposes (never a training one)
 _box = box_field
 
 

@@ -106,6 +106,7 @@ KEYS_FRESH = {v: _keys(True, v)[1] for v in ("rowenc", "init")}
 INNER: dict[str, tuple[str, int | None, Callable[[dict[str, Any]], bytes]]] = {
     "count": ("count", 0, lambda meta: schema.count_share_bytes(np.array([3], dtype=np.uint64))),
     "retrieve": ("retrieve", None, lambda meta: schema.sealed_retrieval_bytes(KEYS_RETRIEVE, _USER_PUBLIC)),
+    "retrieve_eval": (schema.EVAL_BOX, None, lambda meta: schema.sealed_retrieval_bytes(KEYS_RETRIEVE, _USER_PUBLIC)),
     "aggregate": ("dense", None, lambda meta: schema.sealed_dense_bytes(_ring(DENSE))),
     "aggregate_fresh": ("upload", None, lambda meta: schema.sealed_fresh_upload_bytes(
         KEYS_FRESH[meta["variant"]], _ring(DENSE))),
@@ -121,6 +122,7 @@ def valid_meta(op: str, run: str, rnd: int, variant: str) -> dict[str, Any]:
         "set_model": {"ring_bits": 32},
         "count": {"run": run, "users": USERS, "min_users": 2},
         "retrieve": {"run": run, "round": rnd, "m_prime": M_PRIME, "users": USERS},
+        "retrieve_eval": {"run": run, "round": rnd, "m_prime": M_PRIME, "users": USERS, "min_users": 2},
         "aggregate": {"run": run, "round": rnd, "width": WIDTH, "dense_size": DENSE, "users": USERS, "min_users": 2},
         "aggregate_fresh": {"run": run, "round": rnd, "width": 1 if variant == "init" else WIDTH,
                             "dense_size": DENSE, "users": USERS, "min_users": 2, "variant": variant,

@@ -216,7 +216,8 @@ def test_meta_fields_are_range_checked():
 class Round:
     """Real sealed retrieval and aggregation boxes for a few users (zero gradients)."""
 
-    def __init__(self, public: bytes, run: str, rnd: int, users: list[int], m_prime: int = 2) -> None:
+    def __init__(self, public: bytes, run: str, rnd: int, users: list[int], m_prime: int = 2,
+                 purpose: str = "retrieve") -> None:
         self.run, self.rnd, self.users, self.m_prime = run, rnd, users, m_prime
         self.boxes, self.gen = {}, {}
         for u in users:
@@ -224,7 +225,7 @@ class Round:
             _k0, k1, self.gen[u] = gen(items, np.ones((m_prime, 1), dtype=np.uint32), N_ITEMS, domain=0)
             _priv, user_pub = generate_keypair()
             self.boxes[u] = np.frombuffer(seal(public, schema.sealed_retrieval_bytes(k1, user_pub),
-                                               schema.context(run, rnd, u, "retrieve")), np.uint8)
+                                               schema.context(run, rnd, u, purpose)), np.uint8)
         self.public = public
 
     def retrieve_args(self, users: list[int] | None = None):
@@ -288,6 +289,32 @@ def test_server0_cannot_lower_server1s_floor_but_may_raise_it(server1, certs):
     box = {f"box_{u}": np.zeros(8, np.uint8) for u in (1,)}
     with pytest.raises(Server1Error, match="at least 3"):
         c.call("sum_shares", {"run": "floor", "round": 1, "users": [1], "shape": [2], "ring_bits": 32}, box)
+
+
+def test_an_evaluation_retrieval_leaves_the_rounds_training_state_alone():
+    """SecEmb evaluates through retrieve_eval: its own boxes, once per round, and the round's training
+    retrieval is still the one aggregated."""
+    s1 = Server1(min_users=2)
+
+    def call(op, meta, arrays=None):
+        return decode_frame(s1.handle(encode_frame(op, meta, arrays or {})))
+
+    call("set_model", {"ring_bits": 32}, {"table": _table(N_ITEMS)})
+    train = Round(s1.public_key, "ev", 1, [1, 2, 3])
+    assert call("retrieve", *train.retrieve_args())[0] == "ok"
+    status, meta, arrays = call("retrieve_eval", *Round(s1.public_key, "ev", 1, [1, 2, 3],
+                                                          purpose=schema.EVAL_BOX).retrieve_args())
+    assert status == "ok" and not meta["rejected"] and sorted(arrays) == ["box_1", "box_2", "box_3"]
+    status, meta, arrays = call("aggregate", *train.aggregate_args([1, 2]))
+    assert status == "ok" and meta["users"] == [1, 2]
+    again = Round(s1.public_key, "ev", 1, [1, 2], purpose=schema.EVAL_BOX)
+    assert call("retrieve_eval", *again.retrieve_args())[0] == "error"  # one per round
+    # boxes sealed for training do not open as evaluation boxes
+    status, meta, arrays = call("retrieve_eval", *Round(s1.public_key, "ev", 2, [1, 2]).retrieve_args())
+    assert status == "ok" and sorted(meta["rejected"]) == ["1", "2"] and not arrays
+    # below the floor: refused before any work
+    assert call("retrieve_eval", *Round(s1.public_key, "ev", 3, [1], purpose=schema.EVAL_BOX).retrieve_args()
+                )[0] == "error"
 
 
 def test_sum_shares_once_per_round_and_users_that_fail_count_against_the_floor():

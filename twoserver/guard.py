@@ -4,7 +4,9 @@ Server 1 is a separate party; it must not be a sum oracle for server 0. Two
 aggregations over user sets that differ in one user reveal that user's
 gradient, so server 1 keeps, per run:
 
-* one retrieval per round, with rounds strictly increasing;
+* one retrieval per round, with rounds strictly increasing (and, apart, one
+  evaluation retrieval per round: its paths are not kept, so nothing can be
+  aggregated from it);
 * one aggregation per round, for the round of the latest retrieval, over a
   subset of that retrieval's users (the users that dropped out are left out);
 * never a sum (aggregation, ``count``, ``sum_shares``) over fewer than
@@ -152,6 +154,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "set_model": ("ring_bits",),
     "count": ("run", "users"),
     "retrieve": ("run", "round", "m_prime", "users"),
+    "retrieve_eval": ("run", "round", "m_prime", "users"),
     "aggregate": ("run", "round", "width", "dense_size", "users"),
     "aggregate_fresh": ("run", "round", "width", "dense_size", "users", "variant", "m_prime", "n_items"),
     "sum_shares": ("run", "round", "users", "shape", "ring_bits"),
@@ -168,6 +171,7 @@ class RunState:
     retrieval_users: frozenset[int] = frozenset()  # its users (less those server 1 rejected)
     aggregated: set[int] = field(default_factory=set)
     last_sum: int = 0                             # Secure FedRec's latest sum_shares round
+    last_eval_retrieval: int = 0                  # SecEmb's latest evaluation retrieval round
 
 
 AGGREGATIONS = {"aggregate", "aggregate_fresh"}
@@ -211,6 +215,9 @@ class RoundGuard:
             self._enough(state, len(users), "count")
         elif op == "retrieve":
             _one_per_round("retrieval", "retrieved", meta, state.last_retrieval)
+        elif op == "retrieve_eval":
+            _one_per_round("evaluation retrieval", "retrieved for evaluation", meta, state.last_eval_retrieval)
+            self._enough(state, len(users), "evaluation retrieval")
         elif op in AGGREGATIONS:
             rnd = meta["round"]
             if rnd != state.last_retrieval or self._last_retrieval != (meta["run"], rnd):
@@ -242,6 +249,8 @@ class RoundGuard:
             state.last_retrieval = meta["round"]
             state.retrieval_users = frozenset(kept)
             self._last_retrieval = (meta["run"], meta["round"])
+        elif op == "retrieve_eval":
+            state.last_eval_retrieval = meta["round"]
         elif op in AGGREGATIONS:
             self._enough(state, len(kept), "aggregation")
             state.aggregated = {meta["round"]}

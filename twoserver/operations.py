@@ -15,7 +15,8 @@ over the retrieval's users less dropouts, never fewer than ``min_users``.
 Operations (frames of :mod:`schemas.wire`):
 ``hello`` -> public key; ``set_model`` (table in the ring); ``count`` (secure
 sum of rated-item counts, SecEmb Appendix C); ``retrieve`` (open each user's
-sealed DPF keys, evaluate, return sealed shares); ``aggregate`` (ConvertEval
+sealed DPF keys, evaluate, return sealed shares); ``retrieve_eval`` (the same
+for the rows users evaluate with, paths not kept); ``aggregate`` (ConvertEval
 on cached paths for the kept users, plus the dense shares);
 ``aggregate_fresh`` (ablations without path sharing); ``sum_shares`` (Secure
 FedRec: sum of sealed full-gradient shares).
@@ -138,22 +139,38 @@ class Server1:
         return {"rejected": rejected}, {"sum": total}
 
     def _op_retrieve(self, meta, arrays):
+        """A training retrieval: this round's party keeps the keys' paths for the aggregation."""
+        self.party = SecEmbParty(1, self._table().shape[0], self.ring_dtype, self.max_cache_bytes)
+        return self._retrieve(self.party, meta, arrays, "retrieve", "shares")
+
+    def _op_retrieve_eval(self, meta, arrays):
+        """An evaluation retrieval (the rows of users' test items): a party of its own, whose paths go with
+        it, so the round's training paths stay and nothing can be aggregated from it."""
+        return self._retrieve(SecEmbParty(1, self._table().shape[0], self.ring_dtype, 0), meta, arrays,
+                              schema.EVAL_BOX, schema.EVAL_SHARES_BOX)
+
+    def _table(self) -> np.ndarray:
         if self.table is None:
             raise WireError("retrieve before set_model")
+        return self.table
+
+    def _retrieve(self, party: SecEmbParty, meta, arrays, box_purpose: str, reply_purpose: str):
+        """Open each user's sealed keys (sealed for ``box_purpose``), evaluate them over the table and seal
+        each user's shares back to its one-round key (for ``reply_purpose``)."""
+        table = self._table()
         rnd, run = int(meta["round"]), meta["run"]
         keys, user_pubs, rejected = {}, {}, {}
         for user in meta["users"]:
             try:
-                raw = self._open(arrays[f"box_{user}"], schema.context(run, rnd, user, "retrieve"))
+                raw = self._open(arrays[f"box_{user}"], schema.context(run, rnd, user, box_purpose))
                 keys[user], user_pubs[user] = schema.parse_sealed_retrieval(
-                    raw, party=1, n_items=self.table.shape[0], m_prime=int(meta["m_prime"]),
+                    raw, party=1, n_items=table.shape[0], m_prime=int(meta["m_prime"]),
                     ring_dtype=self.ring_dtype)
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
-        self.party = SecEmbParty(1, self.table.shape[0], self.ring_dtype, self.max_cache_bytes)
-        shares = self.party.retrieve(keys, self.table)
+        shares = party.retrieve(keys, table)
         out = {f"box_{u}": np.frombuffer(seal(user_pubs[u], schema.share_bytes(shares[u]),
-                                              schema.context(run, rnd, u, "shares")), dtype=np.uint8)
+                                              schema.context(run, rnd, u, reply_purpose)), dtype=np.uint8)
                for u in shares}
         return {"rejected": rejected}, out
 

@@ -3,8 +3,10 @@
 ``plaintext`` evaluates by item request: the user names its test items
 (:data:`schemas.common.EVAL_REQUEST`) and then receives only their rows and
 the dense parameters (:data:`schemas.common.EVALUATE_ROWS`), so its download
-is O(its test items). ``secemb`` and ``secfedrec`` send the full public model
-(:data:`schemas.common.EVALUATE`): naming the items would tell server 0 items
+is O(its test items). ``secemb`` users fetch the same rows through SecEmb's
+private retrieval (:mod:`clients.secemb_evaluation`), so their download is
+O(the evaluation m'); ``secfedrec`` sends the full public model
+(:data:`schemas.common.EVALUATE`). Naming the items would tell server 0 items
 the user rated, which both hide, so their users refuse the item request
 (decided by the user's own config, whatever server 0 asks). Either way the
 user computes the squared error of its
@@ -80,9 +82,9 @@ def on_eval_request(content: RecordDict, context: Context, env: ClientEnv) -> Re
 def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     """Evaluate with the full public model (``secemb``, ``secfedrec``)."""
     start = time.perf_counter()
-    secure = _secure_header(content, context, env)
+    secure = secure_header(content, context, env)
     table, dense = parse_model_content(content, env.n_items, env.spec.row_dim, env.spec.dense_size)
-    return _reply(env, context, secure, table, dense, None, start)
+    return reply_with_rows(env, context, secure, table, dense, None, start)
 
 
 def on_evaluate_rows(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
@@ -93,10 +95,10 @@ def on_evaluate_rows(content: RecordDict, context: Context, env: ClientEnv) -> R
     items = named_test_items(env)
     if rows.shape[0] != len(items):
         raise MessageError(f"evaluation sent {rows.shape[0]} rows for {len(items)} test items")
-    return _reply(env, context, None, rows, dense, items, start)
+    return reply_with_rows(env, context, None, rows, dense, items, start)
 
 
-def _secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tuple[int, bytes, str, int] | None:
+def secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tuple[int, bytes, str, int] | None:
     """(round, server 1's key, run, ring bits) in the two-server protocols (the key checked against the pin)."""
     if env.cfg.strategy.name not in TWO_SERVER_PROTOCOLS:
         return None
@@ -105,19 +107,23 @@ def _secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tup
     return header
 
 
-def _reply(env: ClientEnv, context: Context, secure: tuple[int, bytes, str, int] | None, table: np.ndarray,
-           dense: np.ndarray, row_items: np.ndarray | None, start: float) -> RecordDict:
+def reply_with_rows(env: ClientEnv, context: Context, secure: tuple[int, bytes, str, int] | None,
+                    table: np.ndarray, dense: np.ndarray, row_items: np.ndarray | None, start: float,
+                    test: tuple[np.ndarray, np.ndarray] | None = None) -> RecordDict:
     """Test SSE and count, and the ranking case's [hit, ndcg, ranked], in the clear or secret-shared.
 
-    ``table`` holds every item's row (``row_items`` None) or the rows of the sorted ``row_items``.
+    ``table`` holds every item's row (``row_items`` None) or the rows of the sorted ``row_items``;
+    ``test`` (items, ratings) defaults to all of the user's test ratings.
     """
+    test_items, test_ratings = (env.user.test_items, env.user.test_ratings) if test is None else test
+
     def local(ids: np.ndarray) -> np.ndarray:
         return ids if row_items is None else np.searchsorted(row_items, ids)
 
     features = env.item_features if row_items is None else env.item_features[row_items]
     private = load_private(context, env.spec, env.user.user_id, env.seed, device_state_dir(env, context))
     params = private["params"]
-    sse, count = evaluate_locally(env.spec, table, dense, params, local(env.user.test_items), env.user.test_ratings,
+    sse, count = evaluate_locally(env.spec, table, dense, params, local(test_items), test_ratings,
                                   env.user.user_features, features)
     case = ranking_case(env)
     ranking = None

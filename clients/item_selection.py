@@ -26,6 +26,29 @@ def truncate_items(rated: np.ndarray, m_prime: int | None, seed: int, rnd: int, 
     return np.sort(rng.choice(rated, size=m_prime, replace=False))
 
 
+EVAL_SALT = 0xE7A1  # seed-sequence salt of the evaluation sample (never shares a stream with training's)
+
+
+def evaluation_items(test_items: np.ndarray, case: np.ndarray | None, m_eval: int, seed: int,
+                     user: int) -> np.ndarray:
+    """The items (sorted, distinct) whose rows a user retrieves to evaluate: its ranking case and its test
+    items, at most ``m_eval`` of them.
+
+    A private retrieval pads every user to the same m', so a user whose items do not fit keeps its whole
+    ranking case and a seeded sample of its other test items (from (seed, user)): its RMSE is then over
+    the test ratings of those items. The batched engine calls this too, so both engines evaluate the
+    same ratings.
+    """
+    case_items = np.unique(case) if case is not None else np.zeros(0, np.int64)
+    if len(case_items) > m_eval:
+        raise ValueError(f"an evaluation m' of {m_eval} cannot hold a ranking case of {len(case_items)} items")
+    others = np.setdiff1d(np.unique(test_items), case_items)
+    room = m_eval - len(case_items)
+    if len(others) > room:
+        others = np.random.default_rng([seed, user, EVAL_SALT]).choice(others, size=room, replace=False)
+    return np.union1d(case_items, others).astype(np.int64)
+
+
 def pad_items(real: np.ndarray, m_prime: int, n_items: int) -> np.ndarray:
     """Append uniformly random unrated items (from ``secrets``) until there are m'.
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from clients.item_selection import ratings_of_many, truncate_items
+from clients.item_selection import evaluation_items, ratings_of_many, truncate_items
 from clients.two_server import encode_upload, user_ring_codec
 from engine.driver import Driver
 from models.dp_training import train_batch_clipped
@@ -36,7 +36,7 @@ from models import ModelSpec, PrivateState, evaluate_batch, gather_rows, make_ba
 from models.batch import concat_ranges, pad_flat
 from models.ranking import candidate_scores, ranking_sums
 from recdata import FederatedSplit
-from recdata.ranking import ranking_candidates
+from recdata.ranking import ranking_candidates, user_candidates
 from recdata.dataset import DatasetMeta
 from schemas import plaintext as plain_schema
 from schemas import secemb as secemb_schema
@@ -174,6 +174,15 @@ class ModelDriver(Driver):
         """The table the users' rows come from, as users receive it (float32)."""
         return self.strategy.model.table_numpy()
 
+    def eval_table(self) -> np.ndarray:
+        """The table evaluated users' rows come from, as they receive them (float32)."""
+        return self.strategy.model.table_numpy()
+
+    def evaluated_test_ratings(self, users: np.ndarray) -> np.ndarray | None:
+        """Which of the split's test ratings (a mask over ``split.test_item``) ``users`` evaluate, when the
+        protocol leaves some out; None: all of them (default)."""
+        return None
+
     def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
         """The protocol's aggregation and server step; returns the round's metrics (train_loss, ...)."""
         raise NotImplementedError
@@ -235,15 +244,20 @@ class ModelDriver(Driver):
         sp = self.split
         starts = sp.test_ptr[users]
         lengths = (sp.test_ptr[users + 1] - starts).astype(np.int64)
-        table, dense = self.strategy.model.table_numpy(), self.strategy.model.dense_numpy()
+        table, dense = self.eval_table(), self.strategy.model.dense_numpy()
+        evaluated = self.evaluated_test_ratings(users)
         sse, count = np.zeros(len(users)), np.zeros(len(users), dtype=np.int64)
         for g in groups(lengths * (self.spec.row_dim + 4 + self.spec.n_item_features), self.spec.row_dim):
-            flat = concat_ranges(starts[g], lengths[g])
+            flat, lens = concat_ranges(starts[g], lengths[g]), lengths[g]
+            if evaluated is not None:  # only the test ratings each user evaluates under the protocol
+                keep = evaluated[flat]
+                lens = np.bincount(np.repeat(np.arange(len(g)), lens)[keep], minlength=len(g)).astype(np.int64)
+                flat = flat[keep]
             items = sp.test_item[flat]
-            positions = flat - np.repeat(starts[g], lengths[g])  # each rating reads its own row
-            batch = make_batch_flat(lengths[g], positions, sp.test_rating[flat], sp.user_features[users[g]],
+            positions = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)  # each rating its own row
+            batch = make_batch_flat(lens, positions, sp.test_rating[flat], sp.user_features[users[g]],
                                     sp.item_features[items])
-            rows = pad_flat(table[items], lengths[g], batch.local_items.shape[1])
+            rows = pad_flat(table[items], lens, batch.local_items.shape[1])
             sse[g], count[g] = evaluate_batch(self.spec, rows, dense, self.private.params[users[g]], batch)
         return sse, count
 
@@ -253,7 +267,7 @@ class ModelDriver(Driver):
         self.ensure_initialised(users)
         train = self.cfg.train
         case = ranking_candidates(self.split, self.seed, int(train.ranking_negatives), users)
-        table, dense = self.strategy.model.table_numpy(), self.strategy.model.dense_numpy()
+        table, dense = self.eval_table(), self.strategy.model.dense_numpy()
         n_cand = case.items.shape[1]
         step = max(1, CHUNK_ELEMENTS // (n_cand * (self.spec.row_dim + self.spec.n_item_features + 4)))
         out = np.zeros((len(case.users), 3))
@@ -379,6 +393,28 @@ class SecEmbDriver(TwoServerDriver):
 
     def user_table(self) -> np.ndarray:
         return self.user_codec.from_ring(self.strategy.ring_table()).astype(np.float32)
+
+    def eval_table(self) -> np.ndarray:
+        """Evaluated users retrieve their rows through the ring too (clients/secemb_evaluation.py)."""
+        return self.user_table()
+
+    def evaluated_test_ratings(self, users: np.ndarray) -> np.ndarray | None:
+        """A user whose test items and ranking case exceed the evaluation m' evaluates a seeded sample of
+        them (:func:`clients.item_selection.evaluation_items`, what the device calls)."""
+        sp, train, m_eval = self.split, self.cfg.train, self.strategy.eval_m_prime()
+        case_size = int(train.ranking_negatives) + 1 if train.ranking else 0
+        n_test = sp.test_ptr[users + 1] - sp.test_ptr[users]
+        over = users[n_test + case_size > m_eval]  # the others keep every test rating (distinct items <= count)
+        if not len(over):
+            return None
+        keep = np.ones(len(sp.test_item), dtype=bool)
+        for u in over.tolist():  # only users with more test ratings than the evaluation m' holds
+            a, b = sp.test_ptr[u], sp.test_ptr[u + 1]
+            rated = sp.train_item[sp.train_ptr[u]:sp.train_ptr[u + 1]]
+            case = (user_candidates(u, rated, sp.test_item[a:b], sp.n_items, self.seed, int(train.ranking_negatives))
+                    if train.ranking else None)
+            keep[a:b] = np.isin(sp.test_item[a:b], evaluation_items(sp.test_item[a:b], case, m_eval, self.seed, u))
+        return keep
 
     def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
         return {**super().aggregate(batch), "m_prime": self.strategy.m_prime}

@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import distributed_mf, evaluation, fedmf, plaintext, registration, secemb, secfedrec
-from clients import compressed, dp_fedrec
+from clients import compressed, dp_fedrec, secemb_evaluation
 from clients.environment import ClientEnv, client_env
 from recdata.dataset import load_split
 from schemas import common
@@ -35,7 +35,8 @@ from schemas.validation import MessageError
 log = logging.getLogger("secrec.client")
 
 # Each protocol's client module exports HANDLERS keyed by its schema's message types.
-PROTOCOL_CLIENTS = (registration, evaluation, plaintext, distributed_mf, fedmf, secemb, secfedrec, dp_fedrec, compressed)
+PROTOCOL_CLIENTS = (registration, evaluation, plaintext, distributed_mf, fedmf, secemb, secemb_evaluation, secfedrec,
+                    dp_fedrec, compressed)
 Handler = Callable[[RecordDict, Context, ClientEnv], RecordDict]
 ASSIGNED = "assigned_user"  # Context.state key of the user a simulated node was assigned
 

@@ -22,6 +22,12 @@ Each round (Algorithm 3), in the order of the paper:
    sums over the kept users; an aggregate over fewer than ``min_users`` users
    is refused.
 
+Evaluation uses the same retrieval (:mod:`clients.secemb_evaluation`): the
+evaluated users send keys for their test items and ranking case padded to the
+evaluation m' (:meth:`SecEmbStrategy.eval_m_prime`), server 1 evaluates them
+with ``retrieve_eval`` (its paths are not kept, and its training state is left
+alone), and the users answer with secret-shared metric sums.
+
 The round is the stage list :attr:`SecEmbStrategy.stages` over a
 :class:`SecEmbRoundState`; what differs between SecEmb and its ablations
 (payload, both servers' aggregation) is one :mod:`twoserver.variants` object.
@@ -29,22 +35,25 @@ The round is the stage list :attr:`SecEmbStrategy.stages` over a
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import RecordDict
 
 from recdata.dataset import DatasetMeta
-from schemas import plaintext as plain_schema
 from schemas import secemb as schema
 from schemas import two_server as ts
 from schemas.config import AppConfig
 from strategies.base import RoundState
 from strategies.two_server import TwoServerStrategy
+from twoserver.link import Server1Error
 from twoserver.party import SecEmbParty
 from twoserver.variants import variant_of
+
+
+log = logging.getLogger("secrec.strategy")
 
 
 def m_prime_of(total_items: int, n_users: int, alpha: float) -> int:
@@ -207,8 +216,41 @@ class SecEmbStrategy(TwoServerStrategy):
         if "m_prime" in arrays:
             self.m_prime = int(arrays["m_prime"][0])
 
-    def evaluation_content(self) -> RecordDict:
-        return plain_schema.model_content(self.model.table_numpy(), self.model.dense_numpy())
+    def eval_m_prime(self) -> int:
+        """The evaluation m': a training request's m' plus room for the ranking case (all items at most)."""
+        assert self.m_prime is not None
+        train = self.cfg.train
+        case = int(train.ranking_negatives) + 1 if train.ranking else 0
+        return min(int(self.m_prime) + case, self.meta.n_items)
+
+    def evaluation_replies(self, rnd: int, users: list[int], ex: Any) -> dict[int, Any]:
+        """Evaluation through the private retrieval (:mod:`clients.secemb_evaluation`): users send DPF keys
+        for their test items and ranking case padded to :meth:`eval_m_prime`, both servers evaluate them
+        on the current table (server 1 with paths it does not keep), users get the shares and the dense
+        vector and answer with secret-shared metric sums."""
+        m_eval = self.eval_m_prime()
+        msg = schema.retrieve_message(rnd, m_eval, self.server1_public, self.run_id, self.ring_bits, self.variant.name)
+        requests = ex.phase(schema.EVAL_RETRIEVE, {u: msg for u in users}, f"eval-{rnd}",
+                            lambda _u, c: schema.parse_retrieve_reply(c, self.meta.n_items, m_eval, self.ring))
+        if self.too_few(requests, "evaluation retrieval"):
+            return {}  # evaluation_sums then refuses the evaluation
+        table_ring = self.ring_table()
+        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": table_ring})
+        try:
+            meta1, boxes1 = self.server1.call(
+                "retrieve_eval", {"run": self.run_id, "round": rnd, "m_prime": m_eval, "users": sorted(requests),
+                                  "min_users": self.min_users},
+                {f"box_{u}": box for u, (_k, box) in requests.items()})
+        except Server1Error as exc:
+            log.warning("[%s] server 1 refused the evaluation retrieval of round %d: %s", self.name, rnd, exc)
+            return {}
+        retrieved = [u for u in requests if str(u) not in meta1["rejected"]]
+        party0 = SecEmbParty(0, self.meta.n_items, self.ring, max_cache_bytes=0)  # nothing is aggregated from it
+        shares0 = party0.retrieve({u: requests[u][0] for u in retrieved}, table_ring)
+        dense = self.model.dense_numpy()
+        contents = {u: self.evaluation_message(rnd, schema.upload_message(rnd, shares0[u], boxes1[f"box_{u}"], dense))
+                    for u in retrieved}
+        return ex.phase(schema.EVALUATE_SHARES, contents, f"eval-{rnd}", self.parse_evaluation)
 
     def server_state_summary(self) -> dict[str, Any]:
         return {"m_prime": self.m_prime, "server1_bytes_sent": self.server1.bytes_sent,

@@ -221,3 +221,18 @@ def test_scatter_rows_is_np_add_at(dtype):
         np.add.at(expected, items, rows)
         got = scatter_rows(50, items, rows, dtype)
         assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_secemb_evaluates_the_same_sampled_test_ratings_on_both_engines(tmp_path_factory):
+    """An evaluation m' below some users' test items (m' = 1, no ranking case): each such user retrieves
+    and evaluates a seeded sample of them (clients.item_selection.evaluation_items), the same ratings on
+    both engines."""
+    case = ("strategy=secemb", "model=mf", "strategy.m_prime=1", "train.ranking=false", "rounds=3")
+    flower = flower_run(tmp_path_factory, *case)
+    batched = batched_run(tmp_path_factory.mktemp("batched"), *case)
+    assert_same_run(flower, batched, 1e-5)
+    cfg = _cfg([*BASE, *case, "engine=batched"])
+    driver = get_driver(cfg.protocol)(cfg, load_split(cfg), dataset_meta(cfg))
+    evaluated = driver.evaluated_test_ratings(np.arange(driver.meta.n_users))
+    assert evaluated is not None and 0 < evaluated.sum() < len(evaluated)  # some test ratings were left out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.item_selection import ratings_of, ratings_of_many, truncate_items
+from clients.item_selection import evaluation_items, ratings_of, ratings_of_many, truncate_items
 from models.batch import concat_ranges
 
 
@@ -62,3 +62,24 @@ def test_ratings_of_many_refuses_mismatched_ranges() -> None:
 
 def test_concat_ranges() -> None:
     assert concat_ranges(np.array([4, 0, 9]), np.array([2, 0, 3])).tolist() == [4, 5, 9, 10, 11]
+
+
+def test_evaluation_items_take_everything_that_fits() -> None:
+    got = evaluation_items(np.array([5, 2, 5, 9]), np.array([9, 30, 31]), 6, seed=0, user=3)
+    assert got.tolist() == [2, 5, 9, 30, 31]
+
+
+def test_evaluation_items_keep_the_ranking_case_and_a_seeded_sample_of_the_rest() -> None:
+    test_items, case = np.arange(10, 30), np.array([29, 50, 51, 52])
+    got = evaluation_items(test_items, case, 9, seed=4, user=7)
+    assert len(got) == 9 and np.all(np.diff(got) > 0)
+    assert set(case) <= set(got.tolist()) and set(got.tolist()) - set(case) <= set(range(10, 29))
+    assert np.array_equal(got, evaluation_items(test_items, case, 9, seed=4, user=7))  # the device and the engine
+    others = {tuple(evaluation_items(test_items, case, 9, seed=4, user=u)) for u in range(8)}
+    assert len(others) > 1  # the sample depends on the user (and the seed), not on who calls
+    assert evaluation_items(test_items, None, 3, seed=4, user=7).shape == (3,)
+
+
+def test_evaluation_items_refuse_an_m_prime_below_the_ranking_case() -> None:
+    with pytest.raises(ValueError, match="cannot hold a ranking case of 4 items"):
+        evaluation_items(np.array([1]), np.array([1, 2, 3, 4]), 3, seed=0, user=0)

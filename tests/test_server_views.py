@@ -95,6 +95,9 @@ def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeyp
 
     # secrets of the same users in the same rounds, from the plaintext twin's view
     items = [c["req"]["items"].numpy() for t, _n, c in plain.received if t == "query.plain_request"]
+    test_items = [c["req"]["items"].numpy() for t, _n, c in plain.received if t == "query.eval_items"]
+    assert test_items  # the twin's users named their test items; SecEmb's retrieve them privately
+    items += test_items
     rows = [c["grads"]["rows"].numpy() for t, _n, c in plain.received if t == "train.plain_update"]
     codec = FixedPointCodec(16, 327.0)
     needles = [i.astype(np.int64).tobytes() for i in items if len(i) >= 3]
@@ -107,7 +110,8 @@ def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeyp
                 assert needle not in blob, f"{who} received a rated index list or a gradient row"
 
     # identical sizes for users with different numbers of rated items
-    for msg_type in ("query.secemb_retrieve", "train.secemb_upload"):
+    for msg_type in ("query.secemb_retrieve", "train.secemb_upload", "query.secemb_eval_retrieve",
+                     "evaluate.secemb_shares"):
         sizes = {content_nbytes(c) for t, _n, c in secure.received if t == msg_type}
         assert len(sizes) == 1, (msg_type, sizes)
     counts = {len(i) for i in items}
@@ -118,6 +122,9 @@ def test_secemb_views_reveal_neither_indices_nor_gradient_rows(tmp_path, monkeyp
 
     box_sizes = {a.size for f in retrieve_frames for k, a in decode_frame(f)[2].items() if k.startswith("box_")}
     assert len(box_sizes) == 1
+    eval_frames = [f for f in server1_frames if b'"retrieve_eval"' in f[:200]]
+    assert eval_frames  # evaluation went through the retrieval, not a full-model download
+    assert len({a.size for f in eval_frames for k, a in decode_frame(f)[2].items() if k.startswith("box_")}) == 1
 
 
 def test_leakage_attack_recovers_real_users_ratings(tmp_path):

@@ -69,8 +69,8 @@ def named_test_items(env: ClientEnv) -> np.ndarray:
 def refuse_if_items_are_private(env: ClientEnv) -> None:
     """The two-server protocols hide which items a user rated: their users never name them, nor count them."""
     if env.cfg.strategy.name in TWO_SERVER_PROTOCOLS:
-        raise MessageError(f"{env.cfg.strategy.name} users do not name their test items; it evaluates "
-                           "with the full model")
+        raise MessageError(f"{env.cfg.strategy.name} users do not name their test items (they evaluate "
+                           "through a private retrieval or the full model)")
 
 
 def on_eval_request(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:

@@ -47,6 +47,7 @@ from schemas import secemb as schema
 from schemas import two_server as ts
 from schemas.config import AppConfig
 from strategies.base import RoundState
+from strategies.exchange import Exchange
 from strategies.two_server import TwoServerStrategy
 from twoserver.link import Server1Error
 from twoserver.party import SecEmbParty
@@ -223,7 +224,7 @@ class SecEmbStrategy(TwoServerStrategy):
         case = int(train.ranking_negatives) + 1 if train.ranking else 0
         return min(int(self.m_prime) + case, self.meta.n_items)
 
-    def evaluation_replies(self, rnd: int, users: list[int], ex: Any) -> dict[int, Any]:
+    def evaluation_replies(self, rnd: int, users: list[int], ex: Exchange) -> dict[int, Any]:
         """Evaluation through the private retrieval (:mod:`clients.secemb_evaluation`): users send DPF keys
         for their test items and ranking case padded to :meth:`eval_m_prime`, both servers evaluate them
         on the current table (server 1 with paths it does not keep), users get the shares and the dense

@@ -94,15 +94,24 @@ def on_retrieve(content: RecordDict, context: Context, env: ClientEnv) -> Record
     ring = ring_dtype(bits)
     ts.remember_server(context, pub, run)
     real = truncate_items(env.user.train_items, m_prime, env.seed, rnd, env.user.user_id)
+    reply, state = request_rows(real, m_prime, ring, env, pub, run, rnd, "retrieve", start)
+    context.state[STATE] = state.to_record()
+    return reply
+
+
+def request_rows(real: np.ndarray, m_prime: int, ring: type, env: ClientEnv, pub: bytes, run: str, rnd: int,
+                 purpose: str, start: float, stage: str = "upload") -> tuple[RecordDict, UploadState]:
+    """PadOrTruncIdx's padding and one DPF key pair per item (beta = 1): the retrieval reply (party 0's keys,
+    party 1's sealed to server 1 under ``purpose`` with a fresh one-round key) and what the device keeps
+    for the message that brings the rows (at ``stage``). Training and evaluation retrievals both use it."""
     items = pad_items(real, m_prime, env.n_items)
     keys0, keys1, gen_state = dpf_gen(items, np.ones((m_prime, 1), dtype=ring), env.n_items, domain=0)
     user_private, user_public = generate_keypair()
     box = seal(pub, schema.sealed_retrieval_bytes(keys1, user_public),
-               schema.context(run, rnd, env.user.user_id, "retrieve"))
+               schema.context(run, rnd, env.user.user_id, purpose))
     state = UploadState(items=items, n_real=len(real), round=rnd, user_private=private_key_bytes(user_private),
-                        seconds=time.perf_counter() - start, gen_state=gen_state)
-    context.state[STATE] = state.to_record()
-    return schema.retrieve_reply(keys0, box)
+                        seconds=time.perf_counter() - start, gen_state=gen_state, stage=stage)
+    return schema.retrieve_reply(keys0, box), state
 
 
 def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:

@@ -9,51 +9,28 @@ rebuilds them, computes its test error and ranking case, and secret-shares the m
 two-server evaluation does. Server 0 sees DPF keys and sums, as in a training round.
 
 Between the two messages the padded item list and the one-round X25519 key stay in ``Context.state``
-under :data:`STATE`; they never leave the device.
+under :data:`STATE` (a training retrieval's :class:`clients.secemb.UploadState`, at its own stage);
+they never leave the device.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from clients import two_server as ts
 from clients.environment import ClientEnv
 from clients.evaluation import ranking_case, reply_with_rows, secure_header
-from clients.item_selection import evaluation_items, pad_items
-from crypto.dpf_gen import gen as dpf_gen
+from clients.item_selection import evaluation_items
+from clients.secemb import UploadState, request_rows
 from crypto.ring import ring_dtype
-from crypto.sealed import generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes, seal
+from crypto.sealed import open_sealed, private_key_from_bytes
 from schemas import secemb as schema
-from schemas.validation import MessageError, array_record
+from schemas.validation import MessageError
 
-STATE = "secemb_eval"
-
-
-@dataclass
-class EvalRetrieval:
-    """What the evaluation retrieval leaves for the evaluation message of the same round."""
-
-    items: np.ndarray   # padded item list (m'_eval): the real items first, sorted
-    n_real: int
-    round: int
-    user_private: bytes  # one-round X25519 key (server 1 seals the row shares to it)
-    seconds: float
-
-    def to_record(self) -> ArrayRecord:
-        return array_record(items=self.items, n_real=np.array([self.n_real], np.int64),
-                            round=np.array([self.round], np.int64),
-                            user_private=np.frombuffer(self.user_private, dtype=np.uint8),
-                            seconds=np.array([self.seconds], np.float64))
-
-    @classmethod
-    def from_record(cls, record: ArrayRecord) -> EvalRetrieval:
-        saved = {k: record[k].numpy() for k in record}
-        return cls(items=saved["items"], n_real=int(saved["n_real"][0]), round=int(saved["round"][0]),
-                   user_private=saved["user_private"].tobytes(), seconds=float(saved["seconds"][0]))
+STATE, STAGE = "secemb_eval", "evaluate"  # Context.state key; UploadState stage of an evaluation retrieval
 
 
 def _refuse_unless_secemb(env: ClientEnv) -> None:
@@ -72,14 +49,9 @@ def on_eval_retrieve(content: RecordDict, context: Context, env: ClientEnv) -> R
         real = evaluation_items(env.user.test_items, ranking_case(env), m_eval, env.seed, uid)
     except ValueError as exc:
         raise MessageError(str(exc)) from exc
-    items = pad_items(real, m_eval, env.n_items)
-    keys0, keys1, _gen_state = dpf_gen(items, np.ones((m_eval, 1), dtype=ring), env.n_items, domain=0)
-    user_private, user_public = generate_keypair()
-    box = seal(pub, schema.sealed_retrieval_bytes(keys1, user_public), schema.context(run, rnd, uid, schema.EVAL_BOX))
-    context.state[STATE] = EvalRetrieval(items=items, n_real=len(real), round=rnd,
-                                         user_private=private_key_bytes(user_private),
-                                         seconds=time.perf_counter() - start).to_record()
-    return schema.retrieve_reply(keys0, box)
+    reply, state = request_rows(real, m_eval, ring, env, pub, run, rnd, schema.EVAL_BOX, start, stage=STAGE)
+    context.state[STATE] = state.to_record()
+    return reply
 
 
 def on_evaluate_shares(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
@@ -88,7 +60,7 @@ def on_evaluate_shares(content: RecordDict, context: Context, env: ClientEnv) ->
     _refuse_unless_secemb(env)
     if STATE not in context.state:
         raise MessageError("evaluation shares without an evaluation retrieval")
-    saved = EvalRetrieval.from_record(context.state[STATE])
+    saved = UploadState.from_record(context.state[STATE], STAGE)
     del context.state[STATE]
     secure = secure_header(content, context, env)
     assert secure is not None  # secemb is a two-server protocol

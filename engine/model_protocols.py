@@ -402,9 +402,8 @@ class SecEmbDriver(TwoServerDriver):
         """A user whose test items and ranking case exceed the evaluation m' evaluates a seeded sample of
         them (:func:`clients.item_selection.evaluation_items`, what the device calls)."""
         sp, train, m_eval = self.split, self.cfg.train, self.strategy.eval_m_prime()
-        case_size = int(train.ranking_negatives) + 1 if train.ranking else 0
         n_test = sp.test_ptr[users + 1] - sp.test_ptr[users]
-        over = users[n_test + case_size > m_eval]  # the others keep every test rating (distinct items <= count)
+        over = users[n_test + self.strategy.ranking_case_size() > m_eval]  # the others keep every test rating (distinct items <= count)
         if not len(over):
             return None
         keep = np.ones(len(sp.test_item), dtype=bool)

@@ -155,10 +155,15 @@ class SecEmbStrategy(TwoServerStrategy):
         """The public table in Z_2^k, what both servers retrieve rows from (so users receive it quantised)."""
         return self.codec.to_ring(self.model.table_numpy().astype(np.float64), self.ring)
 
+    def share_table(self) -> np.ndarray:
+        """The current public table in the ring, also set at server 1 (both servers retrieve from it)."""
+        table_ring = self.ring_table()
+        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": table_ring})
+        return table_ring
+
     def server_retrieval_stage(self, st: SecEmbRoundState) -> None:
         """Both servers evaluate their keys over the item domain (server 1's shares go back sealed)."""
-        st.table_ring = self.ring_table()
-        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": st.table_ring})
+        st.table_ring = self.share_table()
         meta1, st.boxes1 = self.server1.call(
             "retrieve", {"run": self.run_id, "round": st.rnd, "m_prime": st.m_prime, "users": sorted(st.requests)},
             {f"box_{u}": box for u, (_k, box) in st.requests.items()})
@@ -217,12 +222,15 @@ class SecEmbStrategy(TwoServerStrategy):
         if "m_prime" in arrays:
             self.m_prime = int(arrays["m_prime"][0])
 
+    def ranking_case_size(self) -> int:
+        """Items in a user's ranking case (its positive and the negatives), 0 without ranking."""
+        train = self.cfg.train
+        return int(train.ranking_negatives) + 1 if train.ranking else 0
+
     def eval_m_prime(self) -> int:
         """The evaluation m': a training request's m' plus room for the ranking case (all items at most)."""
         assert self.m_prime is not None
-        train = self.cfg.train
-        case = int(train.ranking_negatives) + 1 if train.ranking else 0
-        return min(int(self.m_prime) + case, self.meta.n_items)
+        return min(int(self.m_prime) + self.ranking_case_size(), self.meta.n_items)
 
     def evaluation_replies(self, rnd: int, users: list[int], ex: Exchange) -> dict[int, Any]:
         """Evaluation through the private retrieval (:mod:`clients.secemb_evaluation`): users send DPF keys
@@ -235,8 +243,7 @@ class SecEmbStrategy(TwoServerStrategy):
                             lambda _u, c: schema.parse_retrieve_reply(c, self.meta.n_items, m_eval, self.ring))
         if self.too_few(requests, "evaluation retrieval"):
             return {}  # evaluation_sums then refuses the evaluation
-        table_ring = self.ring_table()
-        self.server1.call("set_model", {"ring_bits": self.ring_bits}, {"table": table_ring})
+        table_ring = self.share_table()
         try:
             meta1, boxes1 = self.server1.call(
                 "retrieve_eval", {"run": self.run_id, "round": rnd, "m_prime": m_eval, "users": sorted(requests),

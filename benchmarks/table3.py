@@ -20,6 +20,7 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3                                   # 4 models x 5 methods x 4 seeds x 200 epochs
     python -m benchmarks.table3 --epochs 2 --seeds 1              # smoke
     python -m benchmarks.table3 --models mf --methods bit8,svd --seeds 1
+    python -m benchmarks.table3 --models deepfm --methods secemb --jobs 2   # cells in 2 processes, 1 thread each
     python -m benchmarks.table3 --rr-presets ml_1m,ml_10m,ml_25m,yelp   # R.R. columns only (no training)
 
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
@@ -37,13 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recdata.dataset import dataset_meta
 from engine.model_protocols import secemb_round_bytes
@@ -174,6 +179,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=200)
     parser.add_argument("--eval-epochs", type=float, default=5.0, help="evaluate every this many epochs")
     parser.add_argument("--data-path", default=str(ML100K))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run in this many processes at once, one torch thread each (1: in this process)")
     parser.add_argument("--rr-presets", default=None,
                         help="comma-separated ml_1m,ml_10m,ml_25m,yelp: print only their computed R.R. columns")
     args = parser.parse_args()
@@ -183,18 +190,52 @@ def main() -> None:
     total = time.perf_counter()
     print(f"{'model':7} {'method':7} {'final RMSE':>16} {'paper RMSE':>16} {'best-on-test':>16} {'R.R.':>6} "
           f"{'paper':>6} {'up MB':>7} {'wall s':>8}")
-    for model in args.models.split(","):
-        for method in args.methods.split(","):
-            cells = [run_cell(model, method, s, args.epochs, args.eval_epochs, args.data_path)
-                     for s in range(args.seeds)]
-            p = PAPER[model][method]
-            print(f"{model:7} {method:7} {_mean_std([c.final_rmse for c in cells])} {p[0]:9.3f} +- {p[1]:.3f} "
-                  f"{_mean_std([c.best_rmse for c in cells])} {statistics.mean(c.reduction_ratio for c in cells):6.2f} "
-                  f"{p[2]:6.2f} {statistics.mean(c.upload_bytes for c in cells) / 1e6:7.3f} "
-                  f"{sum(c.seconds for c in cells):8.1f}", flush=True)
-            print(f"{'':15} per seed final: {' '.join(f'{c.final_rmse:.4f}' for c in cells)}; "
-                  f"best: {' '.join(f'{c.best_rmse:.4f}' for c in cells)}", flush=True)
+    models, methods = args.models.split(","), args.methods.split(",")
+    pool = _pool(args.jobs)
+    # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
+    futures: dict[tuple[str, str], list] = {
+        (model, method): [pool.submit(run_cell, model, method, s, args.epochs, args.eval_epochs, args.data_path)
+                          for s in range(args.seeds)]
+        for model in models for method in methods}
+    for (model, method), row in futures.items():
+        cells = [f.result() for f in row]
+        p = PAPER[model][method]
+        print(f"{model:7} {method:7} {_mean_std([c.final_rmse for c in cells])} {p[0]:9.3f} +- {p[1]:.3f} "
+              f"{_mean_std([c.best_rmse for c in cells])} {statistics.mean(c.reduction_ratio for c in cells):6.2f} "
+              f"{p[2]:6.2f} {statistics.mean(c.upload_bytes for c in cells) / 1e6:7.3f} "
+              f"{sum(c.seconds for c in cells):8.1f}", flush=True)
+        print(f"{'':15} per seed final: {' '.join(f'{c.final_rmse:.4f}' for c in cells)}; "
+              f"best: {' '.join(f'{c.best_rmse:.4f}' for c in cells)}", flush=True)
+    pool.shutdown()
     print(f"total wall {time.perf_counter() - total:.1f} s")
+
+
+class _Deferred:
+    """``--jobs 1``: a cell that runs in this process when its result is asked for, so rows print as they finish."""
+
+    def __init__(self, fn: Callable[..., Cell], *args: object) -> None:
+        self._fn, self._args = fn, args
+
+    def result(self) -> Cell:
+        return self._fn(*self._args)
+
+
+class _InProcess:
+    def submit(self, fn: Callable[..., Cell], *args: object) -> _Deferred:
+        return _Deferred(fn, *args)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _pool(jobs: int) -> Executor | _InProcess:
+    """Cells in ``jobs`` spawned processes with one torch thread each, so they do not contend for cores."""
+    if jobs < 1:
+        raise SystemExit("--jobs must be >= 1")
+    if jobs == 1:
+        return _InProcess()
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(1,))
 
 
 def _mean_std(values: list[float]) -> str:

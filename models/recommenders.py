@@ -229,11 +229,16 @@ def row_squares(rows: torch.Tensor) -> torch.Tensor:
 
 def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
                 rows_part: torch.Tensor | None = None) -> torch.Tensor:
-    """Per user [B]: sum of squares of its user vector and its fetched rows (and the feature embeddings).
+    """Per user [B]: sum of squares of its user vector and its fetched rows, and of the feature
+    embeddings (FM, DeepFM) or, with ``spec.reg_dense``, of every dense parameter.
 
-    ``rows_part`` is ``row_squares(rows)`` when the caller already has it (rows fixed across private steps).
+    ``reg_dense`` is weight decay on the MLP as well: without it DeepFM's MLP overfits ml_100k after
+    about ten epochs (README, Table 3). ``rows_part`` is ``row_squares(rows)`` when the caller already
+    has it (rows fixed across private steps).
     """
     reg = (user ** 2).sum(1) + (row_squares(rows) if rows_part is None else rows_part)
-    if spec.name in ("fm", "deepfm"):
+    if spec.reg_dense:
+        reg = reg + (dense ** 2).sum(1)
+    elif spec.name in ("fm", "deepfm"):
         reg = reg + (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
     return reg

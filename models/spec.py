@@ -20,6 +20,7 @@ class ModelSpec:
     n_item_features: int = 0
     init_std: float = 0.1
     reg_form: str = "user"
+    reg_dense: bool = False  # the L2 term also covers every dense parameter (MLP weights, biases, norms)
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -34,6 +35,8 @@ class ModelSpec:
             raise ValueError("init_std must be positive")
         if self.reg_form not in REG_FORMS:
             raise ValueError(f"unknown reg_form {self.reg_form!r}; choose one of {', '.join(REG_FORMS)}")
+        if not isinstance(self.reg_dense, bool):
+            raise ValueError(f"reg_dense must be a bool, got {self.reg_dense!r}")
 
     @property
     def row_dim(self) -> int:

@@ -167,6 +167,7 @@ class ModelConfig:
     reg: float = 0.01       # L2 regularisation weight
     init_std: float = 0.1   # std of the normal initial embeddings
     reg_form: str = "user"  # user (reg x sum of the user's row squares) | rating (that sum / its rating count)
+    reg_dense: bool = False  # the L2 term also covers every dense parameter (MLP weights, biases, norms)
 
     def __post_init__(self) -> None:
         _one_of(self.name, "model.name", MODELS)
@@ -175,6 +176,7 @@ class ModelConfig:
         _non_negative_float(self.reg, "model.reg")
         _positive_float(self.init_std, "model.init_std")
         _one_of(self.reg_form, "model.reg_form", REG_FORMS)
+        _require(isinstance(self.reg_dense, bool), "model.reg_dense", f"must be true or false, got {self.reg_dense!r}")
         # NCF's MLP tower halves the width twice (2d -> d -> d/2).
         _require(self.name != "ncf" or self.dim % 2 == 0, "model.dim",
                  f"must be even for ncf (MLP 2d -> d -> d/2), got {self.dim}")
@@ -182,7 +184,7 @@ class ModelConfig:
     def spec(self, n_user_features: int, n_item_features: int) -> ModelSpec:
         return ModelSpec(name=self.name, dim=int(self.dim), n_user_features=n_user_features,
                          n_item_features=n_item_features, init_std=float(self.init_std),
-                         reg_form=self.reg_form)
+                         reg_form=self.reg_form, reg_dense=self.reg_dense)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models import (ModelSpec, PrivateState, evaluate_batch, gather_rows, init_dense, init_item_table, make_batch,
-                    predict, train_batch)
+                    predict, regularizer, train_batch)
 from models.batch import UserBatch
 from models.private_adam import adam_step
 from models.training import user_losses
@@ -146,6 +146,23 @@ def test_mf_loss_by_hand_in_both_regulariser_forms(form):
     mse, user_part, rows_part = (16 + 1) / 2, 9.0, 1 + 4
     want = mse + 0.1 * (user_part + (rows_part if form == "user" else rows_part / 2))
     assert user_losses(spec, rows, user, dense, batch, 0.1).item() == pytest.approx(want)
+
+
+def test_dense_l2_adds_every_dense_square_once():
+    """reg_dense adds sum(dense^2) per user: MF's global bias by hand, and for DeepFM the feature
+    embeddings (inside the dense vector) are not counted twice."""
+    rows = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    user = torch.tensor([[0.0, 0.0, 3.0]])
+    dense = torch.tensor([[-3.0]])
+    plain = regularizer(ModelSpec("mf", 2), rows, user, dense).item()
+    assert plain == 9 + 5
+    assert regularizer(ModelSpec("mf", 2, reg_dense=True), rows, user, dense).item() == 9 + 5 + 9
+    spec = ModelSpec("deepfm", 4, n_user_features=2, n_item_features=3, reg_dense=True)
+    drows = torch.randn(1, 3, spec.row_dim)
+    duser = torch.randn(1, spec.dim + 1)
+    ddense = torch.randn(1, spec.dense_size)
+    want = (duser ** 2).sum() + (drows ** 2).sum() + (ddense ** 2).sum()
+    assert regularizer(spec, drows, duser, ddense).item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_unknown_regulariser_form_is_refused():

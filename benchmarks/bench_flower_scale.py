@@ -13,8 +13,12 @@ files are not on this machine). Columns:
   start-up (and tear-down) cost beyond the data;
 * ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run).
 
+``--node-pools`` runs each row with those ``simulation.node_pool`` values (``none``: one virtual node
+per user, Flower's engine then polls every user's node for every message it holds).
+
     python -m benchmarks.bench_flower_scale                               # the full table (tens of minutes)
     python -m benchmarks.bench_flower_scale --presets ml_1m --rows plaintext:100
+    python -m benchmarks.bench_flower_scale --presets ml_1m,ml_25m --rows plaintext:100 --node-pools none,200
 
 Machine load matters: the run prints the load average before and after.
 """
@@ -46,13 +50,14 @@ def data_load_seconds(preset: str, seed: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: int, seed: int) -> dict:
+def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: int, seed: int,
+            node_pool: int | None = None) -> dict:
     """One Flower simulation; its records, wall time and the process tree's peak memory."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "simulations.run", f"dataset=synthetic_{preset}",
                f"strategy={strategy}", f"clients_per_round={clients}", f"rounds={rounds}", f"seed={seed}",
                "train.eval_every=0", f"train.eval_clients={eval_users}", f"output_dir={out}",
-               "hydra/job_logging=disabled"]
+               f"simulation.node_pool={'null' if node_pool is None else node_pool}", "hydra/job_logging=disabled"]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         memory = TreeMemory(proc.pid)
@@ -79,21 +84,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run (round 1 is left out of round s)")
     parser.add_argument("--eval-users", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--node-pools", default="none",
+                        help="simulation.node_pool values, comma-separated (none = one node per user)")
     args = parser.parse_args()
+    pools = [None if p == "none" else int(p) for p in args.node_pools.split(",")]
     print(f"load average before: {os.getloadavg()}", flush=True)
-    header = f"{'preset':8} {'strategy':10} {'clients':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7}"
+    header = f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7}"
     print(header)
     print("-" * len(header), flush=True)
     for preset in args.presets.split(","):
         data_s = data_load_seconds(preset, args.seed)
         for row in args.rows.split(","):
             strategy, clients = row.split(":")
-            res = run_row(preset, strategy, int(clients), args.rounds, args.eval_users, args.seed)
-            if "error" in res:
-                print(f"{preset:8} {strategy:10} {clients:>7} failed: {res['error']}", flush=True)
-                continue
-            print(f"{preset:8} {strategy:10} {clients:>7} {res['round_seconds']:8.2f} {res['peak_gib']:8.2f} "
-                  f"{res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} {data_s:7.1f}", flush=True)
+            for pool in pools:
+                res = run_row(preset, strategy, int(clients), args.rounds, args.eval_users, args.seed, pool)
+                nodes = "users" if pool is None else str(pool)
+                if "error" in res:
+                    print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} failed: {res['error']}", flush=True)
+                    continue
+                print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} {res['round_seconds']:8.2f} "
+                      f"{res['peak_gib']:8.2f} {res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} "
+                      f"{data_s:7.1f}", flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -7,6 +7,10 @@ user (its node config's ``partition-id``) and tells the server which
 see, so the server instead tells a node which user it simulates
 (:func:`assign_message`, the same record as the reply) when that user is
 first sampled; no message goes to a node whose user is never sampled.
+A virtual node may simulate several users (``simulation.node_pool``), so in
+simulation every message also names the user it is for
+(:func:`addressed`); the node's mod reads and removes that record before any
+handler runs. It never travels on a deployment, and never upward.
 
 Evaluation by item request (``plaintext``; the two-server protocols hide a
 user's items and keep sending the full model): the server asks
@@ -27,6 +31,8 @@ REGISTER = "query.register"
 EVALUATE = "evaluate"  # the full public model (secemb) or the protocol's own evaluation content
 EVAL_REQUEST = "query.eval_items"  # server -> user: name your test items
 EVALUATE_ROWS = "evaluate.rows"  # server -> user: the rows of those items and the dense parameters
+
+SIMULATED_USER = "simulated_user"  # server -> virtual node: which of its simulated users a message is for
 
 # Metrics every client reply may carry.
 CLIENT_SECONDS = "client_seconds"
@@ -58,6 +64,23 @@ def assign_message(user: int, n_users: int) -> RecordDict:
 def is_assignment(content: RecordDict) -> bool:
     """Whether a registration message assigns a user (simulation) rather than asking for one (deployment)."""
     return "node" in content
+
+
+def addressed(content: RecordDict, user: int) -> RecordDict:
+    """``content`` plus the record naming the simulated user it is for (a new RecordDict; records are shared)."""
+    out = RecordDict(dict(content.items()))
+    out[SIMULATED_USER] = ConfigRecord({"user": int(user)})
+    return out
+
+
+def parse_addressee(content: RecordDict, n_users: int) -> int | None:
+    """The simulated user a message names (:func:`addressed`), or None when it names none."""
+    if SIMULATED_USER not in content:
+        return None
+    rec = require_record(content, SIMULATED_USER, ConfigRecord)
+    if set(rec.keys()) != {"user"}:
+        raise MessageError(f"record {SIMULATED_USER!r} must hold exactly 'user', got {sorted(rec.keys())}")
+    return int(get_scalar(rec, "user", int, 0, n_users - 1))
 
 
 def eval_request_message(rnd: int) -> RecordDict:

@@ -111,12 +111,16 @@ class SimulationConfig:
     telemetry: bool = False           # users report their compute seconds (reveals per-user timing; see README)
     device_state_dir: str | None = None  # each device also keeps its private state here (set on checkpointing/resumed runs)
     ray_address: str | None = None    # existing Ray cluster to run on ("host:port" or "auto"); null = $RAY_ADDRESS, else a local Ray
+    node_pool: int | None = None      # virtual nodes of python -m simulations.run: null = one per user; fewer = users share nodes
 
     def __post_init__(self) -> None:
         _positive_float(self.num_cpus_per_client, "simulation.num_cpus_per_client")
         _require(isinstance(self.backend, str) and bool(self.backend), "simulation.backend", "must be a backend name")
         _positive_float(self.reply_timeout, "simulation.reply_timeout")
         _positive_float(self.register_timeout, "simulation.register_timeout")
+        _require(self.node_pool is None or (isinstance(self.node_pool, int) and not isinstance(self.node_pool, bool)
+                                            and self.node_pool > 0),
+                 "simulation.node_pool", f"must be a positive number of nodes (or null), got {self.node_pool!r}")
         _require(self.ray_address is None or (isinstance(self.ray_address, str) and bool(self.ray_address.strip())),
                  "simulation.ray_address", "must be a Ray cluster address such as 127.0.0.1:6379 (or null)")
 

@@ -8,10 +8,12 @@ binds an already composed config for ``python -m simulations.run``.
 Which user a node is. A SuperNode holds its own user: the ``partition-id`` of
 its node config, whatever the server says. A virtual node of
 ``python -m simulations.run`` (a ClientApp bound to a config) instead
-simulates the user the server assigns to it in its first message
-(:func:`schemas.common.assign_message`), kept in its ``Context.state`` for
-the run: Flower's own ``partition-id`` of a virtual node is as arbitrary, and
-the server cannot see it without messaging every node.
+simulates the users the server assigns to it (:func:`schemas.common.assign_message`),
+one per node by default, several with ``simulation.node_pool``. Each message
+names its user (:func:`schemas.common.addressed`); the node runs the handlers
+as that user, on that user's own part of ``Context.state``. Flower's own
+``partition-id`` of a virtual node is as arbitrary, and the server cannot see
+it without messaging every node.
 """
 
 from __future__ import annotations
@@ -38,29 +40,53 @@ log = logging.getLogger("secrec.client")
 PROTOCOL_CLIENTS = (registration, evaluation, plaintext, distributed_mf, fedmf, secemb, secemb_evaluation, secfedrec,
                     dp_fedrec, compressed)
 Handler = Callable[[RecordDict, Context, ClientEnv], RecordDict]
-ASSIGNED = "assigned_user"  # Context.state key of the user a simulated node was assigned
+ASSIGNED = "assigned_user"  # Context.state key (within a user's part) marking a user the server assigned here
+
+
+def user_part(user: int) -> str:
+    """The prefix of ``Context.state`` keys that belong to simulated user ``user`` on a shared node."""
+    return f"user-{int(user)}/"
 
 
 def simulated_user_mod(cfg: AppConfig) -> Callable[[Message, Context, Callable], Message]:
-    """A Flower mod giving a virtual node's handlers (and later mods) the user the server assigned to it.
+    """A Flower mod running a virtual node's handlers as the simulated user a message is for.
 
-    The assignment arrives with the node's first message (a registration) and
-    is kept in ``Context.state``; a second, different assignment is refused.
-    The handlers then see that user as the node config's ``partition-id``;
-    before any assignment the context is passed on unchanged.
+    A registration that assigns a user marks it in ``Context.state``; any
+    other message must name (:func:`schemas.common.parse_addressee`) a user
+    assigned earlier, or it is refused. The handlers then see that user as the
+    node config's ``partition-id`` and, as ``Context.state``, only that user's
+    entries (kept under :func:`user_part`, written back after the handler,
+    also when it fails, as in-place changes would be). A message naming no
+    user is passed on unchanged. The addressee record is removed first, so
+    handlers see the protocol's content only.
     """
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        n_users = load_split(cfg).n_users
+        user = common.parse_addressee(msg.content, n_users)
+        if user is not None:
+            del msg.content[common.SIMULATED_USER]
         state = context.state
         if msg.metadata.message_type == common.REGISTER and common.is_assignment(msg.content):
-            user = common.parse_register_reply(msg.content, load_split(cfg).n_users)
-            if ASSIGNED in state and int(state[ASSIGNED]["user"]) != user:
-                raise MessageError(f"this node already simulates user {int(state[ASSIGNED]['user'])}, not {user}")
-            state[ASSIGNED] = ConfigRecord({"user": user})
-        if ASSIGNED in state:  # the state object is shared, so what handlers store in it persists
-            context = dataclasses.replace(context, node_config={**context.node_config,
-                                                                "partition-id": int(state[ASSIGNED]["user"])})
-        return call_next(msg, context)
+            assigned = common.parse_register_reply(msg.content, n_users)
+            if user is not None and user != assigned:
+                raise MessageError(f"a message for user {user} assigns user {assigned}")
+            user = assigned
+            state[user_part(user) + ASSIGNED] = ConfigRecord({"user": user})
+        if user is None:
+            return call_next(msg, context)
+        prefix = user_part(user)
+        if prefix + ASSIGNED not in state:
+            raise MessageError(f"this node was not assigned user {user}")
+        own = RecordDict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        try:
+            return call_next(msg, dataclasses.replace(context, state=own,
+                                                      node_config={**context.node_config, "partition-id": user}))
+        finally:
+            for key in [k for k in state.keys() if k.startswith(prefix)]:
+                del state[key]
+            for key, value in own.items():
+                state[prefix + key] = value
 
     return mod
 

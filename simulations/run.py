@@ -35,6 +35,7 @@ from simulations.config import _one_line, to_app_config
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec")
+LARGE_POPULATION = 20_000  # above this, one virtual node per user makes Flower 1.41's polling the bottleneck
 
 # Mistakes a user can fix; they get one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable,
@@ -64,6 +65,7 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
 
     from simulations.client_app import make_client_app
     from simulations.server_app import make_server_app
+    from strategies.base import simulated_node_count
 
     sim = cfg.simulation
     backend_config = {
@@ -74,11 +76,16 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     if ray_address:  # join an existing Ray cluster: it has its own CPUs (Ray refuses num_cpus when joining)
         backend_config["init_args"] = {"address": ray_address, "log_to_driver": True}
         log.info("simulation runs on the Ray cluster at %s", ray_address)
+    if sim.node_pool is None and meta.n_users > LARGE_POPULATION:
+        log.warning("%d users on as many virtual nodes: Flower polls every node for every message, which "
+                    "slows each round with the population; simulation.node_pool=200 shares nodes "
+                    "(README, Sweeps)", meta.n_users)
     outcome: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=make_server_app(cfg, out_dir, outcome), client_app=make_client_app(cfg),
-                       num_supernodes=meta.n_users, backend_name=sim.backend, backend_config=backend_config)
+                       num_supernodes=simulated_node_count(cfg, meta.n_users), backend_name=sim.backend,
+                       backend_config=backend_config)
     if outcome.get("error"):
         raise RunStopped(outcome["error"])
     if outcome.get("stopped"):

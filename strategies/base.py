@@ -18,7 +18,10 @@ virtual nodes random ids with no public link to their ``partition-id``; so
 there the users are 0..n_users-1 from the dataset meta and a user's node is
 told which user it simulates the first time the user is sampled or
 evaluated (:class:`UserExchange`), never before: start and round cost do
-not grow with the population.
+not grow with the population. Flower's simulation engine itself still
+polls every virtual node for every stored message (O(nodes x messages) in
+Flower 1.41), so ``simulation.node_pool`` puts the users on fewer nodes,
+each user with its own part of its node's state.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec.strategy")
 T = TypeVar("T")
+
+
+def simulated_node_count(cfg: AppConfig, n_users: int) -> int:
+    """Virtual nodes of ``python -m simulations.run``: one per user, or ``simulation.node_pool`` if fewer."""
+    pool = cfg.simulation.node_pool
+    return n_users if pool is None else min(int(pool), n_users)
 
 
 def weighted_train_loss(uploads) -> float:
@@ -93,28 +102,38 @@ class NodeDirectory:
     """Which Flower node holds (deployment) or simulates (simulation) each user.
 
     ``known`` is user -> node id. In simulation ``pool`` is the sorted node ids
-    and user u is simulated by ``pool[u]`` once that node accepted it (one
-    :data:`schemas.common.REGISTER` assignment message, sent on the user's
-    first phase); without ``pool`` only registered users have a node.
+    and user u is simulated by ``pool[u % len(pool)]`` once that node accepted
+    it (one :data:`schemas.common.REGISTER` assignment message, sent on the
+    user's first phase); a pool smaller than the population
+    (``simulation.node_pool``) puts several users on one node, each with its
+    own state there. Without ``pool`` only registered users have a node.
     """
 
     users: list[int]
     known: dict[int, int]
     pool: list[int] | None = None
 
+    def simulating_node(self, user: int) -> int:
+        assert self.pool is not None
+        return self.pool[user % len(self.pool)]
+
 
 class UserExchange(Exchange):
     """An :class:`Exchange` that finds a user's node through a :class:`NodeDirectory` on first use.
 
     A phase to users without a node first assigns them their simulated node
-    (one message to each of those nodes only; the reply must name the user,
+    (one message to each of those users only; the reply must name the user,
     which a deployment node holding another user never does) and then runs
-    without the users whose node did not accept.
+    without the users whose node did not accept. In simulation every message
+    names its user (:func:`schemas.common.addressed`), as a pooled node needs.
     """
 
     def __init__(self, grid: Grid, directory: NodeDirectory, timeout: float | None, meter: Meter) -> None:
         super().__init__(grid, directory.known, timeout, meter)
         self.directory = directory
+
+    def addressed(self, user: int, content: RecordDict) -> RecordDict:
+        return content if self.directory.pool is None else common.addressed(content, user)
 
     def phase(self, message_type: str, contents: Mapping[int, RecordDict], group_id: str,
               parse: Callable[[int, RecordDict], T], *, count_bytes: bool = True) -> dict[int, T]:
@@ -129,29 +148,26 @@ class UserExchange(Exchange):
         for u in users:
             if u in self.directory.known:
                 self.node_of_user[u] = self.directory.known[u]
-                self.user_of_node[self.directory.known[u]] = u
         users = [u for u in users if u not in self.directory.known]
-        pool = self.directory.pool
         if not users:
             return
-        if pool is None:
+        if self.directory.pool is None:
             for u in users:
                 self.drop(u, "no node registered this user")
             return
         n = len(self.directory.users)
         for u in users:
-            self.node_of_user[u] = pool[u]
-            self.user_of_node[pool[u]] = u
+            self.node_of_user[u] = self.directory.simulating_node(u)
         named = super().phase(common.REGISTER, {u: common.assign_message(u, n) for u in users},
                               f"register-{group_id}", lambda _u, c: common.parse_register_reply(c, n),
                               count_bytes=False)
         for u in users:
             if named.get(u) == u:
-                self.directory.known[u] = pool[u]
+                self.directory.known[u] = self.node_of_user[u]
                 continue
             if u in named:
-                self.drop(u, f"node {pool[u]} holds user {named[u]} and refused to simulate user {u}")
-            del self.node_of_user[u], self.user_of_node[pool[u]]
+                self.drop(u, f"node {self.node_of_user[u]} holds user {named[u]} and refused to simulate user {u}")
+            del self.node_of_user[u]
 
 
 class RecStrategy(ABC):
@@ -235,9 +251,10 @@ class RecStrategy(ABC):
         """
         timeout = self.cfg.simulation.reply_timeout
         if assign_users:
-            self.directory = NodeDirectory(list(range(self.meta.n_users)), {}, sorted(self._wait_for_nodes(grid)))
-            log.info("[%s] %d simulated nodes; a user's node is contacted when the user is first sampled",
-                     self.name, len(self.directory.users))
+            nodes = sorted(self._wait_for_nodes(grid, simulated_node_count(self.cfg, self.meta.n_users)))
+            self.directory = NodeDirectory(list(range(self.meta.n_users)), {}, nodes)
+            log.info("[%s] %d users on %d simulated nodes; a user's node is contacted when the user is first "
+                     "sampled", self.name, len(self.directory.users), len(nodes))
         else:
             node_of_user = self._register(grid, timeout)
             self.directory = NodeDirectory(sorted(node_of_user), node_of_user)
@@ -393,9 +410,8 @@ class RecStrategy(ABC):
         assert self.exchange is not None
         self.exchange.drop(user, reason)
 
-    def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        """The node ids, once one per user has connected (``simulation.register_timeout``)."""
-        expected = self.meta.n_users
+    def _wait_for_nodes(self, grid: Grid, expected: int) -> list[int]:
+        """The node ids, once ``expected`` nodes have connected (``simulation.register_timeout``)."""
         deadline = time.monotonic() + float(self.cfg.simulation.register_timeout)
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < expected and time.monotonic() < deadline:
@@ -408,7 +424,7 @@ class RecStrategy(ABC):
     def _register(self, grid: Grid, timeout: float | None) -> dict[int, int]:
         """Ask every node which user it holds (deployment); wait until all users are present."""
         expected = self.meta.n_users
-        node_ids = self._wait_for_nodes(grid)
+        node_ids = self._wait_for_nodes(grid, expected)
         meter = Meter()
         ex = Exchange(grid, {i: nid for i, nid in enumerate(node_ids)}, timeout, meter)
         replies = ex.phase(common.REGISTER, {i: common.register_message(expected) for i in range(len(node_ids))},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,14 +44,23 @@ class Meter:
 
 
 class Exchange:
-    """Sends phases of a protocol to users (partition ids) through a Flower Grid."""
+    """Sends phases of a protocol to users (partition ids) through a Flower Grid.
+
+    Several users may share a node (a pooled virtual node, ``simulation.node_pool``). Flower's simulation
+    engine can run two messages for one node at once on the same stored ``Context``, and the later
+    writer would lose the other's state, so a phase goes out in waves with at most one message per node,
+    and each reply is matched to its user by the id of the message it answers, not by its node.
+    """
 
     def __init__(self, grid: Grid, node_of_user: Mapping[int, int], timeout: float | None, meter: Meter) -> None:
         self.grid = grid
         self.node_of_user = dict(node_of_user)
-        self.user_of_node = {n: u for u, n in self.node_of_user.items()}
         self.timeout = timeout
         self.meter = meter
+
+    def addressed(self, user: int, content: RecordDict) -> RecordDict:
+        """What goes over the wire to ``user``'s node (a pooled node also needs the user named)."""
+        return content
 
     def phase(
         self,
@@ -67,21 +76,25 @@ class Exchange:
         ``parse(user, content)`` validates one reply and returns the protocol's
         view of it; a ``ValueError`` from it drops that user for the round.
         """
-        messages = []
-        for user, content in contents.items():
-            if count_bytes:
-                self.meter.down[user] += content_nbytes(content)
-            messages.append(
-                Message(content=content, dst_node_id=self.node_of_user[user], message_type=message_type,
-                        group_id=group_id)
-            )
-        start = time.perf_counter()
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        self.meter.wait_seconds += time.perf_counter() - start
+        user_of_message: dict[str, int] = {}
+        replies: list[Message] = []
+        for wave in node_waves(contents, self.node_of_user):
+            messages = []
+            for user in wave:
+                if count_bytes:  # the protocol's bytes: a simulation-only addressee record is not counted
+                    self.meter.down[user] += content_nbytes(contents[user])
+                messages.append(Message(content=self.addressed(user, contents[user]),
+                                        dst_node_id=self.node_of_user[user], message_type=message_type,
+                                        group_id=group_id))
+            start = time.perf_counter()
+            replies.extend(self.grid.send_and_receive(messages, timeout=self.timeout))
+            self.meter.wait_seconds += time.perf_counter() - start
+            # the grid gave each pushed message its id
+            user_of_message.update((m.metadata.message_id, user) for m, user in zip(messages, wave))
         parsed: dict[int, T] = {}
         for reply in replies:
-            user = self.user_of_node.get(reply.metadata.src_node_id)
-            if user is None or user not in contents:
+            user = user_of_message.get(reply.metadata.reply_to_message_id)
+            if user is None or self.node_of_user.get(user) != reply.metadata.src_node_id:
                 log.warning("ignoring a reply from unexpected node %s", reply.metadata.src_node_id)
                 continue
             if reply.has_error():
@@ -101,6 +114,19 @@ class Exchange:
     def drop(self, user: int, reason: str) -> None:
         log.warning("round continues without user %d: %s", user, reason)
         self.meter.dropped[user] = reason
+
+
+def node_waves(users: Iterable[int], node_of_user: Mapping[int, int]) -> list[list[int]]:
+    """``users`` in waves with at most one user per node: a user's wave is how many earlier users share its node."""
+    waves: list[list[int]] = []
+    seen: dict[int, int] = defaultdict(int)
+    for user in users:
+        node = node_of_user[user]
+        if seen[node] == len(waves):
+            waves.append([])
+        waves[seen[node]].append(user)
+        seen[node] += 1
+    return waves
 
 
 def client_seconds_of(meter: Meter, user: int, seconds: float) -> None:

@@ -37,6 +37,7 @@ from simulations.client_app import make_client_app
 from simulations.config import compose_config, to_app_config
 from recdata.dataset import dataset_meta
 from simulations.server_app import run_server
+from strategies.base import simulated_node_count
 
 SMALL = ["dataset=synthetic", "dataset.n_users=12", "dataset.n_items=40", "dataset.mean_ratings=8",
          "clients_per_round=6", "rounds=2", "train.eval_every=1", "model.dim=8"]
@@ -129,7 +130,8 @@ def run_sim(tmp_path: Path, overrides: list[str], client_mods: list | None = Non
     _shared_ray()
     with warnings.catch_warnings(), mock.patch.object(ray, "shutdown", lambda *a, **k: None):
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app=server, client_app=client, num_supernodes=meta.n_users,
+        run_simulation(server_app=server, client_app=client,
+                       num_supernodes=simulated_node_count(cfg, meta.n_users),
                        backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
                                        "init_args": RAY_INIT_ARGS})
     path = tmp_path / "results.json"

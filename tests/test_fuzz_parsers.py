@@ -146,6 +146,7 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
     fm, se, ts = m["fedmf"], m["secemb"], m["two_server"]
     return {
         "common.parse_register_reply": lambda sc: m["common"].register_reply(1),
+        "common.parse_addressee": lambda sc: m["common"].addressed(m["common"].eval_request_message(2), 1),
         "common.parse_evaluation_reply": lambda sc: m["common"].evaluation_reply(2.5, 4, 0.1),
         "common.parse_train_metrics": lambda sc: RecordDict({"metrics": m["common"].train_metrics(0.5, 3, 0.1)}),
         "plaintext.parse_request_message": lambda sc: m["plaintext"].request_message(3, M_PRIME),

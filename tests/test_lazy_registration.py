@@ -27,38 +27,72 @@ from schemas.validation import MessageError
 from simulations.client_app import simulated_user_mod
 from simulations.config import compose_config, to_app_config
 from simulations.results import global_mean_reference
-from strategies.exchange import content_nbytes
-from tests.sim_utils import SMALL, run_sim
+from strategies.exchange import content_nbytes, node_waves
+from tests.sim_utils import SMALL, cached_run, run_sim
 
 OVERRIDES = SMALL + ["dataset.n_items=400", "clients_per_round=3", "rounds=2", "train.eval_clients=2",
                      "strategy=plaintext", "model=mf", "train.ranking=false"]  # no candidate rows: O(test items)
 
 
-def test_a_virtual_node_simulates_the_user_it_was_assigned_and_only_that_one():
-    """Flower gave this node partition-id 7; the server assigns user 3, which every later handler sees."""
+def test_a_virtual_node_runs_each_message_as_the_assigned_user_it_names():
+    """Flower gave this node partition-id 7; the server assigns it users 3 and 9 (a shared node,
+    ``simulation.node_pool``). Each message runs as the user it names, on that user's own part of the
+    node's state; a user never assigned here, or a malformed addressee, is refused."""
     cfg = to_app_config(compose_config(SMALL))
     mod = simulated_user_mod(cfg)
     context = Context(run_id=1, node_id=55, node_config={"partition-id": 7}, state=RecordDict(), run_config={})
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
     def handler(msg: Message, ctx: Context) -> Message:
-        seen.append(int(ctx.node_config["partition-id"]))
-        ctx.state["touched"] = ConfigRecord({"n": 1})  # what handlers store must reach the node's own state
+        assert common.SIMULATED_USER not in msg.content  # handlers see the protocol's content only
+        count = int(ctx.state["count"]["n"]) + 1 if "count" in ctx.state else 1
+        ctx.state["count"] = ConfigRecord({"n": count})  # what handlers store must reach the node's own state
+        seen.append((int(ctx.node_config["partition-id"]), count))
         return msg
 
-    def send(content: RecordDict, message_type: str) -> None:
+    def send(content: RecordDict, message_type: str = common.EVAL_REQUEST) -> None:
         # a message as the node receives it (Flower sets this metadata; no ServerApp runs here)
         metadata = Metadata(run_id=1, message_id="m", src_node_id=1, dst_node_id=55, reply_to_message_id="",
                             group_id="", created_at=0.0, ttl=60.0, message_type=message_type)
         mod(Message(content=content, metadata=metadata), context, handler)
 
-    send(common.eval_request_message(1), common.EVAL_REQUEST)  # before any assignment: Flower's own id
-    send(common.assign_message(3, 12), common.REGISTER)
-    send(common.eval_request_message(1), common.EVAL_REQUEST)
-    assert seen == [7, 3, 3] and "touched" in context.state
-    send(common.assign_message(3, 12), common.REGISTER)  # the same assignment again is harmless
-    with pytest.raises(MessageError, match="already simulates user 3"):
-        send(common.assign_message(4, 12), common.REGISTER)
+    request = common.eval_request_message
+    send(request(1))  # naming no user: Flower's own id and the node's whole state
+    send(common.addressed(common.assign_message(3, 12), 3), common.REGISTER)
+    send(common.addressed(request(1), 3))
+    send(common.assign_message(9, 12), common.REGISTER)  # an assignment names its user itself
+    send(common.addressed(request(1), 9))
+    send(common.addressed(request(2), 3))
+    assert seen == [(7, 1), (3, 1), (3, 2), (9, 1), (9, 2), (3, 3)]
+    assert int(context.state["count"]["n"]) == 1  # the unaddressed message's own entry, apart from the users'
+    with pytest.raises(MessageError, match="not assigned user 4"):
+        send(common.addressed(request(1), 4))
+    with pytest.raises(MessageError, match="assigns user 4"):
+        send(common.addressed(common.assign_message(4, 12), 3), common.REGISTER)
+    with pytest.raises(MessageError, match="user"):
+        send(common.addressed(request(1), 12))  # outside the population
+    bad = request(1)
+    bad[common.SIMULATED_USER] = ConfigRecord({"user": 3, "also": 1})
+    with pytest.raises(MessageError, match="exactly"):
+        send(bad)
+    assert len(seen) == 6
+
+
+def test_a_phase_reaches_each_node_at_most_once_per_wave():
+    """Users on shared nodes go out in waves: every user once, no node twice in a wave, order kept,
+    as many waves as the busiest node has users (Flower would otherwise run two of a node's messages
+    at once on one Context)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        users = rng.choice(1000, size=int(rng.integers(1, 40)), replace=False).tolist()
+        node_of_user = {u: int(rng.integers(0, 5)) for u in users}
+        waves = node_waves(users, node_of_user)
+        assert sorted(u for w in waves for u in w) == sorted(users)
+        assert all(len({node_of_user[u] for u in w}) == len(w) for w in waves)
+        assert all(w == [u for u in users if u in w] for w in waves)
+        assert len(waves) == max(list(node_of_user.values()).count(n) for n in set(node_of_user.values()))
+    assert node_waves([4, 7, 9], {4: 0, 7: 1, 9: 2}) == [[4, 7, 9]]  # one node each: one wave, as before
+    assert node_waves([], {}) == []
 
 
 @pytest.mark.slow
@@ -115,3 +149,21 @@ def test_two_server_users_never_name_or_count_their_test_items(strategy):
                                        np.zeros(env.spec.dense_size, np.float32))
     with pytest.raises(MessageError, match="do not name their test items"):  # no row count check that could leak
         on_evaluate_rows(rows, context, env)
+
+
+@pytest.mark.slow
+def test_users_sharing_two_nodes_train_as_on_nodes_of_their_own(tmp_path, tmp_path_factory):
+    """12 users on 2 virtual nodes (6 sampled a round: each phase goes out in waves of one message per
+    node) give the same test RMSE, HR@10, train loss and metered bytes, round by round, as one node per
+    user. SecEmb: its users keep state between phases and evaluate through their own retrieval. The
+    one-node-per-user run is tests/test_secure_protocols.py's NCF twin (shared through ``cached_run``)."""
+    over = SMALL + ["dataset.n_user_features=5", "dataset.n_item_features=4", "model=ncf", "rounds=2",
+                    "train.eval_every=1", "train.ranking_negatives=20", "strategy=secemb", "strategy.m_prime=6"]
+    alone = cached_run(tmp_path_factory, over)
+    shared, grid = run_sim(tmp_path, over + ["simulation.node_pool=2"], record=True)
+    assert grid is not None and len({node for _t, node, _c in grid.sent}) == 2
+    keys = ("clients", "test_rmse", "hr@10", "train_loss", "bytes_up_per_client", "bytes_down_per_client")
+    assert len(shared["records"]) == len(alone["records"]) == 2
+    for mine, theirs in zip(shared["records"], alone["records"]):
+        for key in keys:
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-9, abs=1e-12), key

@@ -118,9 +118,7 @@ class SimulationConfig:
         _require(isinstance(self.backend, str) and bool(self.backend), "simulation.backend", "must be a backend name")
         _positive_float(self.reply_timeout, "simulation.reply_timeout")
         _positive_float(self.register_timeout, "simulation.register_timeout")
-        _require(self.node_pool is None or (isinstance(self.node_pool, int) and not isinstance(self.node_pool, bool)
-                                            and self.node_pool > 0),
-                 "simulation.node_pool", f"must be a positive number of nodes (or null), got {self.node_pool!r}")
+        _optional_positive_int(self.node_pool, "simulation.node_pool")
         _require(self.ray_address is None or (isinstance(self.ray_address, str) and bool(self.ray_address.strip())),
                  "simulation.ray_address", "must be a Ray cluster address such as 127.0.0.1:6379 (or null)")
 

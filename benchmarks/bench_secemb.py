@@ -191,7 +191,7 @@ def _server_inputs(users: int, variant: str, m: int, m_prime: int, width: int, r
     return out
 
 
-def _server_blocks(users: int, variant: str, m: int, m_prime: int, width: int, ring) -> int:
+def server_blocks(users: int, variant: str, m: int, m_prime: int, width: int, ring) -> int:
     """AES blocks one server needs in a round (tree expansions + Convert blocks per leaf)."""
     if variant == "secfedrec":
         return 0
@@ -242,7 +242,7 @@ def server_round(users: int, variant: str = "secemb", m: int = 3883, m_prime: in
         retrieve_s += best_retrieve
         aggregate_s += best_aggregate
         del p
-    return retrieve_s, aggregate_s, 2 * _server_blocks(users, variant, m, m_prime, width, ring)
+    return retrieve_s, aggregate_s, 2 * server_blocks(users, variant, m, m_prime, width, ring)
 
 
 def _best_seconds(fn, repeats: int = 3) -> float:

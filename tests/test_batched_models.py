@@ -134,6 +134,15 @@ def test_mf_prediction_by_hand():
     assert pred.tolist() == [[3 + 8 + 0.5 + 0.25 + 2, 4 - 1 + 0.25 + 2]]
 
 
+def test_a_rating_index_past_its_users_rows_is_refused_not_read_from_the_next_user():
+    spec = ModelSpec("mf", 2)
+    rows = torch.zeros((2, 2, 3))  # two users, two rows each
+    batch = make_batch([np.array([0, 2]), np.array([1])], [np.zeros(2), np.zeros(1)], np.zeros((2, 0)),
+                       [np.zeros((2, 0)), np.zeros((1, 0))])
+    with pytest.raises(IndexError, match="outside its user's 2 rows"):
+        predict(spec, rows, torch.zeros((2, 3)), torch.zeros((2, 1)), batch)
+
+
 @pytest.mark.parametrize("form", ["user", "rating"])
 def test_mf_loss_by_hand_in_both_regulariser_forms(form):
     """One user, two rated items, all-zero predictions: loss = MSE + reg x (||p||^2 + rows' part),

@@ -38,11 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from benchmarks.bench_batched import TreeMemory
 from benchmarks.bench_secemb import aes_rate, server_blocks
 from crypto.ring import ring_dtype
 from schemas.config import model_spec
-from simulations.config import compose_config, to_app_config
+from simulations.config import to_app_config
 
 ROWS = ("plaintext:100", "plaintext:1000", "secemb:100", "secemb:1000")
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,15 +88,15 @@ def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: i
             "m_prime": records[-1].get("m_prime"), "config": results["config"]}
 
 
-def aes_bound_seconds(res: dict, clients: int) -> float:
-    """Both servers' AES blocks of one SecEmb round at the run's m', items and row width, over the
-    AES rate measured now (all cores, as the servers' workers use them)."""
-    cfg = res["config"]
-    ds = cfg["dataset"]
-    spec = model_spec(to_app_config(compose_config([f"dataset=synthetic_{ds['preset']}", "strategy=secemb"])),
-                      int(ds["n_user_features"]), int(ds["n_item_features"]))
-    ring = ring_dtype(int(cfg["strategy"]["ring_bits"]))
-    blocks = 2 * server_blocks(clients, "secemb", int(ds["n_items"]), int(res["m_prime"]), spec.row_dim, ring)
+def aes_bound_seconds(res: dict) -> float:
+    """Both servers' AES blocks of one SecEmb round at the run's clients, m', items and row width (its
+    own results.json config, read back as the product reads one), over the AES rate measured now (all
+    cores, as the servers' workers use them)."""
+    cfg = to_app_config(OmegaConf.create(res["config"]))
+    ds = cfg.dataset
+    spec = model_spec(cfg, ds.n_user_features, ds.n_item_features)
+    blocks = 2 * server_blocks(cfg.clients_per_round, "secemb", ds.n_items, int(res["m_prime"]), spec.row_dim,
+                               ring_dtype(cfg.strategy.ring_bits))
     return blocks / aes_rate()
 
 
@@ -124,7 +126,7 @@ def main() -> None:
                 if "error" in res:
                     print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} failed: {res['error']}", flush=True)
                     continue
-                bound = aes_bound_seconds(res, int(clients)) if strategy == "secemb" and res["m_prime"] else None
+                bound = aes_bound_seconds(res) if strategy == "secemb" and res["m_prime"] else None
                 versus = (f"{bound:11.2f} {res['round_seconds'] / bound:7.2f}" if bound
                           else f"{'-':>11} {'-':>7}")
                 print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} {res['round_seconds']:8.2f} "

@@ -172,10 +172,11 @@ class ModelDriver(Driver):
         ks = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(items))
         if not len(ks):
             return {"bytes_down": 0.0, "bytes_up": 0.0}
-        table = self._size_tables.setdefault(int_width(rnd), np.full((0, 2), np.nan))
+        width = int_width(rnd)
+        table = self._size_tables.setdefault(width, np.full((0, 2), np.nan))
         if len(table) <= ks.max():
-            table = np.concatenate([table, np.full((int(ks.max()) + 1 - len(table), 2), np.nan)])
-            self._size_tables[int_width(rnd)] = table
+            table = self._size_tables[width] = np.concatenate(
+                [table, np.full((int(ks.max()) + 1 - len(table), 2), np.nan)])
         for k in np.unique(ks[np.isnan(table[ks, 0])]).tolist():  # new lengths only
             table[k] = measure(k)
         mean = table[ks].mean(axis=0)

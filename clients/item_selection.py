@@ -17,9 +17,22 @@ import numpy as np
 from models.batch import concat_ranges
 
 
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` of a 1-D array, by a sort and a neighbour comparison.
+
+    numpy 2's hash-based ``np.unique`` costs about 7 us on a user's hundred items against 2 us
+    for this: half a millisecond of every batched round of 100 users.
+    """
+    ordered = np.sort(np.asarray(values).ravel())
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def truncate_items(rated: np.ndarray, m_prime: int | None, seed: int, rnd: int, user: int) -> np.ndarray:
     """The rated items a user works with this round: all, or a seeded sample of m'."""
-    rated = np.unique(rated)
+    rated = sorted_distinct(rated)
     if m_prime is None or len(rated) <= m_prime:
         return rated
     rng = np.random.default_rng([seed, rnd, user, 0x7A11])

@@ -49,15 +49,18 @@ def pad_flat(flat: np.ndarray, lengths: np.ndarray, width: int | None = None) ->
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(flat) != int(lengths.sum()):
         raise ValueError(f"{len(flat)} flat entries but the lengths add up to {int(lengths.sum())}")
-    width = int(lengths.max(initial=0)) if width is None else int(width)
+    longest = int(lengths.max(initial=0))
+    width = longest if width is None else int(width)
+    if width < longest:  # on the flat view a longer user would spill into the next user's slots
+        raise ValueError(f"width {width} is shorter than the longest array ({longest})")
     out = np.zeros((len(lengths), width) + flat.shape[1:], dtype=flat.dtype)
     if len(lengths) == 1:  # one user (the Flower client): its entries are the first row's prefix
         out[0, :len(flat)] = flat
         return out
+    # entry j of user b goes to flat slot b * width + (j - start_b): one index array, not a (user, position) pair
     starts = np.cumsum(lengths) - lengths
-    user = np.repeat(np.arange(len(lengths)), lengths)
-    position = np.arange(len(flat)) - np.repeat(starts, lengths)
-    out[user, position] = flat
+    target = np.arange(len(flat)) + np.repeat(np.arange(len(lengths)) * width - starts, lengths)
+    out.reshape((len(lengths) * width,) + flat.shape[1:])[target] = flat
     return out
 
 

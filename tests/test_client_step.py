@@ -29,6 +29,16 @@ def test_a_single_user_is_padded_as_inside_a_batch():
     flat = np.arange(12, dtype=np.float32).reshape(6, 2)
     both = pad_flat(np.concatenate([flat, flat[:2]]), np.array([6, 2]), 8)
     np.testing.assert_array_equal(pad_flat(flat, np.array([6]), 8), both[:1])
+    np.testing.assert_array_equal(both[0, 6:], 0)
+    np.testing.assert_array_equal(both[1], np.concatenate([flat[:2], np.zeros((6, 2), np.float32)]))
+
+
+def test_pad_flat_refuses_a_width_shorter_than_a_user():
+    """On the flat view a user longer than the width would spill into the next user's slots."""
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        pad_flat(np.arange(8, dtype=np.float32), np.array([6, 2]), 5)
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        pad_flat(np.arange(6, dtype=np.float32), np.array([6]), 5)
 
 
 def test_training_by_length_bucket_equals_one_padded_batch():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.item_selection import evaluation_items, ratings_of, ratings_of_many, truncate_items
+from clients.item_selection import evaluation_items, ratings_of, ratings_of_many, sorted_distinct, truncate_items
 from models.batch import concat_ranges
 
 
@@ -83,3 +83,15 @@ def test_evaluation_items_keep_the_ranking_case_and_a_seeded_sample_of_the_rest(
 def test_evaluation_items_refuse_an_m_prime_below_the_ranking_case() -> None:
     with pytest.raises(ValueError, match="cannot hold a ranking case of 4 items"):
         evaluation_items(np.array([1]), np.array([1, 2, 3, 4]), 3, seed=0, user=0)
+
+
+@pytest.mark.parametrize("values", [[], [4], [4, 4], [9, 2, 2, 7, 9, 0], list(range(50, 0, -3)) * 2])
+def test_sorted_distinct_is_np_unique(values: list[int]) -> None:
+    """The sort-and-compare distinct items give np.unique's values and dtype, on hand cases and random ones."""
+    cases = [np.array(values, dtype=np.int64)]
+    rng = np.random.default_rng(len(values))
+    cases += [rng.integers(0, 30, rng.integers(0, 60)) for _ in range(20)]
+    for case in cases:
+        got = sorted_distinct(case)
+        np.testing.assert_array_equal(got, np.unique(case))
+        assert got.dtype == case.dtype

@@ -12,10 +12,16 @@ files are not on this machine). Columns:
   minus the time one process takes to load and split the data (measured on its own in this run): what
   start-up (and tear-down) cost beyond the data;
 * ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run);
+* ``server s`` / ``wait s``: the rounds' own split (after the first) of ``round s`` into the ServerApp's
+  work (for secemb both servers' crypto: server 1 runs in the same process) and the time it waited for
+  replies (the clients' work and Flower's message passing);
 * ``AES bound s`` (secemb rows): the AES-128 blocks both servers must compute in one round (tree
   expansions and one Convert per leaf for retrieval and aggregation, :func:`benchmarks.bench_secemb.
-  server_blocks`, at the run's m' and item count) over this machine's AES rate measured right after the
-  row; ``x bound`` is ``round s`` over it. Full-domain evaluation makes that bound grow with the items.
+  server_blocks`, at the run's m' and item count, plus the second tree expansion of the keys whose paths
+  do not fit the run's ``strategy.path_cache_mib``, the ``recomputed`` share) over this machine's AES
+  rate measured right after the row; ``x bound`` is ``server s`` over it. Full-domain evaluation makes
+  that bound grow with the items; the path-cache cap makes it grow faster than the clients once a
+  round's paths (17 bytes per key and item) exceed the cap.
 
 ``--node-pools`` runs each row with those ``simulation.node_pool`` values (``none``: one virtual node
 per user, Flower's engine then polls every user's node for every message it holds).
@@ -41,7 +47,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from benchmarks.bench_batched import TreeMemory
-from benchmarks.bench_secemb import aes_rate, server_blocks
+from benchmarks.bench_secemb import aes_rate, recomputed_keys, server_blocks
 from crypto.ring import ring_dtype
 from schemas.config import model_spec
 from simulations.config import to_app_config
@@ -80,24 +86,29 @@ def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: i
             return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
         results = json.loads((Path(out) / "results.json").read_text())
     records = results["records"]
-    later = [r["round_seconds"] for r in records[1:]] or [records[0]["round_seconds"]]
+    later_records = records[1:] or records[:1]
+    later = [r["round_seconds"] for r in later_records]
+    server = [r["server_seconds"] for r in later_records]
     eval_seconds = sum(float(r.get("eval_seconds") or 0.0) for r in records)
     run_seconds = sum(float(r["round_seconds"]) for r in records) + eval_seconds
-    return {"round_seconds": sum(later) / len(later), "peak_gib": memory.peak / 2**30,
+    return {"round_seconds": sum(later) / len(later), "server_seconds": sum(server) / len(server),
+            "peak_gib": memory.peak / 2**30,
             "before_first_round": wall - run_seconds, "eval_seconds": eval_seconds,
             "m_prime": records[-1].get("m_prime"), "config": results["config"]}
 
 
-def aes_bound_seconds(res: dict) -> float:
-    """Both servers' AES blocks of one SecEmb round at the run's clients, m', items and row width (its
-    own results.json config, read back as the product reads one), over the AES rate measured now (all
-    cores, as the servers' workers use them)."""
+def aes_bound_seconds(res: dict) -> tuple[float, float]:
+    """(seconds, recomputed share): both servers' AES blocks of one SecEmb round at the run's clients, m',
+    items, row width and path-cache cap (its own results.json config, read back as the product reads
+    one), over the AES rate measured now (all cores, as the servers' workers use them); and the share of
+    the round's keys whose paths the cap leaves to be expanded again in aggregation."""
     cfg = to_app_config(OmegaConf.create(res["config"]))
-    ds = cfg.dataset
+    ds, ring = cfg.dataset, ring_dtype(cfg.strategy.ring_bits)
     spec = model_spec(cfg, ds.n_user_features, ds.n_item_features)
-    blocks = 2 * server_blocks(cfg.clients_per_round, "secemb", ds.n_items, int(res["m_prime"]), spec.row_dim,
-                               ring_dtype(cfg.strategy.ring_bits))
-    return blocks / aes_rate()
+    users, m_prime = int(cfg.clients_per_round), int(res["m_prime"])
+    again = recomputed_keys(users, ds.n_items, m_prime, ring, int(cfg.strategy.path_cache_mib) << 20)
+    blocks = 2 * server_blocks(users, "secemb", ds.n_items, m_prime, spec.row_dim, ring, again)
+    return blocks / aes_rate(), again / (users * m_prime)
 
 
 def main() -> None:
@@ -112,8 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     pools = [None if p == "none" else int(p) for p in args.node_pools.split(",")]
     print(f"load average before: {os.getloadavg()}", flush=True)
-    header = (f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'peak GiB':>8} {'start s':>8}"
-              f" {'eval s':>7} {'data s':>7} {'AES bound s':>11} {'x bound':>7}")
+    header = (f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'server s':>8} {'wait s':>7}"
+              f" {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7} {'AES bound s':>11} {'x bound':>7}"
+              f" {'recomputed':>10}")
     print(header)
     print("-" * len(header), flush=True)
     for preset in args.presets.split(","):
@@ -126,12 +138,14 @@ def main() -> None:
                 if "error" in res:
                     print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} failed: {res['error']}", flush=True)
                     continue
-                bound = aes_bound_seconds(res) if strategy == "secemb" and res["m_prime"] else None
-                versus = (f"{bound:11.2f} {res['round_seconds'] / bound:7.2f}" if bound
-                          else f"{'-':>11} {'-':>7}")
+                bound, again = aes_bound_seconds(res) if strategy == "secemb" and res["m_prime"] else (None, None)
+                versus = (f"{bound:11.2f} {res['server_seconds'] / bound:7.2f} {again:10.0%}" if bound
+                          else f"{'-':>11} {'-':>7} {'-':>10}")
+                wait = res["round_seconds"] - res["server_seconds"]
                 print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} {res['round_seconds']:8.2f} "
-                      f"{res['peak_gib']:8.2f} {res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} "
-                      f"{data_s:7.1f} {versus}", flush=True)
+                      f"{res['server_seconds']:8.2f} {wait:7.2f} {res['peak_gib']:8.2f} "
+                      f"{res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} {data_s:7.1f} {versus}",
+                      flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 

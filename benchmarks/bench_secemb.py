@@ -191,17 +191,28 @@ def _server_inputs(users: int, variant: str, m: int, m_prime: int, width: int, r
     return out
 
 
-def server_blocks(users: int, variant: str, m: int, m_prime: int, width: int, ring) -> int:
-    """AES blocks one server needs in a round (tree expansions + Convert blocks per leaf)."""
+def server_blocks(users: int, variant: str, m: int, m_prime: int, width: int, ring, recomputed: int = 0) -> int:
+    """AES blocks one server needs in a round (tree expansions + Convert blocks per leaf).
+
+    ``recomputed``: SecEmb keys whose paths did not fit the server's path cache, so aggregation
+    expands their trees a second time (:func:`recomputed_keys`).
+    """
     if variant == "secfedrec":
         return 0
     keys = users * m_prime
     blocks = _tree_blocks(keys, m) + keys * m  # retrieval: tree + one Convert block per leaf
     if variant == "secemb":
-        return blocks + keys * m * prg.blocks_for(width, ring)
+        return blocks + _tree_blocks(recomputed, m) + keys * m * prg.blocks_for(width, ring)
     if variant == "rowenc":
         return blocks + _tree_blocks(keys, m) + keys * m * prg.blocks_for(width, ring)
     return blocks + _tree_blocks(keys * width, m) + keys * width * m * prg.blocks_for(1, ring)
+
+
+def recomputed_keys(users: int, m: int, m_prime: int, ring, cache_bytes: int) -> int:
+    """Keys of a SecEmb round whose paths exceed a server's ``strategy.path_cache_mib`` cap (the
+    evaluator's own rule, :meth:`crypto.dpf_eval.DpfEvaluator.cached_keys`)."""
+    keys = users * m_prime
+    return keys - dpf_eval.DpfEvaluator(0, m, ring, max_cache_bytes=cache_bytes).cached_keys(keys)
 
 
 def _embedding_table(rng: np.random.Generator, m: int, width: int, ring) -> np.ndarray:
@@ -448,8 +459,7 @@ def table_cache(user_counts: list[int], rounds: int = 3) -> None:
                 row = pool.submit(_cache_round, m, m_prime, users, cap, rounds).result()
             after = aes_rate()
             recomputed = row["keys"] - row["cached"]
-            nb = prg.blocks_for(65, np.uint32)
-            blocks = _tree_blocks(n_keys, m) + n_keys * m + n_keys * m * nb + _tree_blocks(recomputed, m)
+            blocks = server_blocks(users, "secemb", m, m_prime, 65, np.uint32, recomputed)
             bound = blocks / max(before, after)
             both = row["retrieve_s"] + row["aggregate_s"]
             print(f"{name:6} {users:5d} {m:5d} {m_prime:5d} | {cap / MIB:7.0f} | {recomputed / n_keys:10.0%} |"

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,15 @@ def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return [{**dict(zip(keys, k)), "test_rmse": sum(g["test_rmse"] for g in v) / len(v),
-             "epsilon": sum(g["epsilon"] for g in v) / len(v), "seeds": len(v)} for k, v in groups.items()]
+    return [{**dict(zip(keys, k)), "test_rmse": statistics.fmean(g["test_rmse"] for g in v),
+             "test_rmse_std": statistics.stdev(g["test_rmse"] for g in v) if len(v) > 1 else 0.0,
+             "epsilon": statistics.fmean(g["epsilon"] for g in v), "seeds": len(v)} for k, v in groups.items()]
 
 
 def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, path: Path) -> None:
     """One panel per model (curves of different models differ in scale), one curve per ``curve_keys``
-    value within it, and each curve's run without DP as a dashed line of its colour."""
+    value within it (error bars: std over seeds), and each curve's run without DP as a dashed line of its
+    colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,8 +92,10 @@ def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, 
             pts.sort(key=lambda p: p["target_epsilon"])
             noised = [p for p in pts if math.isfinite(p["target_epsilon"])]
             epsilons.update(p["target_epsilon"] for p in noised)
-            line, = ax.plot([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised], marker="o",
-                            label=" / ".join(str(k) for k in key))
+            bars = ax.errorbar([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised],
+                               yerr=[p.get("test_rmse_std", 0.0) for p in noised], marker="o", capsize=2,
+                               label=" / ".join(str(k) for k in key))  # bars: std over seeds
+            line = bars.lines[0]
             for p in pts:
                 if not math.isfinite(p["target_epsilon"]):  # the run without DP: a dashed reference line
                     ax.axhline(p["test_rmse"], color=line.get_color(), linestyle="--", linewidth=0.8)
@@ -163,12 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
     reference = {(p["protocol"], p["model"], p["clients"]): p["test_rmse"] for p in points
                  if not math.isfinite(p["target_epsilon"])}
-    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'epsilon':>8s} {'rmse':>7s} {'loss vs no DP':>13s} seeds")
+    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'epsilon':>8s} {'rmse':>7s} {'std':>7s} {'loss vs no DP':>13s}"
+          " seeds")
     for p in sorted(points, key=lambda p: (p["protocol"], p["model"], p["clients"], p["target_epsilon"])):
         ref = reference.get((p["protocol"], p["model"], p["clients"]))
         loss = f"{100 * (p['test_rmse'] / ref - 1):+12.2f}%" if ref else f"{'':13s}"
         print(f"{p['protocol']:9s} {p['model']:6s} {p['clients']:7d} {p['epsilon']:8.3f} {p['test_rmse']:7.4f} "
-              f"{loss} {p['seeds']}")
+              f"{p.get('test_rmse_std', 0.0):7.4f} {loss} {p['seeds']}")
     print(f"figures and numbers in {out}")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Context, RecordDict
 
 from clients.environment import ClientEnv
-from crypto.fixed_point import FixedPointCodec
+from crypto.fixed_point import FixedPointCodec, within
 from crypto.ring import ring_dtype
 from crypto.sealed import seal
 from crypto.secret_sharing import share
@@ -37,6 +37,8 @@ def user_ring_codec(cfg: AppConfig) -> tuple[FixedPointCodec, np.dtype]:
 
 def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.ndarray:
     """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring."""
+    if within(values, codec.value_bound):  # nothing to clip: two reductions (NaN is left to the codec's check)
+        return values
     over = np.abs(values) > codec.value_bound
     if over.any():
         log.warning("%s: clipping %d values to the per-user bound %.3g", what, int(over.sum()), codec.value_bound)
@@ -56,12 +58,16 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
     ``dense_grads`` [D], scalar loss and count) or a batch (leading user axis on all four).
     """
     rows = codec.to_ring(clip_to_bound(np.asarray(row_grads, dtype=np.float64), codec, "row gradients"), ring)
-    dense = codec.to_ring(clip_to_bound(np.asarray(dense_grads, dtype=np.float64), codec, "dense gradient"), ring)
+    dense_grads = np.asarray(dense_grads)
+    size = dense_grads.shape[-1]
+    upload = np.empty(dense_grads.shape[:-1] + (size + two_server.TRAIN_METRICS,), dtype=ring)
+    codec.to_ring(clip_to_bound(np.asarray(dense_grads, dtype=np.float64), codec, "dense gradient"), ring,
+                  out=upload[..., :size])
     loss_a, n_a = np.asarray(loss, dtype=np.float64), np.asarray(n_ratings, dtype=np.int64)
     encoded = [metrics.encode(float(lo) * int(n), int(n), "training loss") for lo, n in zip(loss_a.reshape(-1),
                                                                                           n_a.reshape(-1))]
-    metric_ring = np.stack(encoded).reshape(*loss_a.shape, two_server.TRAIN_METRICS).astype(ring)
-    return rows, np.concatenate([dense, metric_ring], axis=-1)
+    upload[..., size:] = np.stack(encoded).reshape(*loss_a.shape, two_server.TRAIN_METRICS).astype(ring)
+    return rows, upload
 
 
 def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:

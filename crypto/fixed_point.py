@@ -32,6 +32,11 @@ import numpy as np
 from crypto.ring import check_ring, signed_view
 
 
+def within(x: np.ndarray, bound: float) -> bool:
+    """Whether every value of ``x`` is in [-bound, bound] (False for any NaN): two reductions, no temporary."""
+    return x.size == 0 or bool(x.min() >= -bound and x.max() <= bound)
+
+
 @dataclass(frozen=True)
 class FixedPointCodec:
     frac_bits: int
@@ -59,8 +64,14 @@ class FixedPointCodec:
         return int(math.floor(self.value_bound * self.scale))  # exact: scaling by 2^f is exact in float64
 
     def check(self, x: np.ndarray) -> np.ndarray:
-        """x as float64 if every value is finite and within +-value_bound, else ValueError."""
+        """x as float64 if every value is finite and within +-value_bound, else ValueError.
+
+        The common case is two reductions without temporaries (min and max: a NaN fails both comparisons,
+        an infinity the bound); only a failing array pays for the passes that name what is wrong.
+        """
         x = np.asarray(x, dtype=np.float64)
+        if within(x, self.value_bound):
+            return x
         if not np.isfinite(x).all():
             raise ValueError(f"{int((~np.isfinite(x)).sum())} values are NaN or infinite")
         over = np.abs(x) > self.value_bound
@@ -71,9 +82,15 @@ class FixedPointCodec:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Signed integers round(x * 2^f), clamped to +-max_int, as int64 (see the module docstring)."""
-        e = np.rint(self.check(x) * self.scale)
+        return self._rounded(x).astype(np.int64)
+
+    def _rounded(self, x: np.ndarray) -> np.ndarray:
+        """The encoded integers as integer-valued float64. Casting them to int64 is exact: |e| <= max_int < 2^63,
+        and max_int is itself a float64 (value_bound x 2^f is, and is an integer once it reaches 2^52)."""
+        e = np.asarray(self.check(x) * self.scale)  # a new array (0-d for a scalar): rounded and clamped in place
+        np.rint(e, out=e)
         np.clip(e, -self.max_int, self.max_int, out=e)
-        return e.astype(np.int64)
+        return e
 
     def decode(self, v: np.ndarray) -> np.ndarray:
         return np.asarray(v, dtype=np.float64) / self.scale
@@ -83,11 +100,20 @@ class FixedPointCodec:
         bits = check_ring(ring_dtype).itemsize * 8
         return self.max_int < 2 ** (bits - 1)
 
-    def to_ring(self, x: np.ndarray, ring_dtype: np.dtype | type) -> np.ndarray:
-        """Two's-complement encoding in Z_2^k (uint32 / uint64)."""
+    def to_ring(self, x: np.ndarray, ring_dtype: np.dtype | type, out: np.ndarray | None = None) -> np.ndarray:
+        """Two's-complement encoding in Z_2^k (uint32 / uint64), written into ``out`` (of x's shape and
+        that dtype) when given, so a caller assembling an upload does not copy it a second time."""
         if not self.ring_fits(ring_dtype):
             raise ValueError(f"value_bound * 2^frac_bits does not fit a signed {np.dtype(ring_dtype)} ring")
-        return self.encode(x).astype(np.dtype(ring_dtype))
+        ring = np.dtype(ring_dtype)
+        if out is None:
+            out = np.empty(np.shape(x), dtype=ring)
+        elif out.dtype != ring or out.shape != np.shape(x):
+            raise ValueError(f"out is {out.dtype} {out.shape}, expected {ring} {np.shape(x)}")
+        # the integers fit the signed reading of the ring (ring_fits), so the float -> signed cast is exact,
+        # and the ring element is its two's complement: the same bits as int64 then mod 2^k
+        np.copyto(signed_view(out), self._rounded(x), casting="unsafe")
+        return out
 
     def from_ring(self, v: np.ndarray) -> np.ndarray:
         """Signed interpretation of ring elements, decoded to float64."""

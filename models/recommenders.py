@@ -21,6 +21,7 @@ gave the former nn.Module models, so seeded initial values are unchanged).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 
@@ -118,6 +119,26 @@ def unflatten_dense(spec: ModelSpec, dense: torch.Tensor) -> dict[str, torch.Ten
     return {name: part.reshape((dense.shape[0],) + shape) for (name, shape), part in zip(layout, parts)}
 
 
+# terms fixed across calls ----------------------------------------------------
+Memo = dict[str, "torch.Tensor | None"]
+
+
+def fixed(memo: Memo | None, key: str, compute: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+    """``compute()``, computed once per ``memo``: the value of a term that depends only on the rows, the dense
+    vector and the batch.
+
+    A caller passes a memo (an empty dict it keeps) across calls in which those do not change - the private
+    Adam steps, where only the user's own parameters move - and None otherwise. The cached tensor is the
+    one the first call computed, used in the same expression, so results are bit-identical to recomputing
+    it (tests/test_batched_models.py); DeepFM's dense terms were about a quarter of its round.
+    """
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 # building blocks on a batch of users ----------------------------------------
 def _linear(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """Per-user linear layer: x [B, N, in] @ W_b^T (+ b_b) -> [B, N, out]."""
@@ -155,7 +176,7 @@ def _features(batch: UserBatch) -> torch.Tensor:
 
 
 # models ---------------------------------------------------------------------
-def _mf(spec, q, user, p, batch):
+def _mf(spec, q, user, p, batch, memo):
     """r = <p_u, q_i> + b_u + b_i + mu."""
     d = spec.dim
     q_emb, q_bias = q.split([d, 1], dim=2)  # one split: its backward writes one gradient tensor, not one per slice
@@ -163,7 +184,7 @@ def _mf(spec, q, user, p, batch):
     return dot + q_bias.squeeze(2) + user[:, d:d + 1] + p["global_bias"]
 
 
-def _ncf(spec, q, user, p, batch):
+def _ncf(spec, q, user, p, batch, memo):
     """NeuMF: GMF(p_g * q_g) and MLP(2d -> d -> d/2) on (p_m, q_m), joined by one linear layer."""
     d = spec.dim
     q_g, q_m, q_bias = q.split([d, d, 1], dim=2)
@@ -175,42 +196,49 @@ def _ncf(spec, q, user, p, batch):
     return joined + q_bias.squeeze(2) + user[:, 2 * d:2 * d + 1]
 
 
-def _fm_term(spec, q_emb, q_bias, user, p, x):
+def _fm_term(spec, q_emb, q_bias, user, p, x, memo):
     """Factorisation machine over the fields (user id, item id, features x_f scaled embeddings e_f).
 
     linear + 1/2 (||sum of field embeddings||^2 - sum of their squared norms);
     the feature part uses sum_f x_f e_f = x @ E and sum_f ||x_f e_f||^2 = x^2 @ ||e_f||^2,
-    so no [B, N, fields, d] tensor is built.
+    so no [B, N, fields, d] tensor is built. The terms without the user's parameters are ``fixed``.
     """
     d = spec.dim
     emb = p["feat_emb"]
-    total = user[:, None, :d] + q_emb + torch.bmm(x, emb)
-    squares = ((user[:, :d] ** 2).sum(1, keepdim=True) + (q_emb ** 2).sum(2)
-               + torch.einsum("bnf,bf->bn", x * x, (emb ** 2).sum(2)))
-    linear = p["global_bias"] + user[:, d:d + 1] + q_bias.squeeze(2) + torch.einsum("bnf,bf->bn", x, p["feat_w"])
+    total = user[:, None, :d] + q_emb + fixed(memo, "fm.features", lambda: torch.bmm(x, emb))
+    squares = ((user[:, :d] ** 2).sum(1, keepdim=True) + fixed(memo, "fm.item_squares", lambda: (q_emb ** 2).sum(2))
+               + fixed(memo, "fm.feature_squares", lambda: torch.einsum("bnf,bf->bn", x * x, (emb ** 2).sum(2))))
+    linear = (p["global_bias"] + user[:, d:d + 1] + q_bias.squeeze(2)
+              + fixed(memo, "fm.feature_linear", lambda: torch.einsum("bnf,bf->bn", x, p["feat_w"])))
     return linear + 0.5 * ((total * total).sum(2) - squares)
 
 
-def _fm(spec, q, user, p, batch):
-    return _fm_term(spec, *q.split([spec.dim, 1], dim=2), user, p, _features(batch))
+def _fm(spec, q, user, p, batch, memo):
+    return _fm_term(spec, *q.split([spec.dim, 1], dim=2), user, p, fixed(memo, "features", lambda: _features(batch)),
+                    memo)
 
 
-def _deepfm(spec, q, user, p, batch):
+def _deepfm(spec, q, user, p, batch, memo):
     """FM plus an MLP over the concatenated field embeddings [p_u | q_i | x_1 e_1 | ...]: (F+2)d -> 4d -> 2d -> 1.
 
     The first layer is applied blockwise, W [p_u | q_i | x_f e_f]_f = W_u p_u + W_i q_i + sum_f x_f (W_f e_f),
-    which is the same product without materialising the [B, N, (F+2)d] input.
+    which is the same product without materialising the [B, N, (F+2)d] input. Only W_u p_u involves the
+    user's parameters: the item and feature blocks are ``fixed`` (W_f e_f reads 4d x F x d values per user).
     """
     d = spec.dim
-    x = _features(batch)
+    x = fixed(memo, "features", lambda: _features(batch))
     q_emb, q_bias = q.split([d, 1], dim=2)
-    w = p["deep.0.weight"].reshape(user.shape[0], -1, spec.n_features + 2, d)  # [B, 4d, fields, d]
-    per_feature = torch.einsum("bhfd,bfd->bfh", w[:, :, 2:], p["feat_emb"])    # W_f e_f: [B, F, 4d]
-    h = (torch.einsum("bhd,bd->bh", w[:, :, 0], user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
-    h = h + torch.einsum("bnd,bhd->bnh", q_emb, w[:, :, 1]) + torch.bmm(x, per_feature)
+    # W's user, item and feature blocks [B, 4d, fields, d]: one split, whose backward writes W's gradient
+    # once (indexing each block would fill a zero gradient of all of W per block and add them up)
+    w_user, w_item, w_features = p["deep.0.weight"].reshape(user.shape[0], -1, spec.n_features + 2, d).split(
+        [1, 1, spec.n_features], dim=2)
+    h = (torch.einsum("bhd,bd->bh", w_user.squeeze(2), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
+    h = (h + fixed(memo, "deepfm.items", lambda: torch.einsum("bnd,bhd->bnh", q_emb, w_item.squeeze(2)))
+         + fixed(memo, "deepfm.features", lambda: torch.bmm(
+             x, torch.einsum("bhfd,bfd->bfh", w_features, p["feat_emb"]))))  # x @ (W_f e_f), W_f e_f: [B, F, 4d]
     h = torch.relu(_layer_norm(h, p, "deep.1"))
     h = torch.relu(_layer_norm(_linear(h, p, "deep.3"), p, "deep.4"))
-    return _fm_term(spec, q_emb, q_bias, user, p, x) + _linear(h, p, "deep.6").squeeze(2)
+    return _fm_term(spec, q_emb, q_bias, user, p, x, memo) + _linear(h, p, "deep.6").squeeze(2)
 
 
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
@@ -222,14 +250,13 @@ def fetch_rated(rows: torch.Tensor, batch: UserBatch) -> torch.Tensor:
 
 
 def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
-            batch: UserBatch, rated: torch.Tensor | None = None) -> torch.Tensor:
+            batch: UserBatch, memo: Memo | None = None) -> torch.Tensor:
     """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless.
 
-    ``rated`` is ``fetch_rated(rows, batch)`` when the caller already has it:
-    the private Adam steps hold the rows fixed, so they gather them once.
+    ``memo``: see :func:`fixed` (the private Adam steps hold rows, dense and batch fixed).
     """
-    rated = fetch_rated(rows, batch) if rated is None else rated
-    return _FORWARD[spec.name](spec, rated, user, unflatten_dense(spec, dense), batch)
+    rated = fixed(memo, "rated", lambda: fetch_rated(rows, batch))
+    return _FORWARD[spec.name](spec, rated, user, unflatten_dense(spec, dense), batch, memo)
 
 
 def row_squares(rows: torch.Tensor) -> torch.Tensor:
@@ -237,18 +264,25 @@ def row_squares(rows: torch.Tensor) -> torch.Tensor:
     return (rows ** 2).sum((1, 2))
 
 
+def dense_squares(spec: ModelSpec, dense: torch.Tensor) -> torch.Tensor | None:
+    """Per user [B]: the dense parameters' part of :func:`regularizer` (None: the model has none)."""
+    if spec.reg_dense:
+        return (dense ** 2).sum(1)
+    if spec.name in ("fm", "deepfm"):
+        return (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
+    return None
+
+
 def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
-                rows_part: torch.Tensor | None = None) -> torch.Tensor:
+                rows_part: torch.Tensor | None = None, memo: Memo | None = None) -> torch.Tensor:
     """Per user [B]: sum of squares of its user vector and its fetched rows, and of the feature
     embeddings (FM, DeepFM) or, with ``spec.reg_dense``, of every dense parameter.
 
     ``reg_dense`` is weight decay on the MLP as well: without it DeepFM's MLP overfits ml_100k after
-    about ten epochs (README, Table 3). ``rows_part`` is ``row_squares(rows)`` when the caller already
-    has it (rows fixed across private steps).
+    about ten epochs (README, Table 3). ``rows_part`` replaces ``row_squares(rows)`` (the loss scales it
+    per rating in ``reg_form="rating"``); ``memo``: see :func:`fixed`.
     """
-    reg = (user ** 2).sum(1) + (row_squares(rows) if rows_part is None else rows_part)
-    if spec.reg_dense:
-        reg = reg + (dense ** 2).sum(1)
-    elif spec.name in ("fm", "deepfm"):
-        reg = reg + (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
-    return reg
+    reg = (user ** 2).sum(1) + (fixed(memo, "rows_part", lambda: row_squares(rows)) if rows_part is None
+                                else rows_part)
+    dense_part = fixed(memo, "dense_part", lambda: dense_squares(spec, dense))
+    return reg if dense_part is None else reg + dense_part

@@ -24,7 +24,7 @@ import torch
 from models.batch import UserBatch
 from models.init import init_private
 from models.private_adam import adam_step
-from models.recommenders import fetch_rated, predict, regularizer, row_squares
+from models.recommenders import Memo, fixed, predict, regularizer, row_squares
 from models.spec import ModelSpec
 
 
@@ -81,20 +81,20 @@ class BatchResult:
 
 
 def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor, batch: UserBatch,
-                reg: float, fixed_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                reg: float, memo: Memo | None = None) -> torch.Tensor:
     """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser
     (its rows' part per ``spec.reg_form``).
 
-    ``fixed_rows`` = (``fetch_rated(rows, batch)``, ``row_squares(rows)``) computed once when the rows
-    do not change between calls (the private Adam steps): the same values, without re-deriving them.
+    ``memo``: an empty dict kept across calls in which rows, dense and batch do not change (the private
+    Adam steps): the terms without the user's parameters are computed once (:func:`models.recommenders.fixed`).
     """
-    rated, rows_part = fixed_rows if fixed_rows is not None else (None, None)
-    err = (predict(spec, rows, user, dense, batch, rated) - batch.ratings) ** 2 * batch.mask
+    err = (predict(spec, rows, user, dense, batch, memo) - batch.ratings) ** 2 * batch.mask
     count = batch.n_ratings.clamp(min=1).to(err.dtype)
     mse = err.sum(1) / count
+    rows_part = None
     if spec.reg_form == "rating":  # each rating carries its own row's term: the rows' sum over the count
-        rows_part = (row_squares(rows) if rows_part is None else rows_part) / count
-    return mse + reg * regularizer(spec, rows, user, dense, rows_part)
+        rows_part = fixed(memo, "rows_part", lambda: row_squares(rows)) / count
+    return mse + reg * regularizer(spec, rows, user, dense, rows_part, memo)
 
 
 def _check(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, n_users: int, batch: UserBatch) -> None:
@@ -139,13 +139,11 @@ def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, us
     grads = user.grad if user.grad is not None else torch.zeros_like(params)
     m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
     step = torch.from_numpy(private.step.astype(np.int64))
-    fixed_rows = None
+    memo: Memo = {}  # rows, dense and batch are constants here: their terms are computed once, not per step
     for i in range(steps):
         if i > 0:
-            if fixed_rows is None:  # rows are constants here: gather them and their squares once, not per step
-                fixed_rows = (fetch_rated(rows, batch), row_squares(rows))
             leaf = params.requires_grad_(True)  # params is a fresh tensor (adam_step's output), never shared
-            loss = user_losses(spec, rows, leaf, dense, batch, reg, fixed_rows).sum()
+            loss = user_losses(spec, rows, leaf, dense, batch, reg, memo).sum()
             (grads,) = torch.autograd.grad(loss, leaf)
             params = leaf.detach()
         params, m, v, step = adam_step(params, grads, m, v, step, lr)

@@ -174,6 +174,35 @@ def test_dense_l2_adds_every_dense_square_once():
     assert regularizer(spec, drows, duser, ddense).item() == pytest.approx(want.item(), rel=1e-6)
 
 
+MEMO_SPECS = SPECS + [ModelSpec("fm", 4, 2, 3, reg_form="rating"), ModelSpec("deepfm", 4, 2, 3, reg_dense=True),
+                      ModelSpec("ncf", 4, reg_dense=True)]
+
+
+@pytest.mark.parametrize("spec", MEMO_SPECS, ids=lambda s: f"{s.name}-{s.reg_form}-{s.reg_dense}")
+def test_a_memo_of_the_fixed_terms_changes_no_bit_of_the_private_steps(spec):
+    """The private Adam steps keep rows, dense and batch fixed and reuse their terms from a memo: the losses
+    and the user gradients of later steps are exactly those of recomputing every term, and the memo holds
+    the model's dense-only terms (DeepFM's feature block of the first layer)."""
+    items, local, ratings, user_x, item_x, state = _users(spec)
+    rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
+    rows_t, batch = torch.from_numpy(rows), make_batch(local, ratings, user_x, item_x)
+    dense = torch.from_numpy(init_dense(spec, 0)).expand(3, -1).clone()
+    memo: dict = {}
+    params = torch.from_numpy(state.params.copy())
+    for step in range(3):  # the memo is filled by the first call and read by the next ones
+        leaf = params.clone().requires_grad_(True)
+        cached = user_losses(spec, rows_t, leaf, dense, batch, 0.01, memo)
+        (cached_grad,) = torch.autograd.grad(cached.sum(), leaf)
+        fresh_leaf = params.clone().requires_grad_(True)
+        fresh = user_losses(spec, rows_t, fresh_leaf, dense, batch, 0.01)
+        (fresh_grad,) = torch.autograd.grad(fresh.sum(), fresh_leaf)
+        assert torch.equal(cached.detach(), fresh.detach()) and torch.equal(cached_grad, fresh_grad), step
+        params = params - 0.05 * fresh_grad  # the user's parameters move; the memo's terms must not
+    assert {"rated", "rows_part", "dense_part"} <= memo.keys()
+    if spec.name == "deepfm":
+        assert {"deepfm.features", "deepfm.items", "fm.features"} <= memo.keys()
+
+
 def test_unknown_regulariser_form_is_refused():
     with pytest.raises(ValueError, match="reg_form"):
         ModelSpec("mf", 2, reg_form="item")

@@ -98,3 +98,25 @@ def test_n_p_users_at_their_bound_sum_without_wrapping_the_ring(cfg, signs, insi
     total = one * ring(users)  # n_p users all at the bound: the worst case of a round's sum
     assert signed_view(total).astype(object).tolist() == (e.astype(object) * users).tolist()  # exact, no wrap
     assert np.array_equal(server.from_ring(total), server.decode(signed_view(total)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(frac=st.integers(1, 30), x=st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=20),
+       ring=st.sampled_from([np.uint32, np.uint64]))
+def test_ring_elements_are_the_twos_complement_of_the_encoded_integers_with_or_without_out(frac, x, ring):
+    """to_ring is encode() mod 2^k, whether it allocates or writes into a caller's slice; NaN, infinities
+    and values past the bound are refused on both paths, and a mismatched out is refused."""
+    codec = FixedPointCodec(frac, 1.0)
+    v = np.array(x)
+    want = np.array([int(e) % 2 ** (8 * np.dtype(ring).itemsize) for e in codec.encode(v)], dtype=ring)
+    out = np.full(len(v) + 2, 7, dtype=ring)
+    assert codec.to_ring(v, ring).tolist() == want.tolist()
+    assert codec.to_ring(v, ring, out=out[1:-1]) is not None and out[1:-1].tolist() == want.tolist()
+    assert out[0] == out[-1] == 7  # nothing written beside the slice
+    for bad in (np.nan, np.inf, -np.inf, 1.5):
+        with pytest.raises(ValueError, match="NaN|exceed"):
+            codec.to_ring(np.append(v, bad), ring, out=np.empty(len(v) + 1, ring))
+    with pytest.raises(ValueError, match="out is"):
+        codec.to_ring(v, ring, out=np.empty(len(v) + 1, ring))
+    with pytest.raises(ValueError, match="out is"):
+        codec.to_ring(v, ring, out=np.empty(len(v), np.int64))

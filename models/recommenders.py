@@ -153,6 +153,16 @@ def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch
     return torch.addcmul(p[f"{name}.bias"].unsqueeze(1), normed, p[f"{name}.weight"].unsqueeze(1))
 
 
+def _rowwise_dot(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each user's matrix times its vector, m [B, N, d] @ v [B, d] -> [B, N].
+
+    ``torch.einsum("bnd,bd->bn", m, v)`` lowers to this same ``bmm`` (the same values, forward and backward,
+    checked bit for bit); calling it directly skips einsum's parsing and permutes, 10-15% of the product at
+    a plaintext MF group's sizes, in every one of a round's 18 or so passes.
+    """
+    return torch.bmm(m, v.unsqueeze(2)).squeeze(2)
+
+
 def _fetch(rows: torch.Tensor, local_items: torch.Tensor) -> torch.Tensor:
     """Row of each rating: rows [B, K, r], local_items [B, N] -> [B, N, r].
 
@@ -180,7 +190,7 @@ def _mf(spec, q, user, p, batch, memo):
     """r = <p_u, q_i> + b_u + b_i + mu."""
     d = spec.dim
     q_emb, q_bias = q.split([d, 1], dim=2)  # one split: its backward writes one gradient tensor, not one per slice
-    dot = torch.einsum("bnd,bd->bn", q_emb, user[:, :d])
+    dot = _rowwise_dot(q_emb, user[:, :d])
     return dot + q_bias.squeeze(2) + user[:, d:d + 1] + p["global_bias"]
 
 
@@ -232,7 +242,7 @@ def _deepfm(spec, q, user, p, batch, memo):
     # once (indexing each block would fill a zero gradient of all of W per block and add them up)
     w_user, w_item, w_features = p["deep.0.weight"].reshape(user.shape[0], -1, spec.n_features + 2, d).split(
         [1, 1, spec.n_features], dim=2)
-    h = (torch.einsum("bhd,bd->bh", w_user.squeeze(2), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
+    h = (_rowwise_dot(w_user.squeeze(2), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
     h = (h + fixed(memo, "deepfm.items", lambda: torch.einsum("bnd,bhd->bnh", q_emb, w_item.squeeze(2)))
          + fixed(memo, "deepfm.features", lambda: torch.bmm(
              x, torch.einsum("bhfd,bfd->bfh", w_features, p["feat_emb"]))))  # x @ (W_f e_f), W_f e_f: [B, F, 4d]

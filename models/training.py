@@ -23,7 +23,7 @@ import torch
 
 from models.batch import UserBatch
 from models.init import init_private
-from models.private_adam import adam_step
+from models.private_adam import adam_step, bias_corrections
 from models.recommenders import Memo, fixed, predict, regularizer, row_squares
 from models.spec import ModelSpec
 
@@ -89,7 +89,7 @@ def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: 
     Adam steps): the terms without the user's parameters are computed once (:func:`models.recommenders.fixed`).
     """
     err = (predict(spec, rows, user, dense, batch, memo) - batch.ratings) ** 2 * batch.mask
-    count = batch.n_ratings.clamp(min=1).to(err.dtype)
+    count = fixed(memo, "count", lambda: batch.n_ratings.clamp(min=1).to(err.dtype))
     mse = err.sum(1) / count
     rows_part = None
     if spec.reg_form == "rating":  # each rating carries its own row's term: the rows' sum over the count
@@ -140,13 +140,15 @@ def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, us
     m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
     step = torch.from_numpy(private.step.astype(np.int64))
     memo: Memo = {}  # rows, dense and batch are constants here: their terms are computed once, not per step
+    step_size, bc2_sqrt = bias_corrections(step, steps, lr, dtype=params.dtype)  # every step's, at once
     for i in range(steps):
         if i > 0:
             leaf = params.requires_grad_(True)  # params is a fresh tensor (adam_step's output), never shared
             loss = user_losses(spec, rows, leaf, dense, batch, reg, memo).sum()
             (grads,) = torch.autograd.grad(loss, leaf)
             params = leaf.detach()
-        params, m, v, step = adam_step(params, grads, m, v, step, lr)
+        params, m, v, step = adam_step(params, grads, m, v, step, lr,
+                                       corrections=(step_size[:, i:i + 1], bc2_sqrt[:, i:i + 1]))
     return PrivateState(params=params.numpy().astype(np.float32), m=m.numpy().astype(np.float32),
                         v=v.numpy().astype(np.float32), step=step.numpy().astype(np.int64))
 

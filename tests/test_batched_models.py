@@ -12,7 +12,7 @@ from torch import nn
 from models import (ModelSpec, PrivateState, evaluate_batch, gather_rows, init_dense, init_item_table, make_batch,
                     predict, regularizer, train_batch)
 from models.batch import UserBatch
-from models.private_adam import adam_step
+from models.private_adam import adam_step, bias_corrections
 from models.training import user_losses
 
 SPECS = [ModelSpec("mf", 4), ModelSpec("ncf", 4), ModelSpec("fm", 4, 2, 3), ModelSpec("deepfm", 4, 2, 3)]
@@ -203,6 +203,22 @@ def test_a_memo_of_the_fixed_terms_changes_no_bit_of_the_private_steps(spec):
         assert {"deepfm.features", "deepfm.items", "fm.features"} <= memo.keys()
 
 
+@pytest.mark.parametrize("b,n,d", [(1, 1, 4), (3, 7, 16), (33, 150, 64), (5, 590, 65)])
+def test_rowwise_dot_is_the_einsum_it_replaces_bit_for_bit(b, n, d):
+    """The models' per-user matrix-vector product equals torch.einsum("bnd,bd->bn") exactly, forward and
+    backward, on the strided split views the models pass it."""
+    from models.recommenders import _rowwise_dot
+    gen = torch.Generator().manual_seed(b * n + d)
+    rows, user, weight = torch.randn(b, n, d + 1, generator=gen), torch.randn(b, d + 1, generator=gen), \
+        torch.randn(b, n, generator=gen)
+    results = []
+    for product in (lambda m, v: torch.einsum("bnd,bd->bn", m, v), _rowwise_dot):
+        r, u = rows.clone().requires_grad_(True), user.clone().requires_grad_(True)
+        out = product(r.split([d, 1], dim=2)[0], u[:, :d])
+        results.append((out.detach(), *torch.autograd.grad((out * weight).sum(), [r, u])))
+    assert all(torch.equal(x, y) for x, y in zip(*results))
+
+
 def test_unknown_regulariser_form_is_refused():
     with pytest.raises(ValueError, match="reg_form"):
         ModelSpec("mf", 2, reg_form="item")
@@ -250,6 +266,24 @@ def test_adam_step_is_torch_adam_with_a_step_count_per_user():
         for ours, theirs in zip((params[b], m[b], v[b]), ref):
             np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=1e-7)
     assert step.tolist() == (done + 4).tolist()
+
+
+def test_a_run_of_steps_with_its_corrections_computed_at_once_is_step_by_step_adam_bit_for_bit():
+    """bias_corrections gives every step's lr / bc1 and sqrt(bc2) up front (the private steps use it):
+    params, moments and counts equal computing them in each step, to the last bit."""
+    gen = torch.Generator().manual_seed(5)
+    params0, step0 = torch.randn(4, 6, generator=gen), torch.tensor([0, 1, 9, 1000])
+    grads = [torch.randn(4, 6, generator=gen) for _ in range(5)]
+    runs = []
+    for at_once in (False, True):
+        params, m, v, step = params0, torch.zeros(4, 6), torch.zeros(4, 6), step0
+        size, bc2 = bias_corrections(step0, len(grads), 0.03)
+        for i, g in enumerate(grads):
+            fixed = (size[:, i:i + 1], bc2[:, i:i + 1]) if at_once else None
+            params, m, v, step = adam_step(params, g, m, v, step, 0.03, corrections=fixed)
+        runs.append((params, m, v, step))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert runs[1][3].tolist() == [5, 6, 14, 1005]
 
 
 def _reference_modules(spec: ModelSpec, seed: int) -> list[torch.Tensor]:

@@ -58,11 +58,10 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
     ``dense_grads`` [D], scalar loss and count) or a batch (leading user axis on all four).
     """
     rows = codec.to_ring(clip_to_bound(np.asarray(row_grads, dtype=np.float64), codec, "row gradients"), ring)
-    dense_grads = np.asarray(dense_grads)
-    size = dense_grads.shape[-1]
-    upload = np.empty(dense_grads.shape[:-1] + (size + two_server.TRAIN_METRICS,), dtype=ring)
-    codec.to_ring(clip_to_bound(np.asarray(dense_grads, dtype=np.float64), codec, "dense gradient"), ring,
-                  out=upload[..., :size])
+    dense = np.asarray(dense_grads, dtype=np.float64)
+    size = dense.shape[-1]
+    upload = np.empty(dense.shape[:-1] + (size + two_server.TRAIN_METRICS,), dtype=ring)
+    codec.to_ring(clip_to_bound(dense, codec, "dense gradient"), ring, out=upload[..., :size])
     loss_a, n_a = np.asarray(loss, dtype=np.float64), np.asarray(n_ratings, dtype=np.int64)
     encoded = [metrics.encode(float(lo) * int(n), int(n), "training loss") for lo, n in zip(loss_a.reshape(-1),
                                                                                           n_a.reshape(-1))]

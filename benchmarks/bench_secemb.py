@@ -93,7 +93,7 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
         t = time.perf_counter()
         full = np.zeros((m, spec.row_dim))
         full[items] = grads
-        metrics = MetricCodec(32, 100).encode(0.1 * 10, 10, "bench")
+        metrics = MetricCodec.for_training(32, 100).encode(0.1 * 10, 10, "bench")
         s0, s1 = share_with_metrics(CODEC.to_ring(np.concatenate([full.reshape(-1), dense]), ring), metrics)
         gen_ms = (time.perf_counter() - t) * 1e3
         box = seal(pub1, SF.sealed_share_bytes(s1), b"ctx")
@@ -104,7 +104,7 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
     t = time.perf_counter()
     k0, k1, state = dpf_gen.gen(items, np.ones((m_prime, 1), ring), m)
     betas = CODEC.to_ring(grads, ring)
-    metrics = MetricCodec(32, 100).encode(0.1 * 10, 10, "bench")
+    metrics = MetricCodec.for_training(32, 100).encode(0.1 * 10, 10, "bench")
     d0, d1 = share_with_metrics(CODEC.to_ring(dense, ring), metrics)  # the product's client payload functions
     payload, inner = variant_of(variant).client_payload(state, items, betas, m, d1)
     gen_ms = (time.perf_counter() - t) * 1e3

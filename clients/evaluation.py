@@ -134,8 +134,8 @@ def reply_with_rows(env: ClientEnv, context: Context, secure: tuple[int, bytes, 
         ranking = ranking_sums(scores, int(env.cfg.train.ranking_k))[0]
     if secure is None:
         return common.evaluation_reply(sse, count, time.perf_counter() - start, ranking)
-    rnd, pub, run, bits = secure
-    metrics = ts.eval_metric_codec(env, bits).encode_eval(sse, count, ranking)
+    rnd, pub, run, _bits = secure  # the evaluation ring, checked by the parser
+    metrics = ts.eval_metric_codec(env).encode_eval(sse, count, ranking)
     share0, box = ts.sealed_metric_shares(pub, run, rnd, env.user.user_id, metrics)
     return ts_schema.secure_eval_reply(share0, box, ts.telemetry_seconds(env, time.perf_counter() - start))
 

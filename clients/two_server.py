@@ -71,12 +71,12 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
 
 def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:
     """Metric elements of a training upload: summed over at most ``clients_per_round`` users."""
-    return two_server.MetricCodec(int(env.cfg.strategy.ring_bits), int(env.cfg.clients_per_round))
+    return two_server.MetricCodec.for_training(int(env.cfg.strategy.ring_bits), int(env.cfg.clients_per_round))
 
 
-def eval_metric_codec(env: ClientEnv, ring_bits: int) -> two_server.MetricCodec:
-    """Metric elements of an evaluation reply: summed over at most the evaluated users."""
-    return two_server.MetricCodec(ring_bits, two_server.eval_summands(env.cfg.train.eval_clients, env.n_users))
+def eval_metric_codec(env: ClientEnv) -> two_server.MetricCodec:
+    """Metric elements of an evaluation reply: summed over at most the evaluated users (evaluation ring)."""
+    return two_server.MetricCodec.for_evaluation(two_server.eval_summands(env.cfg.train.eval_clients, env.n_users))
 
 
 def trust_anchor(env: ClientEnv, context: Context) -> str | None:

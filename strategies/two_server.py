@@ -44,8 +44,8 @@ class TwoServerStrategy(ModelStrategy):
         self.codec = FixedPointCodec(frac_bits=frac, value_bound=2.0 ** (self.ring_bits - 1 - frac) - 1.0)
         self.min_users = int(s.min_users)
         # the metric codecs are the users' (both sides derive them from the config alone)
-        self.train_metrics = ts.MetricCodec(self.ring_bits, int(cfg.clients_per_round))
-        self.eval_metrics = ts.MetricCodec(self.ring_bits, ts.eval_summands(cfg.train.eval_clients, meta.n_users))
+        self.train_metrics = ts.MetricCodec.for_training(self.ring_bits, int(cfg.clients_per_round))
+        self.eval_metrics = ts.MetricCodec.for_evaluation(ts.eval_summands(cfg.train.eval_clients, meta.n_users))
         self.server1 = Server1Client.from_config(s, self._reject)
         self.run_id = secrets.token_hex(8)
         self.server1_public = b""
@@ -123,10 +123,10 @@ class TwoServerStrategy(ModelStrategy):
 
     # ------------------------------------------------------- evaluation
     def evaluation_message(self, rnd: int, content: RecordDict) -> RecordDict:
-        return ts.eval_message(content, rnd, self.server1_public, self.run_id, self.ring_bits)
+        return ts.eval_message(content, rnd, self.server1_public, self.run_id)
 
     def parse_evaluation(self, user: int, content: RecordDict) -> Any:
-        return ts.parse_secure_eval_reply(content, self.ring)
+        return ts.parse_secure_eval_reply(content, self.eval_metrics.ring)
 
     def evaluation_sums(self, rnd: int, replies: dict[int, Any]) -> EvalSums | str:
         """Secure sum of [SSE, count, hits, ndcg, ranked] over the evaluated users; refused below ``min_users``."""
@@ -135,12 +135,13 @@ class TwoServerStrategy(ModelStrategy):
             return refused
         answer = self.server1_sum(
             "sum_metrics", {"run": self.run_id, "round": rnd, "users": sorted(replies), "size": ts.EVAL_METRICS,
-                            "ring_bits": self.ring_bits}, {f"box_{u}": r[1] for u, r in replies.items()},
+                            "ring_bits": self.eval_metrics.ring_bits}, {f"box_{u}": r[1] for u, r in replies.items()},
             "evaluation sum")
         if isinstance(answer, str):
             return answer
         _meta1, arrays1, kept = answer
-        total = sum((replies[u][0] for u in kept), np.zeros(ts.EVAL_METRICS, dtype=self.ring)) + arrays1["sum"]
+        ring = self.eval_metrics.ring
+        total = sum((replies[u][0] for u in kept), np.zeros(ts.EVAL_METRICS, dtype=ring)) + arrays1["sum"]
         sse, count, ranking = self.eval_metrics.decode_eval(total)
         seconds = [replies[u][2] for u in kept if replies[u][2] is not None]
         return sse, count, len(kept), seconds or None, ranking

@@ -207,7 +207,7 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "two_server.parse_server_info": lambda sc: se.count_message(PUB, "run1"),
         "two_server.parse_ring_vector": lambda sc: ts.ring_vector_bytes(_ring(sc, SIZE)),
         "two_server.parse_eval_message": lambda sc: ts.eval_message(
-            m["plaintext"].model_content(f32(N_ITEMS, ROW_DIM), f32(DENSE)), 2, PUB, "run1", sc["ring_bits"]),
+            m["plaintext"].model_content(f32(N_ITEMS, ROW_DIM), f32(DENSE)), 2, PUB, "run1"),
         "two_server.parse_secure_eval_reply": lambda sc: ts.secure_eval_reply(_ring(sc, ts.EVAL_METRICS), BOX, 0.1),
         "two_server.parse_telemetry": lambda sc: RecordDict({"telemetry": ts.telemetry_record(0.3)}),
     }

@@ -191,9 +191,8 @@ def test_candidate_scores_are_the_models_rating_predictions():
     assert sse[0] == pytest.approx(float(((scores[0] - ratings) ** 2).sum()), rel=1e-5)
 
 
-@pytest.mark.parametrize("bits", [32, 64])
-def test_two_server_ranking_codec_sums_and_clips_per_user(bits):
-    codec = MetricCodec(bits, 100)
+@pytest.mark.parametrize("codec", [MetricCodec.for_training(32, 100), MetricCodec.for_evaluation(100)])
+def test_two_server_ranking_codec_sums_and_clips_per_user(codec):
     per_user = [np.array([1.0, 0.5, 1.0]), np.array([0.0, 0.0, 1.0]), None, np.array([1.0, 1 / math.log2(3), 1.0])]
     total = np.sum([codec.encode_ranking(r) for r in per_user], axis=0, dtype=codec.ring)
     hits, ndcg, ranked = codec.decode_ranking(total)

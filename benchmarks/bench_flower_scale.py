@@ -11,6 +11,11 @@ files are not on this machine). Columns:
 * ``start s``: the run's wall time outside its rounds and evaluation (launch to round 1, and shutdown),
   minus the time one process takes to load and split the data (measured on its own in this run): what
   start-up (and tear-down) cost beyond the data;
+* ``setup s`` / ``setup wait``: the part of ``start s`` spent in the protocol's set-up before round 1
+  (for secemb: server 1's hello and the secure count of Appendix C that fixes m', over
+  ``strategy.count_users`` users), and of that the time spent waiting for the users' replies (their
+  first contact: a Ray worker's first data load, then the count messages);
+* ``round 1 s``: the first round, which also pays each Ray worker's first data load when set-up did not;
 * ``eval s``: the evaluation after the last round, over ``--eval-users`` users (recorded by the run);
 * ``server s`` / ``wait s``: the rounds' own split (after the first) of ``round s`` into the ServerApp's
   work (for secemb both servers' crypto: server 1 runs in the same process) and the time it waited for
@@ -94,6 +99,9 @@ def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: i
     return {"round_seconds": sum(later) / len(later), "server_seconds": sum(server) / len(server),
             "peak_gib": memory.peak / 2**30,
             "before_first_round": wall - run_seconds, "eval_seconds": eval_seconds,
+            "setup_seconds": float(results["final"].get("setup_seconds") or 0.0),
+            "setup_wait_seconds": float(results["final"].get("setup_wait_seconds") or 0.0),
+            "first_round_seconds": float(records[0]["round_seconds"]),
             "m_prime": records[-1].get("m_prime"), "config": results["config"]}
 
 
@@ -124,7 +132,8 @@ def main() -> None:
     pools = [None if p == "none" else int(p) for p in args.node_pools.split(",")]
     print(f"load average before: {os.getloadavg()}", flush=True)
     header = (f"{'preset':8} {'strategy':10} {'clients':>7} {'nodes':>7} {'round s':>8} {'server s':>8} {'wait s':>7}"
-              f" {'peak GiB':>8} {'start s':>8} {'eval s':>7} {'data s':>7} {'AES bound s':>11} {'x bound':>7}"
+              f" {'peak GiB':>8} {'start s':>8} {'setup s':>7} {'setup wait':>10} {'round 1 s':>9}"
+              f" {'eval s':>7} {'data s':>7} {'AES bound s':>11} {'x bound':>7}"
               f" {'recomputed':>10}")
     print(header)
     print("-" * len(header), flush=True)
@@ -144,7 +153,9 @@ def main() -> None:
                 wait = res["round_seconds"] - res["server_seconds"]
                 print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} {res['round_seconds']:8.2f} "
                       f"{res['server_seconds']:8.2f} {wait:7.2f} {res['peak_gib']:8.2f} "
-                      f"{res['before_first_round'] - data_s:8.1f} {res['eval_seconds']:7.1f} {data_s:7.1f} {versus}",
+                      f"{res['before_first_round'] - data_s:8.1f} {res['setup_seconds']:7.1f} "
+                      f"{res['setup_wait_seconds']:10.1f} {res['first_round_seconds']:9.2f} "
+                      f"{res['eval_seconds']:7.1f} {data_s:7.1f} {versus}",
                       flush=True)
     print(f"load average after: {os.getloadavg()}")
 

@@ -272,6 +272,7 @@ class RecStrategy(ABC):
         quiet = True if "PYTEST_CURRENT_TEST" in os.environ else None
         bar = tqdm(total=rounds, initial=first_round - 1, desc=self.name, unit="round", disable=quiet,
                    dynamic_ncols=True)
+        self.meter.reset()
         t_setup = time.perf_counter()
         try:
             self.setup()
@@ -279,6 +280,7 @@ class RecStrategy(ABC):
             bar.close()
             raise Server1Unavailable(f"server 1 is unavailable before round {first_round}: {exc}") from exc
         setup_seconds = time.perf_counter() - t_setup
+        setup_wait = min(self.meter.wait_seconds, setup_seconds)  # waiting for users' replies (SecEmb's count)
         with bar, (logging_redirect_tqdm() if not bar.disable else nullcontext()):
             for rnd in range(first_round, rounds + 1):
                 self.round = rnd
@@ -313,7 +315,8 @@ class RecStrategy(ABC):
                 bar.update(1)
                 if on_round is not None:
                     on_round(record)
-        out: dict[str, Any] = {"records": records, "setup_seconds": setup_seconds, **self.server_state_summary(),
+        out: dict[str, Any] = {"records": records, "setup_seconds": setup_seconds,
+                               "setup_wait_seconds": setup_wait, **self.server_state_summary(),
                                **self.dp_summary()}
         if first_round > 1:
             out["resumed_from_round"] = first_round - 1

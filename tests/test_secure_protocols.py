@@ -55,6 +55,8 @@ def test_secemb_m_prime_comes_from_the_secure_count_sum(tmp_path_factory):
     split = load_split(to_app_config(compose_config(SMALL + FEATURES)))
     counts = [len(set(split.user(u).train_items.tolist())) for u in range(split.n_users)]
     assert res["final"]["m_prime"] == math.ceil(sum(counts) / len(counts))
+    # set-up is timed apart from the rounds, with the count phase's wait for the users' replies inside it
+    assert 0 < res["final"]["setup_wait_seconds"] < res["final"]["setup_seconds"]
 
 
 @pytest.mark.parametrize("model", ["mf", "deepfm"])

@@ -106,6 +106,20 @@ def _check(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, n_users: int, b
         raise ValueError(f"batch holds {len(batch)} users, the private state {n_users}")
 
 
+def flush_denormals() -> None:
+    """Compute with float32 values below 1.2e-38 as zero on this thread (x86 FTZ/DAZ).
+
+    Why: under Adam with an L2 term, weights that only decay (e.g. a dead MLP unit's) shrink
+    geometrically into the denormal range, and MKL's sgemm then slows down about 3x. A DeepFM
+    TernQuant run on ml_100k had 1,467 denormal dense parameters by round 1,800. Its rounds took
+    4.87 and 4.63 s with the flag off, and 1.61 and 1.53 s with it on (alternating 15-round blocks,
+    rounds 1,801-1,860). Values this small are zero at float32 precision. The flag is per thread,
+    so both engines set it on every call where they compute: a user's local steps
+    (:func:`train_batch`) and the server's optimizer step. Then they stay one arithmetic.
+    """
+    torch.set_flush_denormal(True)
+
+
 def train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: PrivateState, batch: UserBatch,
                 lr: float, reg: float, steps: int) -> BatchResult:
     """One participation of each of B users (``private`` and ``batch`` in the same user order).
@@ -113,6 +127,7 @@ def train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: P
     ``rows`` [B, K, row_dim] float32 are the users' fetched rows (zero-padded),
     ``dense`` [dense_size] the public dense vector every user downloaded.
     """
+    flush_denormals()
     n_users = len(private)
     rows = np.asarray(rows, dtype=np.float32)
     dense = np.asarray(dense, dtype=np.float32)

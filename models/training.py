@@ -15,7 +15,8 @@ dense vector), the gradient of every leaf is exactly its user's own gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,18 +107,31 @@ def _check(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, n_users: int, b
         raise ValueError(f"batch holds {len(batch)} users, the private state {n_users}")
 
 
-def flush_denormals() -> None:
-    """Compute with float32 values below 1.2e-38 as zero on this thread (x86 FTZ/DAZ).
+def _flushing() -> bool:
+    """Whether this thread already computes with denormals flushed (1e-30 x 1e-10 is a float32 denormal)."""
+    return (torch.tensor(1e-30, dtype=torch.float32) * 1e-10).item() == 0.0
+
+
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Compute with float32 values below 1.2e-38 as zero on this thread (x86 FTZ/DAZ), then restore the flag.
 
     Why: under Adam with an L2 term, weights that only decay (e.g. a dead MLP unit's) shrink
     geometrically into the denormal range, and MKL's sgemm then slows down about 3x. A DeepFM
     TernQuant run on ml_100k had 1,467 denormal dense parameters by round 1,800. Its rounds took
     4.87 and 4.63 s with the flag off, and 1.61 and 1.53 s with it on (alternating 15-round blocks,
-    rounds 1,801-1,860). Values this small are zero at float32 precision. The flag is per thread,
-    so both engines set it on every call where they compute: a user's local steps
-    (:func:`train_batch`) and the server's optimizer step. Then they stay one arithmetic.
+    rounds 1,801-1,860). Values this small are zero at float32 precision. Both engines compute
+    inside it: a user's local steps (:func:`train_batch`) and the server's optimizer step. So they
+    stay one arithmetic. The flag is per thread and process-wide in effect (numpy too), so it is
+    restored on exit rather than left on for the caller.
     """
+    was = _flushing()
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was:
+            torch.set_flush_denormal(False)
 
 
 def train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: PrivateState, batch: UserBatch,
@@ -127,7 +141,12 @@ def train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: P
     ``rows`` [B, K, row_dim] float32 are the users' fetched rows (zero-padded),
     ``dense`` [dense_size] the public dense vector every user downloaded.
     """
-    flush_denormals()
+    with denormals_flushed():
+        return _train_batch(spec, rows, dense, private, batch, lr, reg, steps)
+
+
+def _train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: PrivateState, batch: UserBatch,
+                 lr: float, reg: float, steps: int) -> BatchResult:
     n_users = len(private)
     rows = np.asarray(rows, dtype=np.float32)
     dense = np.asarray(dense, dtype=np.float32)

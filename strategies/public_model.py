@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models import init_dense, init_item_table
-from models.training import flush_denormals
+from models.training import denormals_flushed
 from models.spec import ModelSpec
 from recdata.dataset import DatasetMeta
 from schemas.config import model_spec
@@ -53,12 +53,12 @@ class PublicModel:
         """Apply the mean of the round's gradients (sums over ``n_users`` users)."""
         if n_users <= 0:
             return
-        flush_denormals()  # as the users' local steps do (models.training.flush_denormals says why)
         if table_grad_sum.shape != tuple(self.table.shape) or dense_grad_sum.shape != tuple(self.dense.shape):
             raise ValueError("aggregated gradient has the wrong shape")
         self.table.grad = torch.from_numpy(np.asarray(table_grad_sum, dtype=np.float32) / n_users)
         self.dense.grad = torch.from_numpy(np.asarray(dense_grad_sum, dtype=np.float32) / n_users)
-        self.opt.step()
+        with denormals_flushed():  # as the users' local steps (models.training.denormals_flushed says why)
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
     def state_arrays(self) -> dict[str, np.ndarray]:

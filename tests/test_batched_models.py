@@ -341,27 +341,24 @@ def test_fm_and_deepfm_equal_the_field_by_field_formula(spec):
             np.testing.assert_allclose(ours[b, :len(q)].numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_local_steps_and_server_step_flush_denormals():
-    """Both engines' compute runs with denormals flushed (an L2-decayed weight made DeepFM rounds 3x slower)."""
-    from models.training import flush_denormals
+def test_local_steps_and_server_step_flush_denormals_and_restore_the_flag():
+    """Both engines compute with denormals flushed (an L2-decayed weight made DeepFM rounds 3x slower), and
+    leave this thread's flag as they found it (numpy and hypothesis in the caller's thread need subnormals)."""
+    from models.training import denormals_flushed
     from strategies.public_model import PublicModel
 
     spec = SPECS[0]
-    try:
-        torch.set_flush_denormal(False)  # earlier tests' local steps left it on for this thread
-        tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal (made while the flag is off)
-        assert (tiny * 1.0).item() != 0.0
-        items, local, ratings, user_x, item_x, state = _users(spec, ks=(2,), ns=(3,))
-        rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
-        train_batch(spec, rows, init_dense(spec, 0), state, make_batch(local, ratings, user_x, item_x),
-                    lr=0.05, reg=0.01, steps=1)
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    assert (tiny * 1.0).item() != 0.0
+    with denormals_flushed():
         assert (tiny * 1.0).item() == 0.0
-        torch.set_flush_denormal(False)
-        model = PublicModel(spec, N_ITEMS, 0, 0.01)
-        model.step(np.zeros((N_ITEMS, spec.row_dim)), np.zeros(spec.dense_size), 1)
-        assert (tiny * 1.0).item() == 0.0
-        torch.set_flush_denormal(False)
-        flush_denormals()
-        assert (tiny * 1.0).item() == 0.0
-    finally:
-        torch.set_flush_denormal(False)
+    assert (tiny * 1.0).item() != 0.0  # restored
+    items, local, ratings, user_x, item_x, state = _users(spec, ks=(2,), ns=(3,))
+    rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
+    train_batch(spec, rows, init_dense(spec, 0), state, make_batch(local, ratings, user_x, item_x),
+                lr=0.05, reg=0.01, steps=1)
+    model = PublicModel(spec, N_ITEMS, 0, 0.01)
+    model.step(np.zeros((N_ITEMS, spec.row_dim)), np.zeros(spec.dense_size), 1)
+    assert (tiny * 1.0).item() != 0.0  # neither leaves the flag on
+    assert np.nextafter(np.float32(0), np.float32(1)) * np.float32(1) != 0  # numpy keeps its subnormals

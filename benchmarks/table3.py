@@ -21,6 +21,7 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3 --epochs 2 --seeds 1              # smoke
     python -m benchmarks.table3 --models mf --methods bit8,svd --seeds 1
     python -m benchmarks.table3 --models deepfm --methods secemb --jobs 2   # cells in 2 processes, 1 thread each
+    python -m benchmarks.table3 --models deepfm --methods secemb --first-seed 2 --seeds 2   # seeds 2 and 3 only
     python -m benchmarks.table3 --rr-presets ml_1m,ml_10m,ml_25m,yelp   # R.R. columns only (no training)
 
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
@@ -175,7 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mf,ncf,fm,deepfm")
     parser.add_argument("--methods", default="secemb,bit8,tern,svd,colr")
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=4, help="how many seeds per cell")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed .. first-seed + seeds - 1 (to add seeds to a row run before)")
     parser.add_argument("--epochs", type=float, default=200)
     parser.add_argument("--eval-epochs", type=float, default=5.0, help="evaluate every this many epochs")
     parser.add_argument("--data-path", default=str(ML100K))
@@ -195,7 +198,7 @@ def main() -> None:
     # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
     futures: dict[tuple[str, str], list] = {
         (model, method): [pool.submit(run_cell, model, method, s, args.epochs, args.eval_epochs, args.data_path)
-                          for s in range(args.seeds)]
+                          for s in range(args.first_seed, args.first_seed + args.seeds)]
         for model in models for method in methods}
     for (model, method), row in futures.items():
         cells = [f.result() for f in row]

@@ -207,3 +207,29 @@ def test_table10_and_factory():
     with pytest.raises(ValueError, match="unknown"):
         make_codec("topk")
     assert isinstance(make_codec("tern", clip_factor=None), TernGradCodec)
+
+
+def test_mf_update_is_a_rank_one_error_term_plus_the_l2_term_svd_truncates():
+    """Why SVD costs MF utility (README, Table 3; benchmarks/svd_gap.py): a user's uploaded item gradient,
+    minus its L2 term 2 reg x rows (``reg_form=user``), is rank 1 ([u, 1] scaled per item by its error),
+    so a rank-r SVD keeps it whole and truncates only the L2 term, which spans up to row_dim directions."""
+    from models import ModelSpec, PrivateState, gather_rows, init_dense, init_item_table, make_batch, train_batch
+
+    spec, reg, rng = ModelSpec("mf", 16), 0.01, np.random.default_rng(3)
+    items = [rng.choice(40, 30, replace=False)]
+    local = [rng.integers(0, 30, 60)]
+    ratings = [rng.uniform(1, 5, 60).astype(np.float32)]
+    rows, _ = gather_rows(init_item_table(spec, 40, 0), items)
+    state = PrivateState.initial(spec, np.arange(1), 0)
+    batch = make_batch(local, ratings, np.zeros((1, 0), np.float32), [np.zeros((60, 0), np.float32)])
+    grads = train_batch(spec, rows, init_dense(spec, 0), state, batch, lr=0.05, reg=reg, steps=2).row_grads[0]
+    l2 = 2 * reg * rows[0].astype(np.float64)
+    s_error = np.linalg.svd(grads - l2, compute_uv=False)
+    assert s_error[1] < 1e-5 * s_error[0]  # the error term: rank 1 (float32 gradients)
+    assert np.linalg.matrix_rank(l2) == spec.dim  # the L2 term: the embedding width (the bias starts at 0)
+    update = np.zeros((40, spec.row_dim), np.float32)
+    update[items[0]] = grads
+    decoded = SVDCodec(4).decompress(SVDCodec(4).compress(update), update.shape)[items[0]]
+    lost_l2 = np.linalg.norm(l2 - (decoded - (grads - l2)))  # whatever the codec lost, it lost from the L2 term
+    np.testing.assert_allclose(np.linalg.norm(grads - decoded), lost_l2, rtol=1e-3)
+    assert lost_l2 > 0.3 * np.linalg.norm(l2)

@@ -229,7 +229,9 @@ def test_mf_update_is_a_rank_one_error_term_plus_the_l2_term_svd_truncates():
     assert np.linalg.matrix_rank(l2) == spec.dim  # the L2 term: the embedding width (the bias starts at 0)
     update = np.zeros((40, spec.row_dim), np.float32)
     update[items[0]] = grads
-    decoded = SVDCodec(4).decompress(SVDCodec(4).compress(update), update.shape)[items[0]]
-    lost_l2 = np.linalg.norm(l2 - (decoded - (grads - l2)))  # whatever the codec lost, it lost from the L2 term
-    np.testing.assert_allclose(np.linalg.norm(grads - decoded), lost_l2, rtol=1e-3)
-    assert lost_l2 > 0.3 * np.linalg.norm(l2)
+    decoded = SVDCodec(4).decompress(SVDCodec(4).compress(update), update.shape)[items[0]].astype(np.float64)
+    _, _, vt = np.linalg.svd(decoded, full_matrices=False)
+    kept = vt[:4].T @ vt[:4]  # projector onto the decoded update's row space
+    error = grads - l2
+    assert np.linalg.norm(error - error @ kept) < 2e-2 * np.linalg.norm(error)  # the error term survives (nearly) whole
+    assert np.linalg.norm(l2 - l2 @ kept) > 0.3 * np.linalg.norm(l2)  # the L2 term is truncated

@@ -43,6 +43,7 @@ from strategies.base import weighted_train_loss
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 STAT_ROUNDS = (1, 10, 100, 500, 1000, 1800)
+_PRODUCT_AGGREGATE = CompressedPlaintextDriver.aggregate  # each run's wrapper calls it (not a previous wrapper)
 
 
 def _truncate(m: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,12 +52,11 @@ def _truncate(m: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     return (u[:, :r] * s[:r]) @ vt[:r], vt[:r].T @ vt[:r]
 
 
-def _parts(driver: CompressedPlaintextDriver, batch: RoundBatch, b: int, reg: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """User b's (item ids, error term, L2 term) of its uploaded row gradients."""
+def _parts(table: np.ndarray, batch: RoundBatch, b: int, reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """User b's (item ids, error term, L2 term) of its uploaded row gradients; ``table``: the rows it downloaded."""
     items = batch.items[b]
     grads = batch.row_grads[b][batch.row_mask[b]].astype(np.float64)
-    l2 = 2.0 * reg * driver.strategy.model.table_numpy()[items].astype(np.float64)
+    l2 = 2.0 * reg * table[items].astype(np.float64)
     return items, grads - l2, l2
 
 
@@ -69,20 +69,19 @@ def _energies(error: np.ndarray, l2: np.ndarray, r: int) -> tuple[float, float, 
 
 
 def instrument(mode: str, reg: float) -> None:
-    """Wrap the batched compressed driver's aggregation: energies on STAT_ROUNDS, and the exact-l2 upload."""
-    product = CompressedPlaintextDriver.aggregate
+    """Wrap the product's batched compressed aggregation: energies on STAT_ROUNDS, and the exact-l2 upload."""
 
     def aggregate(self: CompressedPlaintextDriver, batch: RoundBatch) -> dict[str, Any]:
-        rnd, rank = self._rnd, self.strategy.codec.rank
+        rnd, rank, table = self._rnd, self.strategy.codec.rank, self.strategy.model.table_numpy()
         if rnd in STAT_ROUNDS:
-            e = np.array([_energies(*_parts(self, batch, b, reg)[1:], rank) for b in range(len(batch.items))])
+            e = np.array([_energies(*_parts(table, batch, b, reg)[1:], rank) for b in range(len(batch.items))])
             print(f"round {rnd:5d}: error energy beyond rank 1 {e[:, 0].mean():.1e}; kept by rank {rank}: "
                   f"error {e[:, 1].mean():.4f}, L2 {e[:, 2].mean():.4f}", flush=True)
         if mode == "product":
-            return product(self, batch)
+            return _PRODUCT_AGGREGATE(self, batch)
         total = np.zeros((self.meta.n_items, self.spec.row_dim))
         for b in range(len(batch.items)):
-            items, error, l2 = _parts(self, batch, b, reg)
+            items, error, l2 = _parts(table, batch, b, reg)
             total[items] += _truncate(error, rank)[0] + l2
         self.strategy.model.step(total, batch.dense_grads.sum(axis=0, dtype=np.float64), len(batch.dense_grads))
         return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings))),
@@ -115,11 +114,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(ML100K))
     args = ap.parse_args()
     for mode in args.mode or ["product", "exact-l2"]:
-        CompressedPlaintextDriver.aggregate = _PRODUCT_AGGREGATE  # type: ignore[method-assign]
         run(mode, args.rounds, args.seed, args.data)
-
-
-_PRODUCT_AGGREGATE = CompressedPlaintextDriver.aggregate
 
 if __name__ == "__main__":
     main()

@@ -343,22 +343,39 @@ def test_fm_and_deepfm_equal_the_field_by_field_formula(spec):
 
 def test_local_steps_and_server_step_flush_denormals_and_restore_the_flag():
     """Both engines compute with denormals flushed (an L2-decayed weight made DeepFM rounds 3x slower), and
-    leave this thread's flag as they found it (numpy and hypothesis in the caller's thread need subnormals)."""
+    leave this thread's flag as they found it (numpy and hypothesis in the caller's thread need subnormals).
+
+    Checked by what each computes: Adam's first moment decays as 0.9 m + 0.1 g, so a denormal moment under
+    a zero gradient stays a (smaller) denormal unless the step runs flushed, where it becomes exactly 0."""
     from models.training import denormals_flushed
     from strategies.public_model import PublicModel
 
     spec = SPECS[0]
     torch.set_flush_denormal(False)
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
-    assert (tiny * 1.0).item() != 0.0
+    assert (tiny * 0.9).item() != 0.0  # what an unflushed Adam decay gives: the check below can fail
     with denormals_flushed():
-        assert (tiny * 1.0).item() == 0.0
+        assert (tiny * 0.9).item() == 0.0
     assert (tiny * 1.0).item() != 0.0  # restored
+
+    # Local steps: zero user vector and zero rows give the MF user vector a zero gradient (error x row, and
+    # the L2 term of a zero vector); its denormal moments must come out exactly 0.
     items, local, ratings, user_x, item_x, state = _users(spec, ks=(2,), ns=(3,))
-    rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
-    train_batch(spec, rows, init_dense(spec, 0), state, make_batch(local, ratings, user_x, item_x),
-                lr=0.05, reg=0.01, steps=1)
+    state.params[:] = 0.0
+    state.m[:] = 1e-39
+    rows = np.zeros((1, 2, spec.row_dim), dtype=np.float32)
+    batch = make_batch(local, ratings, user_x, item_x)
+    _, _, user_g, _ = _leaf_grads(spec, rows, init_dense(spec, 0), state.params, batch, 0.01)
+    still = user_g[0] == 0.0
+    assert still.sum() >= spec.dim  # the user vector at least
+    res = train_batch(spec, rows, init_dense(spec, 0), state, batch, lr=0.05, reg=0.01, steps=1)
+    assert np.all(res.private.m[0, still] == 0.0)
+
+    # Server step: a denormal gradient is read as zero, so Adam's first moment is exactly 0 (unflushed: 1e-40).
     model = PublicModel(spec, N_ITEMS, 0, 0.01)
-    model.step(np.zeros((N_ITEMS, spec.row_dim)), np.zeros(spec.dense_size), 1)
+    model.step(np.full((N_ITEMS, spec.row_dim), 1e-39), np.zeros(spec.dense_size), 1)
+    moments = model.state_arrays()
+    first = next(v for k, v in moments.items() if k.endswith("exp_avg") and v.shape == (N_ITEMS, spec.row_dim))
+    assert np.all(first == 0.0)
     assert (tiny * 1.0).item() != 0.0  # neither leaves the flag on
     assert np.nextafter(np.float32(0), np.float32(1)) * np.float32(1) != 0  # numpy keeps its subnormals

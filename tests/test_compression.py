@@ -210,7 +210,7 @@ def test_table10_and_factory():
 
 
 def test_mf_update_is_a_rank_one_error_term_plus_the_l2_term_svd_truncates():
-    """Why SVD costs MF utility (README, Table 3; benchmarks/svd_gap.py): a user's uploaded item gradient,
+    """Why SVD costs MF utility (README, Table 3; benchmarks/compression_gap.py): a user's uploaded item gradient,
     minus its L2 term 2 reg x rows (``reg_form=user``), is rank 1 ([u, 1] scaled per item by its error),
     so a rank-r SVD keeps it whole and truncates only the L2 term, which spans up to row_dim directions."""
     from models import ModelSpec, PrivateState, gather_rows, init_dense, init_item_table, make_batch, train_batch

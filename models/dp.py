@@ -23,6 +23,18 @@ import numpy as np
 import torch
 
 
+def clip_factors(squared_norms: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each record's factor min(1, clip / ||g||) from its squared gradient norm (0 norm: factor 1).
+
+    Split out so that a record norm computed without forming the gradient (DeepFM's first layer in
+    :mod:`models.dp_training`) is clipped by the same rule.
+    """
+    if not clip > 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    norms = torch.sqrt(squared_norms.clamp_min(0))
+    return torch.clamp(clip / norms.clamp_min(torch.finfo(squared_norms.dtype).tiny), max=1.0)
+
+
 def clip_per_record(*per_record: torch.Tensor, clip: float) -> tuple[torch.Tensor, ...]:
     """Clip each record's gradient to L2 norm ``clip``, jointly over all parameter groups.
 
@@ -39,8 +51,7 @@ def clip_per_record(*per_record: torch.Tensor, clip: float) -> tuple[torch.Tenso
     n = per_record[0].shape[0]
     if any(t.shape[0] != n for t in per_record):
         raise ValueError("all per-record gradients need the same number of records (dimension 0)")
-    sq = sum(t.reshape(n, -1).pow(2).sum(dim=1) for t in per_record)
-    factor = torch.clamp(clip / torch.sqrt(sq).clamp_min(torch.finfo(sq.dtype).tiny), max=1.0)
+    factor = clip_factors(sum(t.reshape(n, -1).pow(2).sum(dim=1) for t in per_record), clip)
     return tuple(t * factor.reshape((n,) + (1,) * (t.dim() - 1)) for t in per_record)
 
 

@@ -121,6 +121,7 @@ def unflatten_dense(spec: ModelSpec, dense: torch.Tensor) -> dict[str, torch.Ten
 
 # terms fixed across calls ----------------------------------------------------
 Memo = dict[str, "torch.Tensor | None"]
+DenseParams = dict[str, torch.Tensor]  # named dense parameters, [B or 1, *shape] each
 
 
 def fixed(memo: Memo | None, key: str, compute: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
@@ -240,9 +241,12 @@ def _deepfm(spec, q, user, p, batch, memo):
     q_emb, q_bias = q.split([d, 1], dim=2)
     # W's user, item and feature blocks [B, 4d, fields, d]: one split, whose backward writes W's gradient
     # once (indexing each block would fill a zero gradient of all of W per block and add them up)
-    w_user, w_item, w_features = p["deep.0.weight"].reshape(user.shape[0], -1, spec.n_features + 2, d).split(
+    # W may also be one [1, ...] copy shared by the whole batch (record-level clipping, models.dp_training):
+    # expand is then a stride-0 view and the einsums broadcast; with a per-user W both are no-ops
+    weight = p["deep.0.weight"]
+    w_user, w_item, w_features = weight.reshape(weight.shape[0], -1, spec.n_features + 2, d).split(
         [1, 1, spec.n_features], dim=2)
-    h = (_rowwise_dot(w_user.squeeze(2), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
+    h = (_rowwise_dot(w_user.squeeze(2).expand(user.shape[0], -1, -1), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
     h = (h + fixed(memo, "deepfm.items", lambda: torch.einsum("bnd,bhd->bnh", q_emb, w_item.squeeze(2)))
          + fixed(memo, "deepfm.features", lambda: torch.bmm(
              x, torch.einsum("bhfd,bfd->bfh", w_features, p["feat_emb"]))))  # x @ (W_f e_f), W_f e_f: [B, F, 4d]
@@ -253,20 +257,45 @@ def _deepfm(spec, q, user, p, batch, memo):
 
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
 
+# The one dense weight whose per-record gradient models.dp_training never materialises: DeepFM's first MLP
+# layer, 4d x (F+2)d = 835,584 of the 873K dense values at d=64 on ml_100k. Its input is mlp_input's.
+WIDE_LINEAR = {"deepfm": "deep.0"}
+
+
+def mlp_input(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, params: DenseParams,
+              batch: UserBatch) -> torch.Tensor:
+    """The input of DeepFM's first MLP layer, materialised: [p_u | q_i | x_1 e_1 | ... | x_F e_F], [B, N, (F+2)d].
+
+    :func:`_deepfm` never builds it (it applies the layer blockwise); record-level clipping needs it to
+    form that layer's per-record gradient g a^T without storing it. ``params["feat_emb"]`` may be
+    [B, F, d] or one shared [1, F, d].
+    """
+    d = spec.dim
+    x = _features(batch)
+    b, n = x.shape[:2]
+    features = (x.unsqueeze(3) * params["feat_emb"].unsqueeze(1)).reshape(b, n, -1)
+    return torch.cat([user[:, None, :d].expand(b, n, d), fetch_rated(rows, batch)[..., :d], features], dim=2)
+
 
 def fetch_rated(rows: torch.Tensor, batch: UserBatch) -> torch.Tensor:
     """The row of each of the batch's ratings, [B, N, row_dim] (what :func:`predict` reads)."""
     return _fetch(rows, batch.local_items)
 
 
-def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
+def _params(spec: ModelSpec, dense: torch.Tensor | DenseParams) -> DenseParams:
+    return dense if isinstance(dense, dict) else unflatten_dense(spec, dense)
+
+
+def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor | DenseParams,
             batch: UserBatch, memo: Memo | None = None) -> torch.Tensor:
     """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless.
 
-    ``memo``: see :func:`fixed` (the private Adam steps hold rows, dense and batch fixed).
+    ``dense``: the flat [B, dense_size] vector, or its named parameters (``unflatten_dense``'s dict; record
+    clipping passes DeepFM's WIDE_LINEAR weight as one shared [1, ...] constant). ``memo``: see
+    :func:`fixed` (the private Adam steps hold rows, dense and batch fixed).
     """
     rated = fixed(memo, "rated", lambda: fetch_rated(rows, batch))
-    return _FORWARD[spec.name](spec, rated, user, unflatten_dense(spec, dense), batch, memo)
+    return _FORWARD[spec.name](spec, rated, user, _params(spec, dense), batch, memo)
 
 
 def row_squares(rows: torch.Tensor) -> torch.Tensor:
@@ -274,16 +303,21 @@ def row_squares(rows: torch.Tensor) -> torch.Tensor:
     return (rows ** 2).sum((1, 2))
 
 
-def dense_squares(spec: ModelSpec, dense: torch.Tensor) -> torch.Tensor | None:
-    """Per user [B]: the dense parameters' part of :func:`regularizer` (None: the model has none)."""
+def dense_squares(spec: ModelSpec, dense: torch.Tensor | DenseParams) -> torch.Tensor | None:
+    """Per user [B]: the dense parameters' part of :func:`regularizer` (None: the model has none).
+
+    A dict of named parameters sums per parameter (a shared [1, ...] one broadcasts: its constant term).
+    """
     if spec.reg_dense:
+        if isinstance(dense, dict):
+            return sum(((v ** 2).reshape(v.shape[0], -1).sum(1) for v in dense.values()), torch.zeros(()))
         return (dense ** 2).sum(1)
     if spec.name in ("fm", "deepfm"):
-        return (unflatten_dense(spec, dense)["feat_emb"] ** 2).sum((1, 2))
+        return (_params(spec, dense)["feat_emb"] ** 2).sum((1, 2))
     return None
 
 
-def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
+def regularizer(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor | DenseParams,
                 rows_part: torch.Tensor | None = None, memo: Memo | None = None) -> torch.Tensor:
     """Per user [B]: sum of squares of its user vector and its fetched rows, and of the feature
     embeddings (FM, DeepFM) or, with ``spec.reg_dense``, of every dense parameter.

@@ -25,7 +25,7 @@ import torch
 from models.batch import UserBatch
 from models.init import init_private
 from models.private_adam import adam_step, bias_corrections
-from models.recommenders import Memo, fixed, predict, regularizer, row_squares
+from models.recommenders import DenseParams, Memo, fixed, predict, regularizer, row_squares
 from models.spec import ModelSpec
 
 
@@ -81,8 +81,8 @@ class BatchResult:
     private: PrivateState    # after the Adam steps
 
 
-def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor, batch: UserBatch,
-                reg: float, memo: Memo | None = None) -> torch.Tensor:
+def user_losses(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor | DenseParams,
+                batch: UserBatch, reg: float, memo: Memo | None = None) -> torch.Tensor:
     """Each user's loss [B]: mean squared error over its real ratings (0 with none) + reg x regulariser
     (its rows' part per ``spec.reg_form``).
 

@@ -69,3 +69,49 @@ def test_chunking_changes_nothing_and_unclipped_sum_is_the_summed_loss_gradient(
     plain = train_batch(spec, rows, dense, priv, batch, lr=0.01, reg=0.0, steps=1)  # mean loss over 3 ratings
     np.testing.assert_allclose(a[0], 3 * plain.row_grads, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a[1], 3 * plain.dense_grads, rtol=1e-4, atol=1e-6)
+
+
+def _clipped_by_definition(spec, rows, user, dense, batch, reg, clip):
+    """One rating at a time through user_losses with the whole flat dense vector as one leaf: the record's
+    full gradient (rows and every dense value, DeepFM's first layer included), clipped, summed per user."""
+    from models.training import user_losses
+    row_out, dense_out = np.zeros_like(rows), np.zeros((rows.shape[0], spec.dense_size), np.float32)
+    for b in range(rows.shape[0]):
+        for j in range(int(batch.n_ratings[b])):
+            i = int(batch.local_items[b, j])
+            q = torch.tensor(rows[b, i][None, None], requires_grad=True)
+            d = torch.tensor(dense[None], requires_grad=True)
+            one = make_batch([np.zeros(1, np.int64)], [batch.ratings[b, j:j + 1].numpy()], batch.user_x[b:b + 1].numpy(),
+                             [batch.item_x[b, j:j + 1].numpy()])
+            user_losses(spec, q, torch.tensor(user[b:b + 1]), d, one, reg).sum().backward()
+            norm = float(torch.sqrt((q.grad ** 2).sum() + (d.grad ** 2).sum()))
+            factor = min(1.0, clip / norm)
+            row_out[b, i] += q.grad[0, 0].numpy() * factor
+            dense_out[b] += d.grad[0].numpy() * factor
+    return row_out, dense_out
+
+
+@pytest.mark.parametrize("reg_dense", [True, False])
+@pytest.mark.parametrize("clip", [0.3, 3.0, 1e6])
+def test_deepfm_first_layer_never_materialised_equals_per_rating_definition(reg_dense, clip):
+    """DeepFM's first MLP layer is clipped from ||g||^2 ||a||^2 (+ its L2 terms) and summed as g a^T per user,
+    never per record (models/dp_training.py): the upload equals per-rating autograd of the whole dense vector,
+    for clips that bind on every record, on some, and on none; also with several users sharing a chunk."""
+    from models.dp_training import clipped_public_gradients
+    spec = ModelSpec("deepfm", 4, 3, 2, reg_form="rating", reg_dense=reg_dense)
+    gen = np.random.default_rng(7)
+    dense = init_dense(spec, 3) + gen.normal(0, 0.3, spec.dense_size).astype(np.float32)  # biases, norms != 0
+    table = init_item_table(spec, 6, 1)
+    local = [np.array([0, 2, 5, 1]), np.array([3]), np.array([4, 0, 2])]
+    ratings = [gen.integers(1, 6, len(li)).astype(np.float32) for li in local]
+    batch = make_batch(local, ratings, gen.random((3, 3)), [gen.random((len(li), 2)) for li in local])
+    user = PrivateState.initial(spec, [0, 1, 2], 0).params.astype(np.float32)
+    rows = np.stack([table] * 3) + gen.normal(0, 0.2, (3,) + table.shape).astype(np.float32)
+    want_rows, want_dense = _clipped_by_definition(spec, rows, user, dense, batch, 0.1, clip)
+    for chunk in (1 << 24, 1):  # all records in one chunk (several users in one padded product), one each
+        got_rows, got_dense = clipped_public_gradients(spec, rows, user, dense, batch, 0.1, clip, chunk_elements=chunk)
+        np.testing.assert_allclose(got_rows, want_rows, rtol=2e-4, atol=2e-6)
+        np.testing.assert_allclose(got_dense, want_dense, rtol=2e-4, atol=2e-6)
+    norms = [np.linalg.norm(np.concatenate([want_rows[b].ravel(), want_dense[b]])) for b in range(3)]
+    if clip == 0.3:  # every record clipped: a user's upload is at most n_ratings x clip
+        assert all(n <= len(li) * clip + 1e-5 for n, li in zip(norms, local))

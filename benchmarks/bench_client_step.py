@@ -10,8 +10,12 @@ serialisation. ``--profile`` also prints the cProfile top functions.
 Part 2 runs the batched engine's step (``models.training.train_batch``) for
 the same users at once: one padded batch, and the users split by
 ``models.batch.length_buckets`` so short users are not padded to the longest.
+With ``--dp-clip C`` it also times the record-level clipped step that
+differential privacy runs (``models.dp_training.train_batch_clipped``) on the
+same buckets: what clipping costs against the plain step, in the same run.
 
     python -m benchmarks.bench_client_step --dataset ml_100k --data-path /work/shared/data/ml-100k
+    python -m benchmarks.bench_client_step --model deepfm --clients 10 --dp-clip 0.5
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import pstats
 import time
 from collections import defaultdict
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,6 +40,7 @@ from clients.local_training import train_locally
 from clients.private_state import device_state_dir, load_private, save_private
 from models import PrivateState, gather_rows, init_dense, init_item_table, make_batch_flat, train_batch
 from models.batch import length_buckets
+from models.dp_training import train_batch_clipped
 from recdata.dataset import load_split
 from schemas import plaintext as schema
 from schemas.config import AppConfig
@@ -114,8 +120,10 @@ def full_handler(cfg: AppConfig, users: np.ndarray) -> float:
     return total / len(users)
 
 
-def batched_step(cfg: AppConfig, users: np.ndarray, max_pad_ratio: float | None, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``train_batch`` on all ``users`` (their full train sets), bucketed or not."""
+def batched_step(cfg: AppConfig, users: np.ndarray, max_pad_ratio: float | None, repeats: int,
+                 clip: float | None = None) -> float:
+    """Best-of-``repeats`` seconds of ``train_batch`` on all ``users`` (their full train sets), bucketed or not;
+    with ``clip``, of the record-level clipped step (``train_batch_clipped``) instead."""
     split, spec, table, dense = _public_model(cfg)
     data = [split.user(int(u)) for u in users]
     lengths = np.array([len(d.train_items) for d in data], dtype=np.int64)
@@ -130,11 +138,12 @@ def batched_step(cfg: AppConfig, users: np.ndarray, max_pad_ratio: float | None,
                                 np.concatenate([data[b].train_ratings for b in group]),
                                 split.user_features[users[group]], split.item_features[flat_items])
         prepared.append((rows, batch, state.take(group)))
+    train = train_batch if clip is None else partial(train_batch_clipped, clip=clip)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for rows, batch, private in prepared:
-            train_batch(spec, rows, dense, private, batch, float(cfg.model.lr), float(cfg.model.reg),
+            train(spec, rows, dense, private, batch, float(cfg.model.lr), float(cfg.model.reg),
                         int(cfg.train.local_user_steps))
         best = min(best, time.perf_counter() - start)
     return best
@@ -147,6 +156,8 @@ def main() -> None:
     parser.add_argument("--model", default="mf")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dp-clip", type=float, default=None,
+                        help="also time the record-level clipped (DP) step with this clip")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions of on_update")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (Ray gives each simulation actor 1, as OMP_NUM_THREADS)")
@@ -173,6 +184,9 @@ def main() -> None:
     for label, ratio in (("one padded batch", None), ("length buckets, pad <= 1.5x", 1.5),
                          ("length buckets, pad <= 1.2x", 1.2)):
         print(f"  {label:28s} {1e3 * batched_step(cfg, users, ratio, args.repeats):8.2f}")
+        if args.dp_clip is not None:
+            clipped = batched_step(cfg, users, ratio, args.repeats, args.dp_clip)
+            print(f"  {'  record-clipped (DP)':28s} {1e3 * clipped:8.2f}")
 
 
 if __name__ == "__main__":

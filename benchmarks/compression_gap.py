@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from engine.compressed_protocol import CompressedPlaintextDriver
-from models.compression import CoLRCodec, UpdateCodec
 from engine.model_protocols import LossCount, RoundBatch
+from models.compression import CoLRCodec, UpdateCodec
 from schemas.compressed import encode_update
 from simulations.config import compose_config, to_app_config
 from simulations.run import simulate_batched

@@ -258,7 +258,7 @@ def _deepfm(spec, q, user, p, batch, memo):
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
 
 # The one dense weight whose per-record gradient models.dp_training never materialises: DeepFM's first MLP
-# layer, 4d x (F+2)d = 835,584 of the 873K dense values at d=64 on ml_100k. Its input is mlp_input's.
+# layer, 4d x (F+2)d = 835,584 of the 872,819 dense values at d=64 on ml_100k. Its input is mlp_input's.
 WIDE_LINEAR = {"deepfm": "deep.0"}
 
 

@@ -144,7 +144,7 @@ def batched_step(cfg: AppConfig, users: np.ndarray, max_pad_ratio: float | None,
         start = time.perf_counter()
         for rows, batch, private in prepared:
             train(spec, rows, dense, private, batch, float(cfg.model.lr), float(cfg.model.reg),
-                        int(cfg.train.local_user_steps))
+                  int(cfg.train.local_user_steps))
         best = min(best, time.perf_counter() - start)
     return best
 

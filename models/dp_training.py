@@ -72,12 +72,14 @@ def _one_rating_batch(batch: UserBatch, owner: torch.Tensor, pos: torch.Tensor) 
 def _wide_split(spec: ModelSpec) -> tuple[str | None, int, int]:
     """(WIDE_LINEAR weight's name or None, its offset in the flat dense vector, its size)."""
     layer = WIDE_LINEAR.get(spec.name)
+    if layer is None:
+        return None, spec.dense_size, 0
     offset = 0
     for name, shape in dense_layout(spec):
         if name == f"{layer}.weight":
             return name, offset, int(np.prod(shape))
         offset += int(np.prod(shape))
-    return None, spec.dense_size, 0
+    raise ValueError(f"{spec.name}'s dense layout has no {layer}.weight")
 
 
 def record_gradients(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
@@ -134,11 +136,11 @@ def clipped_public_gradients(spec: ModelSpec, rows: np.ndarray, user: np.ndarray
     small_out = torch.zeros((n_users, spec.dense_size - size), dtype=torch.float32)
     wide_out = clip_sum = None
     if wide is not None:
-        weight = dense_t[offset:offset + size]
-        w_matrix = unflatten_dense(spec, dense_t.unsqueeze(0))[wide][0]  # [out, in]
+        shared = unflatten_dense(spec, dense_t.unsqueeze(0))  # [1, *shape] each: mlp_input's feature embeddings
+        w_matrix = shared[wide][0]  # [out, in]
+        w_reg_sq = 4 * reg ** 2 * (w_matrix ** 2).sum()  # each record's ||2 reg W||^2
         wide_out = torch.zeros((n_users,) + tuple(w_matrix.shape), dtype=torch.float32)
         clip_sum = torch.zeros(n_users, dtype=torch.float32)
-        shared = unflatten_dense(spec, dense_t.unsqueeze(0))  # [1, *shape] each: mlp_input's feature embeddings
     owner, pos = _records(batch)
     per_record = 2 * (spec.dense_size - size) + 4 * spec.row_dim + (3 * sum(w_matrix.shape) if wide else 0)
     step = max(1, chunk_elements // per_record)
@@ -150,7 +152,7 @@ def clipped_public_gradients(spec: ModelSpec, rows: np.ndarray, user: np.ndarray
             a = mlp_input(spec, rows_t[o, local].unsqueeze(1), user_t[o], shared, _one_rating_batch(batch, o, p))[:, 0]
             sq = sq + (g ** 2).sum(1) * (a ** 2).sum(1)
             if spec.reg_dense:  # + 2 reg W in each record's W gradient (dense_squares)
-                sq = sq + 4 * reg * (g * (a @ w_matrix.T)).sum(1) + 4 * reg ** 2 * (weight ** 2).sum()
+                sq = sq + 4 * reg * (g * (a @ w_matrix.T)).sum(1) + w_reg_sq
         factor = clip_factors(sq, clip)
         row_out.index_put_((o, local), g_rows * factor[:, None], accumulate=True)
         small_out.index_add_(0, o, g_small * factor[:, None])

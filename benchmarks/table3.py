@@ -23,6 +23,8 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3 --models deepfm --methods secemb --jobs 2   # cells in 2 processes, 1 thread each
     python -m benchmarks.table3 --models deepfm --methods secemb --first-seed 2 --seeds 2   # seeds 2 and 3 only
     python -m benchmarks.table3 --rr-presets ml_1m,ml_10m,ml_25m,yelp   # R.R. columns only (no training)
+    python -m benchmarks.table3 --models mf --seeds 2 --out outputs/table3   # keep each cell's run folder,
+    python -m simulations.report outputs/table3                          # then tabulate and plot the curves
 
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
 (SecEmb Table 7: users, items, features; Table 8's embedding sizes; the real files are not on this
@@ -152,7 +154,10 @@ class Cell:
     seconds: float
 
 
-def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: float, data_path: str) -> Cell:
+def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: float, data_path: str,
+             keep: str | None = None) -> Cell:
+    """Train one cell on the batched engine; ``keep``: a folder under which its run folder
+    (``<model>_<method>_seed<seed>``: results.json, records.jsonl, plot) stays, else a temporary one."""
     base = [f"+experiment=secemb_ml100k_{model}", f"dataset.path={data_path}", *METHODS[method], f"seed={seed}",
             "engine=batched", "train.eval_clients=null"]  # every user's test ratings, not the default sample
     cfg = to_app_config(compose_config(base))
@@ -163,9 +168,11 @@ def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: flo
         every -= 1
     cfg = to_app_config(compose_config([*base, f"rounds={rounds}", f"train.eval_every={every}"]))
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        simulate_batched(cfg, out)
-        res = json.loads((Path(out) / "results.json").read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(keep) / f"{model}_{method}_seed{seed}" if keep else Path(scratch)
+        out.mkdir(parents=True, exist_ok=True)
+        simulate_batched(cfg, str(out))
+        res = json.loads((out / "results.json").read_text())
     seconds = time.perf_counter() - start
     up = res["final"]["mean_bytes_up_per_client"]
     before = secfedrec_upload_bytes(cfg, rounds) if method == "secemb" else full_upload_bytes(cfg)
@@ -184,6 +191,8 @@ def main() -> None:
     parser.add_argument("--data-path", default=str(ML100K))
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells run in this many processes at once, one torch thread each (1: in this process)")
+    parser.add_argument("--out", default=None,
+                        help="keep each cell's run folder under this folder (curves; input of simulations.report)")
     parser.add_argument("--rr-presets", default=None,
                         help="comma-separated ml_1m,ml_10m,ml_25m,yelp: print only their computed R.R. columns")
     args = parser.parse_args()
@@ -197,7 +206,8 @@ def main() -> None:
     pool = _pool(args.jobs)
     # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
     futures: dict[tuple[str, str], list] = {
-        (model, method): [pool.submit(run_cell, model, method, s, args.epochs, args.eval_epochs, args.data_path)
+        (model, method): [pool.submit(run_cell, model, method, s, args.epochs, args.eval_epochs, args.data_path,
+                                      args.out)
                           for s in range(args.first_seed, args.first_seed + args.seeds)]
         for model in models for method in methods}
     for (model, method), row in futures.items():

@@ -26,33 +26,14 @@ import torch
 def clip_factors(squared_norms: torch.Tensor, clip: float) -> torch.Tensor:
     """Each record's factor min(1, clip / ||g||) from its squared gradient norm (0 norm: factor 1).
 
-    Split out so that a record norm computed without forming the gradient (DeepFM's first layer in
-    :mod:`models.dp_training`) is clipped by the same rule.
+    A record's clipped gradient is ``factor * g``. The norm is taken jointly over all of the record's
+    parameter groups (row and dense parts), because the privacy unit is the record, not the tensor;
+    :mod:`models.dp_training` computes it without forming every part (DeepFM's first layer).
     """
     if not clip > 0:
         raise ValueError(f"clip must be positive, got {clip}")
     norms = torch.sqrt(squared_norms.clamp_min(0))
     return torch.clamp(clip / norms.clamp_min(torch.finfo(squared_norms.dtype).tiny), max=1.0)
-
-
-def clip_per_record(*per_record: torch.Tensor, clip: float) -> tuple[torch.Tensor, ...]:
-    """Clip each record's gradient to L2 norm ``clip``, jointly over all parameter groups.
-
-    Every argument holds one gradient per record along dimension 0
-    (``[n_records, ...]``, e.g. the rated item's row gradient and the dense
-    gradient of the same rating); a record's norm is taken over all groups
-    together, because the privacy unit is the record, not the tensor.
-    Records already inside the ball are returned unchanged.
-    """
-    if not clip > 0:
-        raise ValueError(f"clip must be positive, got {clip}")
-    if not per_record:
-        raise ValueError("give at least one per-record gradient tensor")
-    n = per_record[0].shape[0]
-    if any(t.shape[0] != n for t in per_record):
-        raise ValueError("all per-record gradients need the same number of records (dimension 0)")
-    factor = clip_factors(sum(t.reshape(n, -1).pow(2).sum(dim=1) for t in per_record), clip)
-    return tuple(t * factor.reshape((n,) + (1,) * (t.dim() - 1)) for t in per_record)
 
 
 def noise_std(noise_multiplier: float, clip: float) -> float:

@@ -3,7 +3,7 @@
 The privacy unit is one rating. A user's upload (item-row gradients and dense
 gradient) is the SUM over its ratings of each rating's own gradient, clipped
 jointly over rows and dense part to L2 norm ``clip``
-(:func:`models.dp.clip_factors`, the rule of :func:`models.dp.clip_per_record`). Adding or removing one rating then moves
+(:func:`models.dp.clip_factors`). Adding or removing one rating then moves
 the upload, and so the servers' aggregate, by at most ``clip``.
 
 Record loss. Rating j of item i_j contributes

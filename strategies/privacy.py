@@ -2,7 +2,7 @@
 
 What is accounted: record-level DP (one rating added or removed). Each round,
 every sampled user clips each per-rating gradient to L2 norm ``clip``
-(:func:`models.dp.clip_per_record`), so one rating moves the round's aggregate
+(:func:`models.dp_training.clipped_public_gradients`), so one rating moves the round's aggregate
 by at most ``clip``; each of the two servers adds Gaussian noise of std
 ``noise_multiplier * clip`` to its share of the aggregate.
 

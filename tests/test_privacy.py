@@ -7,32 +7,29 @@ import numpy as np
 import pytest
 import torch
 
-from models.dp import add_gaussian_noise, clip_per_record, gaussian_noise, noise_std
+from models.dp import add_gaussian_noise, clip_factors, gaussian_noise, noise_std
 from strategies.privacy import PrivacyLedger, noise_multiplier_for_epsilon
 
 
-def test_clip_per_record_by_hand():
-    g = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
-    (clipped,) = clip_per_record(g, clip=1.0)
-    torch.testing.assert_close(clipped, torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
-
-
-def test_clip_per_record_uses_the_joint_norm_of_all_groups():
-    rows = torch.tensor([[3.0], [0.0]])  # record 0: row part 3, dense part 4 -> norm 5
-    dense = torch.tensor([[[4.0, 0.0]], [[0.0, 0.5]]])
-    clipped_rows, clipped_dense = clip_per_record(rows, dense, clip=2.0)
-    torch.testing.assert_close(clipped_rows, torch.tensor([[1.2], [0.0]]))
-    torch.testing.assert_close(clipped_dense, torch.tensor([[[1.6, 0.0]], [[0.0, 0.5]]]))
-    big = torch.randn(500, 7, generator=torch.Generator().manual_seed(0)) * 3
-    (c,) = clip_per_record(big, clip=0.5)
-    norms = c.norm(dim=1)
-    assert torch.all(norms <= 0.5 + 1e-6)
-    inside = big.norm(dim=1) <= 0.5
-    torch.testing.assert_close(c[inside], big[inside])
-    cos = torch.nn.functional.cosine_similarity(c, big, dim=1)
-    torch.testing.assert_close(cos, torch.ones_like(cos))  # direction kept
+def test_clip_factors_by_hand():
+    # squared norms 25, 0.25, 0 with clip 1: factors 1/5, 1 (inside the ball), 1 (no gradient)
+    factors = clip_factors(torch.tensor([25.0, 0.25, 0.0]), clip=1.0)
+    torch.testing.assert_close(factors, torch.tensor([0.2, 1.0, 1.0]))
     with pytest.raises(ValueError):
-        clip_per_record(big, torch.zeros(3, 1), clip=1.0)
+        clip_factors(torch.ones(2), clip=0.0)
+
+
+def test_clip_factors_bound_every_record_and_keep_its_direction():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(500, 7, generator=gen) * torch.logspace(-2, 1, 500)[:, None]  # norms from ~0.03 to ~30
+    c = g * clip_factors((g ** 2).sum(1), clip=0.5)[:, None]
+    assert torch.all(c.norm(dim=1) <= 0.5 + 1e-6)
+    inside = g.norm(dim=1) <= 0.5
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(c[inside], g[inside])
+    torch.testing.assert_close(c[~inside].norm(dim=1), torch.full((int((~inside).sum()),), 0.5))
+    cos = torch.nn.functional.cosine_similarity(c, g, dim=1)
+    torch.testing.assert_close(cos, torch.ones_like(cos))  # direction kept
 
 
 def test_gaussian_noise_has_the_per_server_std_and_is_not_seeded_by_the_run():

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import crypto.ring as ring_module
 from crypto.ring import (
     RING_DTYPES, bits_times_rows, check_ring, negate, party_sign, ring_bits, ring_dtype, ring_matmul, signed_view,
 )
@@ -46,6 +47,19 @@ def test_bits_times_rows_is_exact_mod_2_pow_k(m, k, w, ring, all_ones, seed):
     cw = np.full((k, w), np.iinfo(ring).max, ring) if all_ones else _rand_ring(rng, (k, w), ring)
     expected = t.T.astype(ring) @ cw  # numpy's integer matmul wraps mod 2^k
     assert np.array_equal(bits_times_rows(t, cw), expected)
+
+
+def test_bits_times_rows_sums_slices_of_keys_beyond_the_exact_limit(monkeypatch):
+    """More keys than one exact float64 matmul may take are summed slice by slice (limit lowered to 5 here),
+    and tiles narrower than all leaves add up (tile of 40 entries: 5 keys x 8 leaves)."""
+    monkeypatch.setattr(ring_module, "BITS_MATMUL_MAX_KEYS", 5)
+    monkeypatch.setattr(ring_module, "BITS_TILE", 40)
+    rng = np.random.default_rng(7)
+    t = rng.integers(0, 2, (23, 300), dtype=np.uint8)
+    cw = _rand_ring(rng, (23, 3), np.uint32)
+    assert np.array_equal(bits_times_rows(t, cw), t.T.astype(np.uint32) @ cw)
+    with pytest.raises(ValueError, match="at most"):
+        ring_module._bits_matmul(t, cw)
 
 
 def test_bits_times_rows_of_no_keys_is_zero():

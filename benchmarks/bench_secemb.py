@@ -9,6 +9,8 @@ and Secure FedRec, at the item counts of ML100K, ML1M, ML10M, ML25M and Yelp
 
     python -m benchmarks.bench_secemb --tables bytes,usertime,server --server-users 100,200
     python -m benchmarks.bench_secemb --tables floor --server-users 100   # one server's non-AES costs
+    python -m benchmarks.bench_secemb --tables server,floor --server-users 3 --server-variants secemb --server-dataset ML25M
+        # the same at ML25M's 62,423 items (3 users x 500 keys: their paths fit the default 2 GiB cache)
     python -m benchmarks.bench_secemb --tables cache --cache-users 100,4  # the capped path cache (issue 15)
 """
 
@@ -294,8 +296,9 @@ def aes_rate() -> float:
                prg.aes_blocks_per_second(1 << 15, threads=workers.N_THREADS, passes=64))
 
 
-def table_server(user_counts: list[int], variants: list[str]) -> None:
-    print("\nServer compute per round at ML1M sizes (m=3883, m'=300, d=64+bias, 32-bit ring), both servers one "
+def table_server(user_counts: list[int], variants: list[str], dataset: str = "ML1M") -> None:
+    m, m_prime = DATASETS[dataset][:2]
+    print(f"\nServer compute per round at {dataset} sizes (m={m}, m'={m_prime}, d=64+bias, 32-bit ring), both servers one "
           f"after the other on {workers.N_THREADS} cores [paper Table 14]. AES bound = blocks / the highest AES-128-ECB "
           "rate of `cryptography` seen right before or after the row (the rate of this VM varies run to run)")
     print("(exact products s: the two exact ring matmuls of a SecEmb round alone, which the AES bound does not "
@@ -305,22 +308,22 @@ def table_server(user_counts: list[int], variants: list[str]) -> None:
     for variant in variants:
         for users in user_counts:
             before = aes_rate()
-            ret, agg, blocks = server_round(users, variant)
+            ret, agg, blocks = server_round(users, variant, m=m, m_prime=m_prime)
             after = aes_rate()
-            products = exact_products_seconds(users) if variant == "secemb" else float("nan")
+            products = exact_products_seconds(users, m=m, m_prime=m_prime) if variant == "secemb" else float("nan")
             rate = max(before, after)
             both = ret + agg
             bound = blocks / rate
             ratio = f"{both / bound:5.2f}" if bound else "  -  "
             ratio_products = f"{both / (bound + products):5.2f}" if variant == "secemb" else "  -  "
-            paper = PAPER_SERVER_MIN.get(users) if variant == "secemb" else None
+            paper = PAPER_SERVER_MIN.get(users) if variant == "secemb" and dataset == "ML1M" else None
             print(f"{variant:10} {users:5d} | {ret:11.3f} | {agg:13.3f} | {both:14.3f} | {blocks / 1e9:14.2f} |"
                   f" {min(before, after) / 1e6:7.0f}-{rate / 1e6:<9.0f} | {bound:11.2f} | {ratio} |"
                   f" {products:16.2f} | {ratio_products} | {paper * 60 if paper else float('nan'):7.1f}", flush=True)
 
 
 def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) -> None:
-    """Where one server's SecEmb round goes besides AES (server 0, ML1M sizes, best of 3 warm runs).
+    """Where one server's SecEmb round goes besides AES (server 0, ML1M sizes unless given, best of 3 warm runs).
 
     Retrieval is split into the tree expansion (and the AES it needs, timed alone on as many
     blocks), the leaf-cache store and the exact product; aggregation's per-block cost is
@@ -355,7 +358,8 @@ def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) 
                 ("  its AES alone", _best_seconds(lambda: workers.parallel_map(tree_aes, sizes))),
                 ("retrieval product", _best_seconds(
                     lambda: workers.parallel_map(lambda n: rhs.left_multiply(e[:, :n].T), products)))]
-    print(f"\nOne server's retrieval, {users} users at ML1M sizes, {workers.N_THREADS} threads (best of 3 warm runs)")
+    print(f"\nOne server's retrieval, {users} users x {m_prime} keys at {m} items, {workers.N_THREADS} threads "
+          "(best of 3 warm runs)")
     for name, sec in rows:
         print(f"  {name:30} {sec:7.3f} s")
     group = max(1, ev.group_blocks // m)
@@ -477,6 +481,8 @@ def main() -> None:
     parser.add_argument("--models", default="mf,ncf,fm,deepfm")
     parser.add_argument("--server-users", default="100")
     parser.add_argument("--server-variants", default="secemb,rowenc,secfedrec")
+    parser.add_argument("--server-dataset", default="ML1M", choices=sorted(DATASETS),
+                        help="item count and m' of --tables server and floor (SecEmb Table 7 / Appendix I)")
     parser.add_argument("--cache-users", default="100,4", help="users at ML1M and ML25M sizes (--tables cache)")
     parser.add_argument("--cache-rounds", type=int, default=3, help="rounds per cache row: 1 warm-up + best of rest")
     args = parser.parse_args()
@@ -487,11 +493,13 @@ def main() -> None:
     if "usertime" in tables:
         table_user_time(models)
     if "floor" in tables:
-        table_floor(int(args.server_users.split(",")[0]))
+        m, m_prime = DATASETS[args.server_dataset][:2]
+        table_floor(int(args.server_users.split(",")[0]), m=m, m_prime=m_prime)
     if "cache" in tables:
         table_cache([int(u) for u in args.cache_users.split(",")], args.cache_rounds)
     if "server" in tables:
-        table_server([int(u) for u in args.server_users.split(",")], args.server_variants.split(","))
+        table_server([int(u) for u in args.server_users.split(",")], args.server_variants.split(","),
+                     args.server_dataset)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ MIB = 1 << 20
 DEFAULT_MAX_CACHE_BYTES = 2048 * MIB  # a round's paths at ML1M sizes (100 users x 300 keys: 1.9 GB) still fit
 PATH_BYTES_PER_LEAF = 16 + 1  # leaf seed and its t bit
 RECOMPUTE_CHUNK_BYTES = 128 * MIB  # paths re-expanded at once: > 2 x 2^22 leaves, so a chunk's t term
-# (crypto.ring.bits_times_rows, 2^22 leaves per slice) runs on both pool threads; per-chunk overheads vanish
+# (crypto.ring.bits_times_rows, 2^22 t entries per tile) runs on both pool threads; per-chunk overheads vanish
 PRODUCT_KEYS = 128  # keys per retrieval product (several expansion chunks at large domains)
 EXPAND_CHUNK_LEAVES = 1 << 20  # leaves per expansion task, <= 128 keys: bounds each thread's workspace
 # (16 keys at ML25M: one retrieval then peaked 284 MiB above its inputs, 817 MiB at 128 keys; ML1M keeps 128)

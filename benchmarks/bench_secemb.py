@@ -24,6 +24,7 @@ import resource
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,9 +44,19 @@ from twoserver.variants import variant_of
 
 MIB = 1024 * 1024
 CODEC = FixedPointCodec(16, 300.0)  # 16 fraction bits as in conf/strategy/secemb.yaml; 300 bounds the random values
-DATASETS = {  # items, m', (l_x, l_y), NCF d
-    "ML100K": (1682, 200, (84, 19), 16), "ML1M": (3883, 300, (30, 18), 16), "ML10M": (10681, 300, (0, 20), 24),
-    "ML25M": (62423, 500, (0, 20), 24), "Yelp": (93386, 500, (0, 16), 20),
+class PaperDataset(NamedTuple):
+    """One column of SecEmb's Tables 2 and 7: what the message sizes and server costs depend on."""
+
+    items: int
+    m_prime: int  # SecEmb's padded rows per user (Appendix I)
+    fields: tuple[int, int]  # (l_x, l_y): user and item feature counts (FM, DeepFM)
+    ncf_dim: int  # NCF's embedding size (Table 8); the other models use 64
+
+
+DATASETS = {
+    "ML100K": PaperDataset(1682, 200, (84, 19), 16), "ML1M": PaperDataset(3883, 300, (30, 18), 16),
+    "ML10M": PaperDataset(10681, 300, (0, 20), 24), "ML25M": PaperDataset(62423, 500, (0, 20), 24),
+    "Yelp": PaperDataset(93386, 500, (0, 16), 20),
 }
 PAPER_UP = {  # Table 2 / 16 upload MB: SecFedRec, SecEmb-Init, SecEmb-RowEnc, SecEmb
     "mf": ([0.86, 1.99, 5.47, 31.96, 47.81], [4.56, 7.60, 8.51, 16.83, 17.43], [0.28, 0.43, 0.45, 0.78, 0.79],
@@ -67,9 +78,9 @@ PAPER_SERVER_MIN = {100: 0.08, 200: 0.16, 300: 0.25, 400: 0.33, 500: 0.41}
 
 
 def spec_for(model: str, ds: str) -> ModelSpec:
-    _m, _mp, (lx, ly), ncf_d = DATASETS[ds]
-    return ModelSpec(model, ncf_d if model == "ncf" else 64, lx if model in ("fm", "deepfm") else 0,
-                     ly if model in ("fm", "deepfm") else 0)
+    shape = DATASETS[ds]
+    lx, ly = shape.fields if model in ("fm", "deepfm") else (0, 0)
+    return ModelSpec(model, shape.ncf_dim if model == "ncf" else 64, lx, ly)
 
 
 def paper_formula_mib(m: int, m_prime: int, d: int) -> float:
@@ -83,7 +94,7 @@ def user_round_messages(model: str, ds: str, variant: str) -> tuple[int, int, fl
     Payload values are random, as real shares and parameters are: Flower deduplicates identical
     array chunks, so all-zero test arrays would under-count the bytes.
     """
-    m, m_prime, _, _ = DATASETS[ds]
+    m, m_prime = DATASETS[ds].items, DATASETS[ds].m_prime
     spec = spec_for(model, ds)
     ring = np.uint32
     _sk1, pub1 = generate_keypair()
@@ -129,7 +140,7 @@ def table_bytes(models: list[str]) -> None:
         for variant in ("secemb", "rowenc", "init", "secfedrec"):
             cells_up, cells_down = [], []
             for i, ds in enumerate(names):
-                if variant == "init" and DATASETS[ds][0] > 20000 and model == "deepfm":
+                if variant == "init" and DATASETS[ds].items > 20000 and model == "deepfm":
                     cells_up.append(f"{'skipped':>22}")
                     cells_down.append(f"{'':>22}")
                     continue
@@ -143,7 +154,7 @@ def table_bytes(models: list[str]) -> None:
             print(f"{model:6} {variant:10} up   " + "  ".join(cells_up))
             print(f"{'':6} {'':10} down " + "  ".join(cells_down))
         if model == "mf":
-            form = [paper_formula_mib(DATASETS[ds][0], DATASETS[ds][1], 64) for ds in names]
+            form = [paper_formula_mib(DATASETS[ds].items, DATASETS[ds].m_prime, 64) for ds in names]
             print(f"{'mf':6} {'formula':10} up   " + "  ".join(f"{f:8.3f}".rjust(22) for f in form))
 
 
@@ -297,7 +308,7 @@ def aes_rate() -> float:
 
 
 def table_server(user_counts: list[int], variants: list[str], dataset: str = "ML1M") -> None:
-    m, m_prime = DATASETS[dataset][:2]
+    m, m_prime = DATASETS[dataset].items, DATASETS[dataset].m_prime
     print(f"\nServer compute per round at {dataset} sizes (m={m}, m'={m_prime}, d=64+bias, 32-bit ring), both servers one "
           f"after the other on {workers.N_THREADS} cores [paper Table 14]. AES bound = blocks / the highest AES-128-ECB "
           "rate of `cryptography` seen right before or after the row (the rate of this VM varies run to run)")
@@ -493,8 +504,8 @@ def main() -> None:
     if "usertime" in tables:
         table_user_time(models)
     if "floor" in tables:
-        m, m_prime = DATASETS[args.server_dataset][:2]
-        table_floor(int(args.server_users.split(",")[0]), m=m, m_prime=m_prime)
+        shape = DATASETS[args.server_dataset]
+        table_floor(int(args.server_users.split(",")[0]), m=shape.items, m_prime=shape.m_prime)
     if "cache" in tables:
         table_cache([int(u) for u in args.cache_users.split(",")], args.cache_rounds)
     if "server" in tables:

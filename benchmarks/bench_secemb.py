@@ -44,6 +44,8 @@ from twoserver.variants import variant_of
 
 MIB = 1024 * 1024
 CODEC = FixedPointCodec(16, 300.0)  # 16 fraction bits as in conf/strategy/secemb.yaml; 300 bounds the random values
+
+
 class PaperDataset(NamedTuple):
     """One column of SecEmb's Tables 2 and 7: what the message sizes and server costs depend on."""
 

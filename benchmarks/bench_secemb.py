@@ -394,7 +394,7 @@ def table_floor(users: int, m: int = 3883, m_prime: int = 300, width: int = 65) 
         print(f"  {name:30} {sec / (10 * group * m) * 1e9:7.2f} ns")
 
 
-CACHE_SIZES = {"ML1M": (3706, 300), "ML25M": (62423, 500)}  # rated items, m' (ML25M's m' as in DATASETS)
+CACHE_ITEMS = {"ML1M": 3706, "ML25M": 62423}  # rated items: the cache spans them; m' is DATASETS'
 
 
 def _peak_rss_while(fn) -> tuple[object, int]:
@@ -467,7 +467,8 @@ def table_cache(user_counts: list[int], rounds: int = 3) -> None:
     print("data   users     m    m' | cap MiB | recomputed | retrieval s | aggregation s | CPU s | AES blocks (G) |"
           " AES bound s | ratio | inputs RSS MiB | peak RSS MiB | HWM MiB | full cache MiB")
     spawn = multiprocessing.get_context("spawn")
-    for (name, (m, m_prime)), users in zip(CACHE_SIZES.items(), user_counts):
+    for (name, m), users in zip(CACHE_ITEMS.items(), user_counts):
+        m_prime = DATASETS[name].m_prime
         n_keys = users * m_prime
         per_key = dpf_eval.PATH_BYTES_PER_LEAF * m
         full = n_keys * per_key

@@ -28,6 +28,7 @@ from schemas import secemb as schema
 from schemas.wire import MAX_FRAME, decode_frame, encode_frame
 from twoserver.link import Server1Client, Server1Error, Server1Unavailable
 from twoserver.operations import Server1
+from twoserver.party import SecEmbParty
 from twoserver.transport import SocketLink, TlsFiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,6 +316,37 @@ def test_an_evaluation_retrieval_leaves_the_rounds_training_state_alone():
     # below the floor: refused before any work
     assert call("retrieve_eval", *Round(s1.public_key, "ev", 3, [1], purpose=schema.EVAL_BOX).retrieve_args()
                 )[0] == "error"
+
+
+def test_server1_keeps_its_training_party_and_a_failed_retrieval_leaves_no_round_to_aggregate(monkeypatch):
+    """Server 1 reuses its training party (and the buffers of its cached paths) from round to round, as
+    server 0 does. A retrieval that fails after it was admitted has begun replacing those paths: the
+    previous round can no longer be aggregated (it would be summed from nothing), and the failed round
+    may be retried."""
+    s1 = Server1(min_users=2)
+
+    def call(op, meta, arrays=None):
+        return decode_frame(s1.handle(encode_frame(op, meta, arrays or {})))
+
+    call("set_model", {"ring_bits": 32}, {"table": _table(N_ITEMS)})
+    r1 = Round(s1.public_key, "keep", 1, [1, 2])
+    assert call("retrieve", *r1.retrieve_args())[0] == "ok"
+    party = s1.party
+
+    def failing(self, keys, table):
+        self.context = None  # as SecEmbParty.retrieve does before it evaluates
+        raise MemoryError("injected: the evaluation ran out of memory")
+
+    monkeypatch.setattr(SecEmbParty, "retrieve", failing)
+    r2 = Round(s1.public_key, "keep", 2, [1, 2])
+    assert call("retrieve", *r2.retrieve_args())[0] == "error"
+    monkeypatch.undo()
+    status, meta, _ = call("aggregate", *r1.aggregate_args([1, 2]))
+    assert status == "error" and "latest retrieval" in meta["reason"]
+    assert call("retrieve", *r2.retrieve_args())[0] == "ok"  # the failed round was not consumed
+    status, meta, arrays = call("aggregate", *r2.aggregate_args([1, 2]))
+    assert status == "ok" and meta["users"] == [1, 2]
+    assert s1.party is party
 
 
 def test_sum_shares_once_per_round_and_users_that_fail_count_against_the_floor():

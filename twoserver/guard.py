@@ -14,7 +14,9 @@ gradient, so server 1 keeps, per run:
   raise server 1's floor, never lower it.
 
 The round state is recorded only when an operation succeeded, so a refused
-request consumes nothing. Meta fields are range-checked against the model
+request consumes nothing. One exception: a retrieval that was admitted but
+failed has already begun to overwrite the cached paths, so after it no
+round can be aggregated until a retrieval succeeds. Meta fields are range-checked against the model
 server 1 holds and the bytes the frame actually carries, so a request cannot
 make server 1 allocate more than a frame's worth of memory.
 """
@@ -215,6 +217,8 @@ class RoundGuard:
             self._enough(state, len(users), "count")
         elif op == "retrieve":
             _one_per_round("retrieval", "retrieved", meta, state.last_retrieval)
+            # from here on the cached paths are being replaced: if this retrieval fails, no round's remain
+            self._last_retrieval = None
         elif op == "retrieve_eval":
             _one_per_round("evaluation retrieval", "retrieved for evaluation", meta, state.last_eval_retrieval)
             self._enough(state, len(users), "evaluation retrieval")

@@ -139,9 +139,20 @@ class Server1:
         return {"rejected": rejected}, {"sum": total}
 
     def _op_retrieve(self, meta, arrays):
-        """A training retrieval: this round's party keeps the keys' paths for the aggregation."""
-        self.party = SecEmbParty(1, self._table().shape[0], self.ring_dtype, self.max_cache_bytes)
-        return self._retrieve(self.party, meta, arrays, "retrieve", "shares")
+        """A training retrieval: the training party keeps the keys' paths for this round's aggregation."""
+        return self._retrieve(self._training_party(), meta, arrays, "retrieve", "shares")
+
+    def _training_party(self) -> SecEmbParty:
+        """The party training retrievals use, kept from round to round like server 0's.
+
+        Its evaluator reuses the buffers of last round's paths (up to ``max_cache_bytes``); a party
+        made afresh every round first-touches them again: about 0.2 s per GiB here, at every round.
+        A new table size or ring (``set_model``) gets a new party.
+        """
+        m = self._table().shape[0]
+        if self.party is None or self.party.n_items != m or self.party.ring_dtype != self.ring_dtype:
+            self.party = SecEmbParty(1, m, self.ring_dtype, self.max_cache_bytes)
+        return self.party
 
     def _op_retrieve_eval(self, meta, arrays):
         """An evaluation retrieval (the rows of users' test items): a party of its own, whose paths go with

@@ -128,21 +128,18 @@ def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 BITS_MATMUL_MAX_KEYS = 1 << 20  # a sum of 2^20 products of a bit and a 32-bit limb stays below 2^53
 
 
-def _bits_matmul(t: np.ndarray, cw: np.ndarray, workspace: np.ndarray | None = None) -> np.ndarray:
+def _bits_matmul(t: np.ndarray, cw: np.ndarray, workspace: np.ndarray) -> np.ndarray:
     """t^T @ cw mod 2^k for binary t [K, m] and ring cw [K, w], K <= 2^20: one float64 matmul per 32-bit limb.
 
     With at most 2^20 keys every partial sum stays below 2^53, so the float64 product is exact.
-    ``workspace``: >= K * m float64 values to hold t as float64 (else a fresh array: at 32 MB a tile,
-    glibc maps fresh pages for each one and first-touching them cost about 8 ms per tile here).
+    ``workspace``: >= K * m float64 values that hold t as float64 (a reused buffer: a fresh 32 MB
+    array per tile is above glibc's mmap threshold, and first-touching its pages cost ~8 ms a tile).
     """
     if t.shape[0] > BITS_MATMUL_MAX_KEYS:
         raise ValueError(f"an exact bits x ring matmul takes at most 2^20 keys, got {t.shape[0]}")
     out = np.zeros((t.shape[1], cw.shape[1]), dtype=np.uint64)
-    if workspace is None:
-        tf = t.astype(np.float64)
-    else:
-        tf = workspace[:t.size].reshape(t.shape)
-        tf[...] = t
+    tf = workspace[:t.size].reshape(t.shape)
+    tf[...] = t
     for j, limb in enumerate(limbs(cw, 32)):
         out += (tf.T @ limb).astype(np.uint64) << np.uint64(32 * j)
     return out.astype(cw.dtype)

@@ -16,9 +16,10 @@ gradient, so server 1 keeps, per run:
 The round state is recorded only when an operation succeeded, so a refused
 request consumes nothing. One exception: a retrieval that was admitted but
 failed has already begun to overwrite the cached paths, so after it no
-round can be aggregated until a retrieval succeeds. Meta fields are range-checked against the model
-server 1 holds and the bytes the frame actually carries, so a request cannot
-make server 1 allocate more than a frame's worth of memory.
+round can be aggregated until a retrieval succeeds. Meta fields are
+range-checked against the model server 1 holds and the bytes the frame
+actually carries, so a request cannot make server 1 allocate more than a
+frame's worth of memory.
 """
 
 from __future__ import annotations

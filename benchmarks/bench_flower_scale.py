@@ -34,6 +34,10 @@ per user, Flower's engine then polls every user's node for every message it hold
     python -m benchmarks.bench_flower_scale                               # the full table (tens of minutes)
     python -m benchmarks.bench_flower_scale --presets ml_1m --rows plaintext:100
     python -m benchmarks.bench_flower_scale --presets ml_1m,ml_25m --rows plaintext:100 --node-pools none,200
+    python -m benchmarks.bench_flower_scale --presets ml_1m --rows secemb:100,secemb:1000 --path-cache-mib 8400
+
+``--path-cache-mib`` sets the secemb rows' cap: 8400 holds a whole 1,000-user round of ML-1M paths
+(8.6 GB per server), which separates the cap's recomputation from the servers' growth with the clients.
 
 Machine load matters: the run prints the load average before and after.
 """
@@ -72,13 +76,18 @@ def data_load_seconds(preset: str, seed: int) -> float:
 
 
 def run_row(preset: str, strategy: str, clients: int, rounds: int, eval_users: int, seed: int,
-            node_pool: int | None = None) -> dict:
-    """One Flower simulation; its records, wall time and the process tree's peak memory."""
+            node_pool: int | None = None, path_cache_mib: int | None = None) -> dict:
+    """One Flower simulation; its records, wall time and the process tree's peak memory.
+
+    ``path_cache_mib``: the secemb row's ``strategy.path_cache_mib`` (None: the config's default).
+    """
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "simulations.run", f"dataset=synthetic_{preset}",
                f"strategy={strategy}", f"clients_per_round={clients}", f"rounds={rounds}", f"seed={seed}",
                "train.eval_every=0", f"train.eval_clients={eval_users}", f"output_dir={out}",
                f"simulation.node_pool={'null' if node_pool is None else node_pool}", "hydra/job_logging=disabled"]
+        if path_cache_mib is not None and strategy == "secemb":
+            cmd.append(f"strategy.path_cache_mib={path_cache_mib}")
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         memory = TreeMemory(proc.pid)
@@ -128,6 +137,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--node-pools", default="none",
                         help="simulation.node_pool values, comma-separated (none = one node per user)")
+    parser.add_argument("--path-cache-mib", type=int, default=None,
+                        help="secemb rows' strategy.path_cache_mib (default: the config's cap)")
     args = parser.parse_args()
     pools = [None if p == "none" else int(p) for p in args.node_pools.split(",")]
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -142,7 +153,8 @@ def main() -> None:
         for row in args.rows.split(","):
             strategy, clients = row.split(":")
             for pool in pools:
-                res = run_row(preset, strategy, int(clients), args.rounds, args.eval_users, args.seed, pool)
+                res = run_row(preset, strategy, int(clients), args.rounds, args.eval_users, args.seed, pool,
+                              args.path_cache_mib)
                 nodes = "users" if pool is None else str(pool)
                 if "error" in res:
                     print(f"{preset:8} {strategy:10} {clients:>7} {nodes:>7} failed: {res['error']}", flush=True)

@@ -23,17 +23,22 @@ is run on that batch: one backward pass gives every record's gradient, no
 second model implementation. Records are processed in chunks so that the
 per-record copies stay below ``chunk_elements`` floats.
 
-DeepFM's first MLP layer (``WIDE_LINEAR``: 835,584 of its 872,819 dense values
-at d=64 on ML-100K) is not copied per record: a dense-sized gradient per rating
-made a 10-user round take 5.9 s against 0.87 s without DP. Its weight W enters
-as one shared constant, and its per-record gradient, g a^T + 2 reg W (g: the
-gradient at the layer's output, read off the per-record bias; a: the layer's
-input, :func:`models.recommenders.mlp_input`; the reg term with
+No linear layer's weight is copied per record (:func:`shared_layers`): a
+dense-sized gradient per rating made a 10-user DeepFM round take 5.9 s against
+0.87 s without DP, and its second MLP layer alone was 32,768 of the 37,235
+values still copied per record once the first was not. Each weight W enters as
+one shared constant, and its per-record gradient, g a^T + 2 reg W (g: the
+gradient at the layer's output; a: the layer's input; the reg term with
 ``spec.reg_dense``), is never formed. Its squared norm is
 ||g||^2 ||a||^2 + 4 reg g.(W a) + 4 reg^2 ||W||^2, and a user's clipped sum
 is sum_j c_j g_j a_j^T + 2 reg W sum_j c_j, one matrix product per user (the
 "ghost clipping" of Goodfellow 2015 / Li et al. 2022 for a layer applied once
-per record). tests/test_dp_training.py checks it against per-rating autograd.
+per record). g and a come from the model's own forward
+(:func:`models.recommenders.layer_taps`), except for DeepFM's first layer
+(``WIDE_LINEAR``: 835,584 of its 872,819 dense values at d=64 on ML-100K),
+which the model applies blockwise without forming its input: there g is read
+off the per-record bias and a is :func:`models.recommenders.mlp_input`.
+tests/test_dp_training.py checks both against per-rating autograd.
 
 Private parameters never leave the device and are not part of the release:
 they are updated exactly as without DP, by :func:`models.training._update_private`
@@ -42,12 +47,14 @@ on the user's ordinary (mean) loss, whose first gradient is taken here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from models.batch import UserBatch
 from models.dp import clip_factors
-from models.recommenders import WIDE_LINEAR, dense_layout, mlp_input, unflatten_dense
+from models.recommenders import WIDE_LINEAR, dense_layout, layer_taps, linear_layers, mlp_input, unflatten_dense
 from models.spec import ModelSpec
 from models.training import BatchResult, PrivateState, _check, _update_private, user_losses
 
@@ -69,48 +76,77 @@ def _one_rating_batch(batch: UserBatch, owner: torch.Tensor, pos: torch.Tensor) 
                      n_ratings=torch.ones(n, dtype=torch.int64))
 
 
-def _wide_split(spec: ModelSpec) -> tuple[str | None, int, int]:
-    """(WIDE_LINEAR weight's name or None, its offset in the flat dense vector, its size)."""
-    layer = WIDE_LINEAR.get(spec.name)
-    if layer is None:
-        return None, spec.dense_size, 0
-    offset = 0
+@dataclass(frozen=True)
+class SharedLayer:
+    """A linear layer whose weight W record clipping passes as one shared constant: never copied per record."""
+
+    name: str    # the layer's name; its weight is ``<name>.weight`` [n_out, n_in]
+    offset: int  # the weight's offset in the flat dense vector
+    shape: tuple[int, int]
+
+    @property
+    def weight(self) -> str:
+        return f"{self.name}.weight"
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+def shared_layers(spec: ModelSpec) -> list[SharedLayer]:
+    """Every linear layer of ``spec`` (WIDE_LINEAR first, then the rest in flat-vector order)."""
+    offsets, offset = {}, 0
     for name, shape in dense_layout(spec):
-        if name == f"{layer}.weight":
-            return name, offset, int(np.prod(shape))
+        offsets[name] = (offset, shape)
         offset += int(np.prod(shape))
-    raise ValueError(f"{spec.name}'s dense layout has no {layer}.weight")
+    names = linear_layers(spec)
+    wide = WIDE_LINEAR.get(spec.name)
+    order = ([wide] if wide in names else []) + [n for n in names if n != wide]
+    return [SharedLayer(n, offsets[f"{n}.weight"][0], tuple(offsets[f"{n}.weight"][1])) for n in order]
 
 
 def record_gradients(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
                      batch: UserBatch, reg: float, owner: torch.Tensor, pos: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Unclipped gradients of records (owner[r], pos[r]): (row grads [R, row_dim], dense grads [R, D - W],
-    local row [R], g [R, out] or None), ``dense`` [D], ``rows`` [B, K, row_dim], ``user`` [B, P] the
-    downloaded values (constants).
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Unclipped gradients of records (owner[r], pos[r]): (row grads [R, row_dim], dense grads [R, D - shared],
+    local row [R], {shared layer: (g [R, out], a [R, in])}); ``dense`` [D], ``rows`` [B, K, row_dim],
+    ``user`` [B, P] the downloaded values (constants).
 
-    The dense grads omit the WIDE_LINEAR weight W (when the model has one), which is a shared constant
-    here; g is the gradient at that layer's output, from which the caller forms W's (module docstring).
+    The dense grads omit the weights of :func:`shared_layers`, which are shared constants here; for each,
+    g is the gradient at the layer's output and a its input, from which the caller forms the record's
+    weight gradient g a^T (module docstring).
     """
     local = batch.local_items[owner, pos]
     n = len(owner)
+    layers = shared_layers(spec)
+    shared = {layer.weight for layer in layers}
     rec_rows = rows[owner, local].detach().clone().unsqueeze(1).requires_grad_(True)  # [R, 1, row_dim]
-    wide, _, _ = _wide_split(spec)
-    params = {name: value if name == wide else value.expand(n, *value.shape[1:]).clone().requires_grad_(True)
+    params = {name: value if name in shared else value.expand(n, *value.shape[1:]).clone().requires_grad_(True)
               for name, value in unflatten_dense(spec, dense.detach().unsqueeze(0)).items()}
+    one = _one_rating_batch(batch, owner, pos)
     # one rating per pseudo-user: user_losses = its squared error + reg x (||q||^2 + ||E||^2 + ||p_u||^2);
     # p_u is a constant here, so its term adds no gradient to the public parameters
-    user_losses(spec, rec_rows, user[owner].detach(), params, _one_rating_batch(batch, owner, pos), reg).sum().backward()
-    g = None
-    if wide is not None:
-        bias = params[wide.replace(".weight", ".bias")]
-        g = bias.grad - 2 * reg * bias.detach() if spec.reg_dense else bias.grad  # minus dense_squares' term
-    small = torch.cat([v.grad.reshape(n, -1) for name, v in params.items() if name != wide], dim=1)
-    return rec_rows.grad.squeeze(1), small, local, g
+    with layer_taps() as taps:
+        user_losses(spec, rec_rows, user[owner].detach(), params, one, reg).sum().backward()
+    outer = {}
+    for layer in layers:
+        if layer.name in taps:  # applied by _linear: its input and output gradient were tapped
+            x, y = taps[layer.name]
+            outer[layer.name] = (y.grad[:, 0], x.detach()[:, 0])
+        elif layer.name == WIDE_LINEAR.get(spec.name):  # applied blockwise: g from its per-record bias, a from mlp_input
+            bias = params[f"{layer.name}.bias"]
+            g = bias.grad - 2 * reg * bias.detach() if spec.reg_dense else bias.grad  # minus dense_squares' term
+            with torch.no_grad():
+                outer[layer.name] = (g, mlp_input(spec, rec_rows, user[owner], params, one)[:, 0])
+        else:
+            raise RuntimeError(f"{spec.name}'s layer {layer.name} was not applied by _linear: its per-record "
+                               "input and output gradient are unknown")
+    small = torch.cat([v.grad.reshape(n, -1) for name, v in params.items() if name not in shared], dim=1)
+    return rec_rows.grad.squeeze(1), small, local, outer
 
 
-def _wide_sums(weighted_g: torch.Tensor, inputs: torch.Tensor, owner: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _outer_sums(weighted_g: torch.Tensor, inputs: torch.Tensor, owner: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per distinct owner (in order): sum_j c_j g_j a_j^T [U, out, in], via one padded matrix product."""
     users, counts = torch.unique_consecutive(owner, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
@@ -131,40 +167,45 @@ def clipped_public_gradients(spec: ModelSpec, rows: np.ndarray, user: np.ndarray
     rows_t, user_t = torch.from_numpy(np.asarray(rows, np.float32)), torch.from_numpy(np.asarray(user, np.float32))
     dense_t = torch.from_numpy(np.asarray(dense, np.float32))
     n_users = rows_t.shape[0]
-    wide, offset, size = _wide_split(spec)
+    layers = shared_layers(spec)
+    weights = {layer.name: dense_t[layer.offset:layer.offset + layer.size].reshape(layer.shape) for layer in layers}
+    w_reg_sq = 4 * reg ** 2 * sum(((w ** 2).sum() for w in weights.values()), torch.zeros(()))  # ||2 reg W||^2
     row_out = torch.zeros(rows_t.shape, dtype=torch.float32)
-    small_out = torch.zeros((n_users, spec.dense_size - size), dtype=torch.float32)
-    wide_out = clip_sum = None
-    if wide is not None:
-        shared = unflatten_dense(spec, dense_t.unsqueeze(0))  # [1, *shape] each: mlp_input's feature embeddings
-        w_matrix = shared[wide][0]  # [out, in]
-        w_reg_sq = 4 * reg ** 2 * (w_matrix ** 2).sum()  # each record's ||2 reg W||^2
-        wide_out = torch.zeros((n_users,) + tuple(w_matrix.shape), dtype=torch.float32)
-        clip_sum = torch.zeros(n_users, dtype=torch.float32)
+    small_out = torch.zeros((n_users, spec.dense_size - sum(layer.size for layer in layers)), dtype=torch.float32)
+    outer_out = {layer.name: torch.zeros((n_users,) + layer.shape, dtype=torch.float32) for layer in layers}
+    clip_sum = torch.zeros(n_users, dtype=torch.float32)
     owner, pos = _records(batch)
-    per_record = 2 * (spec.dense_size - size) + 4 * spec.row_dim + (3 * sum(w_matrix.shape) if wide else 0)
+    per_record = (2 * small_out.shape[1] + 4 * spec.row_dim
+                  + sum(3 * sum(layer.shape) for layer in layers))
     step = max(1, chunk_elements // per_record)
     for lo in range(0, len(owner), step):  # chunks of records: memory bounded by chunk_elements
         o, p = owner[lo:lo + step], pos[lo:lo + step]
-        g_rows, g_small, local, g = record_gradients(spec, rows_t, user_t, dense_t, batch, reg, o, p)
+        g_rows, g_small, local, outer = record_gradients(spec, rows_t, user_t, dense_t, batch, reg, o, p)
         sq = (g_rows ** 2).sum(1) + (g_small ** 2).sum(1)
-        if g is not None:
-            a = mlp_input(spec, rows_t[o, local].unsqueeze(1), user_t[o], shared, _one_rating_batch(batch, o, p))[:, 0]
+        for name, (g, a) in outer.items():  # each record's ||g a^T (+ 2 reg W)||^2, not formed
             sq = sq + (g ** 2).sum(1) * (a ** 2).sum(1)
-            if spec.reg_dense:  # + 2 reg W in each record's W gradient (dense_squares)
-                sq = sq + 4 * reg * (g * (a @ w_matrix.T)).sum(1) + w_reg_sq
+            if spec.reg_dense:
+                sq = sq + 4 * reg * (g * (a @ weights[name].T)).sum(1)
+        if spec.reg_dense:
+            sq = sq + w_reg_sq
         factor = clip_factors(sq, clip)
         row_out.index_put_((o, local), g_rows * factor[:, None], accumulate=True)
         small_out.index_add_(0, o, g_small * factor[:, None])
-        if g is not None:
-            users, sums = _wide_sums(g * factor[:, None], a, o)
-            wide_out.index_add_(0, users, sums)
-            clip_sum.index_add_(0, o, factor)
-    if wide is None:
+        clip_sum.index_add_(0, o, factor)
+        for name, (g, a) in outer.items():
+            users, sums = _outer_sums(g * factor[:, None], a, o)
+            outer_out[name].index_add_(0, users, sums)
+    if not layers:
         return row_out.numpy(), small_out.numpy()
-    if spec.reg_dense:
-        wide_out += 2 * reg * clip_sum[:, None, None] * w_matrix
-    dense_out = torch.cat([small_out[:, :offset], wide_out.reshape(n_users, -1), small_out[:, offset:]], dim=1)
+    dense_out = torch.zeros((n_users, spec.dense_size), dtype=torch.float32)
+    kept = torch.ones(spec.dense_size, dtype=torch.bool)
+    for layer in layers:
+        kept[layer.offset:layer.offset + layer.size] = False
+        total = outer_out[layer.name]
+        if spec.reg_dense:  # + 2 reg W in each record's W gradient (dense_squares)
+            total += 2 * reg * clip_sum[:, None, None] * weights[layer.name]
+        dense_out[:, layer.offset:layer.offset + layer.size] = total.reshape(n_users, -1)
+    dense_out[:, kept] = small_out
     return row_out.numpy(), dense_out.numpy()
 
 

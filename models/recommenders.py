@@ -21,7 +21,9 @@ gave the former nn.Module models, so seeded initial values are unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from math import prod
 
@@ -109,6 +111,11 @@ def initial_dense_values(spec: ModelSpec, feature_generator: torch.Generator) ->
     return flat.numpy().astype(np.float32)
 
 
+def linear_layers(spec: ModelSpec) -> list[str]:
+    """Names of ``spec``'s linear layers (each has ``<name>.weight`` [n_out, n_in]), in flat-vector order."""
+    return [block.name for block in _blocks(spec) if isinstance(block, _Linear)]
+
+
 def unflatten_dense(spec: ModelSpec, dense: torch.Tensor) -> dict[str, torch.Tensor]:
     """Views of a [B, dense_size] tensor as the named per-user parameters [B, *shape]."""
     layout = dense_layout(spec)
@@ -140,12 +147,50 @@ def fixed(memo: Memo | None, key: str, compute: Callable[[], torch.Tensor | None
     return memo[key]
 
 
+# layer taps for record-level clipping ----------------------------------------
+LayerTaps = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (its input x, its output y)
+_LAYER_TAPS: ContextVar[LayerTaps | None] = ContextVar("layer_taps", default=None)
+
+
+@contextmanager
+def layer_taps() -> Iterator[LayerTaps]:
+    """Within it, every :func:`_linear` call records (input x, output y) under its layer name, and y keeps
+    its gradient after a backward pass.
+
+    Why: record-level clipping (:mod:`models.dp_training`) passes a linear layer's weight as one shared
+    constant and needs each record's input a and output gradient g, from which the record's weight
+    gradient g a^T and its norm ||g|| ||a|| follow without forming it. Tapping the forward that
+    :func:`predict` runs keeps one implementation of the models (no second forward that returns
+    activations).
+    """
+    taps: LayerTaps = {}
+    token = _LAYER_TAPS.set(taps)
+    try:
+        yield taps
+    finally:
+        _LAYER_TAPS.reset(token)
+
+
 # building blocks on a batch of users ----------------------------------------
 def _linear(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """Per-user linear layer: x [B, N, in] @ W_b^T (+ b_b) -> [B, N, out]."""
-    weight = p[f"{name}.weight"].transpose(1, 2)
+    """Per-user linear layer: x [B, N, in] @ W_b^T (+ b_b) -> [B, N, out].
+
+    A weight of leading size 1 under a batch of several users is one weight shared by all of them (record
+    clipping's constant): one GEMM, rather than a batched product over a broadcast copy per user.
+    """
+    weight = p[f"{name}.weight"]
     bias = p.get(f"{name}.bias")
-    return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    if weight.shape[0] == 1 and x.shape[0] != 1:
+        out = torch.matmul(x, weight[0].T)
+        out = out if bias is None else out + bias.unsqueeze(1)
+    else:
+        weight = weight.transpose(1, 2)
+        out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    taps = _LAYER_TAPS.get()
+    if taps is not None and out.requires_grad:
+        out.retain_grad()
+        taps[name] = (x, out)
+    return out
 
 
 def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:

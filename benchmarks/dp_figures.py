@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--out", default="outputs/dp_figures")
     ap.add_argument("--replot", action="store_true", help="redraw the PNGs from --out's dp_figures.json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                    help="pool the runs of these folders' dp_figures.json (e.g. seeds run side by side) into "
+                         "--out: table, PNGs and dp_figures.json, without training")
     ap.add_argument("--data", default=str(SHARED_ML100K) if SHARED_ML100K.exists() else None,
                     help="folder with ML-100K's u.data etc. (default: ../shared/data/ml-100k when present)")
     args = ap.parse_args(argv)
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         points = json.loads((out / "dp_figures.json").read_text())["points"]
         draw(points, args.clients[0], args.figure, out)
         print(f"figures redrawn in {out}")
+        return
+    if args.merge:
+        runs = [r for folder in args.merge for r in json.loads((Path(folder) / "dp_figures.json").read_text())["runs"]]
+        report(runs, args.clients[0], args.figure, out)
         return
     runs: list[dict[str, Any]] = []
     jobs = []
@@ -163,8 +170,13 @@ def main(argv: list[str] | None = None) -> None:
                       f"sigma={r['noise_multiplier']:.3f} rounds={r['rounds']} rmse={r['test_rmse']:.4f} "
                       f"({r['seconds']:.1f}s)", flush=True)
                 runs.append(r)
+    report(runs, args.clients[0], args.figure, out)
+
+
+def report(runs: list[dict[str, Any]], clients0: int, figure: str, out: Path) -> None:
+    """Average the runs over seeds, draw the figures, write dp_figures.json and print the table."""
     points = _mean_by(runs, ("model", "protocol", "clients", "target_epsilon"))
-    draw(points, args.clients[0], args.figure, out)
+    draw(points, clients0, figure, out)
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
     reference = {(p["protocol"], p["model"], p["clients"]): p["test_rmse"] for p in points
                  if not math.isfinite(p["target_epsilon"])}

@@ -34,11 +34,10 @@ gradient at the layer's output; a: the layer's input; the reg term with
 is sum_j c_j g_j a_j^T + 2 reg W sum_j c_j, one matrix product per user (the
 "ghost clipping" of Goodfellow 2015 / Li et al. 2022 for a layer applied once
 per record). g and a come from the model's own forward
-(:func:`models.recommenders.layer_taps`), except for DeepFM's first layer
-(``WIDE_LINEAR``: 835,584 of its 872,819 dense values at d=64 on ML-100K),
-which the model applies blockwise without forming its input: there g is read
-off the per-record bias and a is :func:`models.recommenders.mlp_input`.
-tests/test_dp_training.py checks both against per-rating autograd.
+(:func:`models.recommenders.layer_taps`), except the input of DeepFM's first
+layer (835,584 of its 872,819 dense values at d=64 on ML-100K), which the model applies blockwise without forming it: that a is
+rebuilt by :func:`models.recommenders.mlp_input`. tests/test_dp_training.py
+checks both against per-rating autograd.
 
 Private parameters never leave the device and are not part of the release:
 they are updated exactly as without DP, by :func:`models.training._update_private`
@@ -54,7 +53,7 @@ import torch
 
 from models.batch import UserBatch
 from models.dp import clip_factors
-from models.recommenders import WIDE_LINEAR, dense_layout, layer_taps, linear_layers, mlp_input, unflatten_dense
+from models.recommenders import dense_layout, layer_taps, linear_layers, mlp_input, unflatten_dense
 from models.spec import ModelSpec
 from models.training import BatchResult, PrivateState, _check, _update_private, user_losses
 
@@ -94,15 +93,12 @@ class SharedLayer:
 
 
 def shared_layers(spec: ModelSpec) -> list[SharedLayer]:
-    """Every linear layer of ``spec`` (WIDE_LINEAR first, then the rest in flat-vector order)."""
+    """Every linear layer of ``spec``, in flat-vector order."""
     offsets, offset = {}, 0
     for name, shape in dense_layout(spec):
         offsets[name] = (offset, shape)
         offset += int(np.prod(shape))
-    names = linear_layers(spec)
-    wide = WIDE_LINEAR.get(spec.name)
-    order = ([wide] if wide in names else []) + [n for n in names if n != wide]
-    return [SharedLayer(n, offsets[f"{n}.weight"][0], tuple(offsets[f"{n}.weight"][1])) for n in order]
+    return [SharedLayer(n, offsets[f"{n}.weight"][0], tuple(offsets[f"{n}.weight"][1])) for n in linear_layers(spec)]
 
 
 def record_gradients(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,
@@ -130,17 +126,14 @@ def record_gradients(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, de
         user_losses(spec, rec_rows, user[owner].detach(), params, one, reg).sum().backward()
     outer = {}
     for layer in layers:
-        if layer.name in taps:  # applied by _linear: its input and output gradient were tapped
-            x, y = taps[layer.name]
-            outer[layer.name] = (y.grad[:, 0], x.detach()[:, 0])
-        elif layer.name == WIDE_LINEAR.get(spec.name):  # applied blockwise: g from its per-record bias, a from mlp_input
-            bias = params[f"{layer.name}.bias"]
-            g = bias.grad - 2 * reg * bias.detach() if spec.reg_dense else bias.grad  # minus dense_squares' term
+        if layer.name not in taps:
+            raise RuntimeError(f"{spec.name}'s layer {layer.name} was not tapped: its per-record input and output "
+                               "gradient are unknown")
+        x, y = taps[layer.name]
+        if x is None:  # DeepFM's first layer, applied blockwise without forming its input: rebuild it
             with torch.no_grad():
-                outer[layer.name] = (g, mlp_input(spec, rec_rows, user[owner], params, one)[:, 0])
-        else:
-            raise RuntimeError(f"{spec.name}'s layer {layer.name} was not applied by _linear: its per-record "
-                               "input and output gradient are unknown")
+                x = mlp_input(spec, rec_rows, user[owner], params, one)
+        outer[layer.name] = (y.grad[:, 0], x.detach()[:, 0])
     small = torch.cat([v.grad.reshape(n, -1) for name, v in params.items() if name not in shared], dim=1)
     return rec_rows.grad.squeeze(1), small, local, outer
 

@@ -148,14 +148,15 @@ def fixed(memo: Memo | None, key: str, compute: Callable[[], torch.Tensor | None
 
 
 # layer taps for record-level clipping ----------------------------------------
-LayerTaps = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (its input x, its output y)
+LayerTaps = dict[str, tuple[torch.Tensor | None, torch.Tensor]]  # layer -> (its input x or None, its output y)
 _LAYER_TAPS: ContextVar[LayerTaps | None] = ContextVar("layer_taps", default=None)
 
 
 @contextmanager
 def layer_taps() -> Iterator[LayerTaps]:
-    """Within it, every :func:`_linear` call records (input x, output y) under its layer name, and y keeps
-    its gradient after a backward pass.
+    """Within it, every linear layer records (input x, output y) under its layer name, and y keeps its
+    gradient after a backward pass. DeepFM's first layer, applied blockwise, records x as None: its input
+    is never formed (:func:`mlp_input` builds it on request).
 
     Why: record-level clipping (:mod:`models.dp_training`) passes a linear layer's weight as one shared
     constant and needs each record's input a and output gradient g, from which the record's weight
@@ -186,6 +187,11 @@ def _linear(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Ten
     else:
         weight = weight.transpose(1, 2)
         out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    return _tapped(name, x, out)
+
+
+def _tapped(name: str, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out``, recorded with its layer's input under :func:`layer_taps` (a no-op outside it)."""
     taps = _LAYER_TAPS.get()
     if taps is not None and out.requires_grad:
         out.retain_grad()
@@ -295,17 +301,13 @@ def _deepfm(spec, q, user, p, batch, memo):
     h = (h + fixed(memo, "deepfm.items", lambda: torch.einsum("bnd,bhd->bnh", q_emb, w_item.squeeze(2)))
          + fixed(memo, "deepfm.features", lambda: torch.bmm(
              x, torch.einsum("bhfd,bfd->bfh", w_features, p["feat_emb"]))))  # x @ (W_f e_f), W_f e_f: [B, F, 4d]
+    h = _tapped("deep.0", None, h)
     h = torch.relu(_layer_norm(h, p, "deep.1"))
     h = torch.relu(_layer_norm(_linear(h, p, "deep.3"), p, "deep.4"))
     return _fm_term(spec, q_emb, q_bias, user, p, x, memo) + _linear(h, p, "deep.6").squeeze(2)
 
 
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}
-
-# The one dense weight whose per-record gradient models.dp_training never materialises: DeepFM's first MLP
-# layer, 4d x (F+2)d = 835,584 of the 872,819 dense values at d=64 on ml_100k. Its input is mlp_input's.
-WIDE_LINEAR = {"deepfm": "deep.0"}
-
 
 def mlp_input(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, params: DenseParams,
               batch: UserBatch) -> torch.Tensor:
@@ -336,7 +338,7 @@ def predict(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torc
     """Predicted ratings [B, N] of every user's (padded) ratings; padded entries are meaningless.
 
     ``dense``: the flat [B, dense_size] vector, or its named parameters (``unflatten_dense``'s dict; record
-    clipping passes DeepFM's WIDE_LINEAR weight as one shared [1, ...] constant). ``memo``: see
+    clipping passes every linear layer's weight as one shared [1, ...] constant). ``memo``: see
     :func:`fixed` (the private Adam steps hold rows, dense and batch fixed).
     """
     rated = fixed(memo, "rated", lambda: fetch_rated(rows, batch))

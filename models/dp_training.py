@@ -53,7 +53,7 @@ import torch
 
 from models.batch import UserBatch
 from models.dp import clip_factors
-from models.recommenders import dense_layout, layer_taps, linear_layers, mlp_input, unflatten_dense
+from models.recommenders import dense_offsets, layer_taps, linear_layers, mlp_input, unflatten_dense
 from models.spec import ModelSpec
 from models.training import BatchResult, PrivateState, _check, _update_private, user_losses
 
@@ -94,11 +94,8 @@ class SharedLayer:
 
 def shared_layers(spec: ModelSpec) -> list[SharedLayer]:
     """Every linear layer of ``spec``, in flat-vector order."""
-    offsets, offset = {}, 0
-    for name, shape in dense_layout(spec):
-        offsets[name] = (offset, shape)
-        offset += int(np.prod(shape))
-    return [SharedLayer(n, offsets[f"{n}.weight"][0], tuple(offsets[f"{n}.weight"][1])) for n in linear_layers(spec)]
+    offsets = dense_offsets(spec)
+    return [SharedLayer(n, *offsets[f"{n}.weight"]) for n in linear_layers(spec)]
 
 
 def record_gradients(spec: ModelSpec, rows: torch.Tensor, user: torch.Tensor, dense: torch.Tensor,

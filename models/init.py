@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.recommenders import dense_layout, initial_dense_values
+from models.recommenders import dense_offsets, initial_dense_values
 from models.spec import ModelSpec
 
 # Seed-sequence salts: the server's item-side draws and each user's private draws never share a stream.
@@ -37,10 +37,8 @@ def init_dense(spec: ModelSpec, seed: int, global_bias: float = 0.0) -> np.ndarr
     except the global bias (MF, FM, DeepFM), which starts at ``global_bias`` (the rating scale's midpoint)."""
     torch.manual_seed(seed)
     dense = initial_dense_values(spec, torch.Generator().manual_seed(seed + 1))
-    offset = 0
-    for name, shape in dense_layout(spec):
-        size = int(np.prod(shape))
-        if name == "global_bias":
-            dense[offset:offset + size] = np.float32(global_bias)
-        offset += size
+    offsets = dense_offsets(spec)
+    if "global_bias" in offsets:
+        offset, shape = offsets["global_bias"]
+        dense[offset:offset + int(np.prod(shape))] = np.float32(global_bias)
     return dense

@@ -111,6 +111,16 @@ def initial_dense_values(spec: ModelSpec, feature_generator: torch.Generator) ->
     return flat.numpy().astype(np.float32)
 
 
+def dense_offsets(spec: ModelSpec) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Each dense parameter's (offset in the flat dense vector, shape), in flat-vector order."""
+    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+    offset = 0
+    for name, shape in dense_layout(spec):
+        out[name] = (offset, shape)
+        offset += prod(shape)
+    return out
+
+
 def linear_layers(spec: ModelSpec) -> list[str]:
     """Names of ``spec``'s linear layers (each has ``<name>.weight`` [n_out, n_in]), in flat-vector order."""
     return [block.name for block in _blocks(spec) if isinstance(block, _Linear)]

@@ -11,11 +11,15 @@ placeholder message measures what the real one would.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from flwr.app import RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from crypto.sealed import OVERHEAD
+
+_FILLER_CALLS = itertools.count()  # one fresh stream per placeholder
 
 
 def content_nbytes(content: RecordDict) -> int:
@@ -31,24 +35,24 @@ def int_width(value: int) -> int:
 
 
 def filler(shape: tuple[int, ...] | int, dtype: np.dtype | type) -> np.ndarray:
-    """A deterministic placeholder array that does not repeat.
+    """A placeholder array whose chunks repeat neither within it nor across placeholders.
 
     Why: Flower splits an array into chunks of ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` bytes (5 MiB) and
-    sends identical chunks once, so a placeholder whose chunks repeat measures smaller than real data.
-    A counter does not repeat for 4-byte and wider integers or floats, but wraps every 256 (65,536)
-    values for 1-byte (2-byte) integers, and 5 MiB is a multiple of both periods: every full chunk of
-    such a counter is the same, and a 16 MB sealed share measured 5.2 MB short. Narrow integers are
-    therefore a seeded pseudorandom stream (public sizes only, nothing secret).
+    sends identical chunks once, so a placeholder with repeating chunks measures smaller than real data.
+    A counter wraps every 256 (65,536) values for 1-byte (2-byte) integers, and 5 MiB is a multiple of
+    both periods (a 16 MB sealed share measured 5.2 MB short that way); and two placeholders of one
+    shape and dtype in one message (a table and a dense part of the same size) would be one object sent
+    once. Each call therefore draws its own pseudorandom stream, seeded by a per-process call counter
+    (public sizes only, nothing secret; floats uniform in [0, 1), so builders see finite values).
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     count = int(np.prod(shape, dtype=np.int64))
     dt = np.dtype(dtype)
-    if dt.kind in "iu" and dt.itemsize < 4:
-        return np.frombuffer(np.random.default_rng(count).bytes(count * dt.itemsize), dtype=dt).reshape(shape)
-    values = np.arange(1, count + 1, dtype=np.uint64)
+    rng = np.random.default_rng((next(_FILLER_CALLS), count))
     if dt.kind == "f":
-        return (values.astype(np.float64) * 1e-3).astype(dt).reshape(shape)
-    return values.astype(dt).reshape(shape)
+        wide = np.float32 if dt.itemsize <= 4 else np.float64
+        return rng.random(count, dtype=wide).astype(dt).reshape(shape)
+    return np.frombuffer(rng.bytes(count * dt.itemsize), dtype=dt).reshape(shape)
 
 
 def sealed_box(plaintext_bytes: int) -> bytes:

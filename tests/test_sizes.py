@@ -28,6 +28,19 @@ def test_a_placeholder_of_several_chunks_measures_as_random_data(dtype):
     assert _nbytes(placeholder) == _nbytes(real)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])
+def test_two_placeholders_of_one_shape_in_one_message_both_count(dtype):
+    """Two real arrays of one shape and dtype (e.g. a table and a same-sized dense part) are sent in full,
+    so two placeholders of that shape must not share a chunk, which Flower would send once."""
+    count = (2 * FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE) // np.dtype(dtype).itemsize
+    a, b = sizes.filler(count, dtype), sizes.filler(count, dtype)
+    both = sizes.content_nbytes(RecordDict({"r": ArrayRecord({"a": Array(a), "b": Array(b)})}))
+    rng = np.random.default_rng(2)
+    real = [np.frombuffer(rng.bytes(count * np.dtype(dtype).itemsize), dtype=dtype) for _ in range(2)]
+    assert both == sizes.content_nbytes(RecordDict({"r": ArrayRecord({"a": Array(real[0]), "b": Array(real[1])})}))
+    assert sizes.filler(1000, dtype).shape == (1000,)
+
+
 def test_a_sealed_box_placeholder_does_not_repeat():
     box = sizes.sealed_box(3 * FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE)
     chunk = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE

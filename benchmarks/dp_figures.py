@@ -10,7 +10,9 @@ user's test ratings.
 
 Each point is one run with ``dp.target_epsilon`` = that epsilon (the noise
 multiplier is calibrated by strategies/privacy.py to spend it over the run) and
-``rounds = epochs x n_users / clients_per_round``; ``--seeds`` runs average.
+``rounds = epochs x n_users / clients_per_round``; ``--seeds`` runs average. A curve is one
+(model, protocol, clients per round, rounds): runs of different lengths pooled by ``--merge`` stay
+apart, and each legend entry says its rounds.
 Writes fig6_dp_secemb.png, fig7_dp_vs_dpfedrec.png and dp_figures.json into
 ``--out`` and prints the numbers as a table. Everything else is the experiment
 config (``+experiment=secemb_ml100k_<model>``) plus ``--override`` entries, so it
@@ -36,6 +38,7 @@ from recdata.dataset import dataset_meta, load_split
 from simulations.config import compose_config, to_app_config
 
 log = logging.getLogger("secrec.dp_figures")
+POINT_KEYS = ("model", "protocol", "clients", "rounds", "target_epsilon")  # one point: its seeds' mean
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
@@ -72,6 +75,14 @@ def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str
              "epsilon": statistics.fmean(g["epsilon"] for g in v), "seeds": len(v)} for k, v in groups.items()]
 
 
+def _curve_label(curve: dict[str, Any]) -> str:
+    """Legend text of one curve: what varies within the panel and the run length, since the curves of
+    one figure may train for different numbers of rounds (e.g. "500 clients/round, 943 rounds")."""
+    parts = [f"{curve['clients']} clients/round" if k == "clients" else str(v)
+             for k, v in curve.items() if k not in ("model", "rounds")]
+    return ", ".join([*parts, f"{curve['rounds']} rounds"])
+
+
 def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, path: Path) -> None:
     """One panel per model (curves of different models differ in scale), one curve per ``curve_keys``
     value within it (error bars: std over seeds), and each curve's run without DP as a dashed line of its
@@ -94,7 +105,7 @@ def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, 
             epsilons.update(p["target_epsilon"] for p in noised)
             bars = ax.errorbar([p["target_epsilon"] for p in noised], [p["test_rmse"] for p in noised],
                                yerr=[p.get("test_rmse_std", 0.0) for p in noised], marker="o", capsize=2,
-                               label=" / ".join(str(k) for k in key))  # bars: std over seeds
+                               label=_curve_label(dict(zip(curve_keys, key))))  # bars: std over seeds
             line = bars.lines[0]
             for p in pts:
                 if not math.isfinite(p["target_epsilon"]):  # the run without DP: a dashed reference line
@@ -117,9 +128,9 @@ def draw(points: list[dict[str, Any]], clients0: int, figure: str, out: Path) ->
     fig6 = [p for p in points if p["protocol"] == "secemb"]
     fig7 = [p for p in points if p["model"] == "mf" and p["clients"] == clients0]
     if fig6 and figure in ("6", "both"):
-        plot(fig6, ("model", "clients"), "Figure 6: SecEmb + central DP (dashed: no DP)", out / "fig6_dp_secemb.png")
+        plot(fig6, ("model", "clients", "rounds"), "Figure 6: SecEmb + central DP (dashed: no DP)", out / "fig6_dp_secemb.png")
     if fig7 and figure in ("7", "both"):
-        plot(fig7, ("protocol",), "Figure 7: SecEmb+DP vs DP-FedRec (MF)", out / "fig7_dp_vs_dpfedrec.png")
+        plot(fig7, ("protocol", "rounds"), "Figure 7: SecEmb+DP vs DP-FedRec (MF)", out / "fig7_dp_vs_dpfedrec.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.replot:  # redraw the figures from an earlier run's numbers, without training
-        points = json.loads((out / "dp_figures.json").read_text())["points"]
-        draw(points, args.clients[0], args.figure, out)
+        runs = json.loads((out / "dp_figures.json").read_text())["runs"]
+        draw(_mean_by(runs, POINT_KEYS), args.clients[0], args.figure, out)
         print(f"figures redrawn in {out}")
         return
     if args.merge:
@@ -175,17 +186,17 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(runs: list[dict[str, Any]], clients0: int, figure: str, out: Path) -> None:
     """Average the runs over seeds, draw the figures, write dp_figures.json and print the table."""
-    points = _mean_by(runs, ("model", "protocol", "clients", "target_epsilon"))
+    points = _mean_by(runs, POINT_KEYS)
     draw(points, clients0, figure, out)
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
-    reference = {(p["protocol"], p["model"], p["clients"]): p["test_rmse"] for p in points
+    reference = {(p["protocol"], p["model"], p["clients"], p["rounds"]): p["test_rmse"] for p in points
                  if not math.isfinite(p["target_epsilon"])}
-    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'epsilon':>8s} {'rmse':>7s} {'std':>7s} {'loss vs no DP':>13s}"
+    print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'rounds':>6s} {'epsilon':>8s} {'rmse':>7s} {'std':>7s} {'loss vs no DP':>13s}"
           " seeds")
-    for p in sorted(points, key=lambda p: (p["protocol"], p["model"], p["clients"], p["target_epsilon"])):
-        ref = reference.get((p["protocol"], p["model"], p["clients"]))
+    for p in sorted(points, key=lambda p: (p["protocol"], p["model"], p["clients"], p["rounds"], p["target_epsilon"])):
+        ref = reference.get((p["protocol"], p["model"], p["clients"], p["rounds"]))
         loss = f"{100 * (p['test_rmse'] / ref - 1):+12.2f}%" if ref else f"{'':13s}"
-        print(f"{p['protocol']:9s} {p['model']:6s} {p['clients']:7d} {p['epsilon']:8.3f} {p['test_rmse']:7.4f} "
+        print(f"{p['protocol']:9s} {p['model']:6s} {p['clients']:7d} {p['rounds']:6d} {p['epsilon']:8.3f} {p['test_rmse']:7.4f} "
               f"{p.get('test_rmse_std', 0.0):7.4f} {loss} {p['seeds']}")
     print(f"figures and numbers in {out}")
 

@@ -140,3 +140,25 @@ def test_server1_noise_floor_is_its_own():
     assert Server1().noise_std({}) == 0.0  # no floor, no DP asked: none added
     with pytest.raises(ValueError):
         Server1(min_noise_std=float("nan"))
+
+
+def test_dp_figures_keeps_runs_of_different_lengths_apart(tmp_path, capsys):
+    """Figure 6 pools runs from several folders; runs of one model and clients per round but different
+    rounds are different curves (and their loss is against the no-DP run of the same length)."""
+    from benchmarks import dp_figures
+
+    def run(rounds, eps, seed, rmse):
+        return {"model": "ncf", "protocol": "secemb", "clients": 500, "target_epsilon": eps, "seed": seed,
+                "rounds": rounds, "epsilon": eps, "noise_multiplier": 1.0, "test_rmse": rmse, "seconds": 1.0}
+
+    inf = float("inf")
+    runs = [run(378, inf, 0, 1.0), run(378, 8.0, 0, 1.2), run(943, inf, 0, 0.9), run(943, 8.0, 0, 0.99),
+            run(943, 8.0, 1, 1.01)]
+    dp_figures.report(runs, 500, "6", tmp_path)
+    points = {(p["rounds"], p["target_epsilon"]): p for p in dp_figures._mean_by(runs, dp_figures.POINT_KEYS)}
+    assert points[(943, 8.0)]["test_rmse"] == pytest.approx(1.0) and points[(943, 8.0)]["seeds"] == 2
+    assert points[(378, 8.0)]["test_rmse"] == pytest.approx(1.2)
+    table = capsys.readouterr().out
+    assert "+20.00%" in table and "+11.11%" in table  # 1.2 / 1.0 and 1.0 / 0.9
+    assert (tmp_path / "fig6_dp_secemb.png").stat().st_size > 0
+    assert dp_figures._curve_label({"model": "ncf", "clients": 500, "rounds": 943}) == "500 clients/round, 943 rounds"

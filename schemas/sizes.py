@@ -52,7 +52,7 @@ def filler(shape: tuple[int, ...] | int, dtype: np.dtype | type) -> np.ndarray:
     if dt.kind == "f":
         wide = np.float32 if dt.itemsize <= 4 else np.float64
         return rng.random(count, dtype=wide).astype(dt).reshape(shape)
-    return np.frombuffer(rng.bytes(count * dt.itemsize), dtype=dt).reshape(shape)
+    return np.frombuffer(bytearray(rng.bytes(count * dt.itemsize)), dtype=dt).reshape(shape)  # writable, as real data
 
 
 def sealed_box(plaintext_bytes: int) -> bytes:

@@ -38,7 +38,8 @@ from recdata.dataset import dataset_meta, load_split
 from simulations.config import compose_config, to_app_config
 
 log = logging.getLogger("secrec.dp_figures")
-POINT_KEYS = ("model", "protocol", "clients", "rounds", "target_epsilon")  # one point: its seeds' mean
+CURVE_KEYS = ("protocol", "model", "clients", "rounds")  # one curve, and its no-DP reference run
+POINT_KEYS = (*CURVE_KEYS, "target_epsilon")  # one point of a curve: its seeds' mean
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
@@ -66,10 +67,19 @@ def one_run(model: str, protocol: str, clients: int, epsilon: float | None, epoc
             "seconds": time.perf_counter() - start}
 
 
+def _key(row: dict[str, Any], keys: tuple[str, ...]) -> tuple:
+    return tuple(row[k] for k in keys)
+
+
 def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per ``keys`` value: the mean and std of its runs' test RMSE. A seed counted twice in one
+    group (the same run pooled from two folders) would shrink the std and inflate ``seeds``: refused."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+        group = groups.setdefault(_key(r, keys), [])
+        if any(g["seed"] == r["seed"] for g in group):
+            raise ValueError(f"seed {r['seed']} appears twice for {dict(zip(keys, _key(r, keys)))}")
+        group.append(r)
     return [{**dict(zip(keys, k)), "test_rmse": statistics.fmean(g["test_rmse"] for g in v),
              "test_rmse_std": statistics.stdev(g["test_rmse"] for g in v) if len(v) > 1 else 0.0,
              "epsilon": statistics.fmean(g["epsilon"] for g in v), "seeds": len(v)} for k, v in groups.items()]
@@ -97,7 +107,7 @@ def plot(points: list[dict[str, Any]], curve_keys: tuple[str, ...], title: str, 
         curves: dict[tuple, list[dict[str, Any]]] = {}
         for p in points:
             if p["model"] == model:
-                curves.setdefault(tuple(p[k] for k in curve_keys), []).append(p)
+                curves.setdefault(_key(p, curve_keys), []).append(p)
         epsilons: set[float] = set()
         for key, pts in sorted(curves.items()):
             pts.sort(key=lambda p: p["target_epsilon"])
@@ -143,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", choices=["6", "7", "both"], default="both")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--out", default="outputs/dp_figures")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the runs without DP (when adding epsilons to curves whose reference ran already)")
     ap.add_argument("--replot", action="store_true", help="redraw the PNGs from --out's dp_figures.json")
     ap.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
                     help="pool the runs of these folders' dp_figures.json (e.g. seeds run side by side) into "
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs += [("mf", p, c) for p in ("secemb", "dp_fedrec") for c in args.clients[:1]
                  if not (p == "secemb" and args.figure == "both" and "mf" in args.models)]
     for model, protocol, clients in jobs:
-        for eps in [None, *args.epsilons]:
+        for eps in [*([] if args.no_reference else [None]), *args.epsilons]:
             for seed in args.seeds:
                 r = one_run(model, protocol, clients, eps, args.epochs, seed, list(args.override))
                 print(f"{protocol:9s} {model:6s} clients={clients:4d} target_eps={eps or math.inf:<6g} "
@@ -189,12 +201,11 @@ def report(runs: list[dict[str, Any]], clients0: int, figure: str, out: Path) ->
     points = _mean_by(runs, POINT_KEYS)
     draw(points, clients0, figure, out)
     (out / "dp_figures.json").write_text(json.dumps({"runs": runs, "points": points}, indent=2))
-    reference = {(p["protocol"], p["model"], p["clients"], p["rounds"]): p["test_rmse"] for p in points
-                 if not math.isfinite(p["target_epsilon"])}
+    reference = {_key(p, CURVE_KEYS): p["test_rmse"] for p in points if not math.isfinite(p["target_epsilon"])}
     print(f"\n{'protocol':9s} {'model':6s} {'clients':>7s} {'rounds':>6s} {'epsilon':>8s} {'rmse':>7s} {'std':>7s} {'loss vs no DP':>13s}"
           " seeds")
-    for p in sorted(points, key=lambda p: (p["protocol"], p["model"], p["clients"], p["rounds"], p["target_epsilon"])):
-        ref = reference.get((p["protocol"], p["model"], p["clients"], p["rounds"]))
+    for p in sorted(points, key=lambda p: _key(p, POINT_KEYS)):
+        ref = reference.get(_key(p, CURVE_KEYS))
         loss = f"{100 * (p['test_rmse'] / ref - 1):+12.2f}%" if ref else f"{'':13s}"
         print(f"{p['protocol']:9s} {p['model']:6s} {p['clients']:7d} {p['rounds']:6d} {p['epsilon']:8.3f} {p['test_rmse']:7.4f} "
               f"{p.get('test_rmse_std', 0.0):7.4f} {loss} {p['seeds']}")

@@ -162,3 +162,5 @@ def test_dp_figures_keeps_runs_of_different_lengths_apart(tmp_path, capsys):
     assert "+20.00%" in table and "+11.11%" in table  # 1.2 / 1.0 and 1.0 / 0.9
     assert (tmp_path / "fig6_dp_secemb.png").stat().st_size > 0
     assert dp_figures._curve_label({"model": "ncf", "clients": 500, "rounds": 943}) == "500 clients/round, 943 rounds"
+    with pytest.raises(ValueError, match="seed 1 appears twice"):  # one run pooled from two folders
+        dp_figures.report([*runs, run(943, 8.0, 1, 1.01)], 500, "6", tmp_path)

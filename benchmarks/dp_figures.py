@@ -68,6 +68,7 @@ def one_run(model: str, protocol: str, clients: int, epsilon: float | None, epoc
 
 
 def _key(row: dict[str, Any], keys: tuple[str, ...]) -> tuple:
+    """The row's values of ``keys``: the one spelling of a curve's or a point's identity."""
     return tuple(row[k] for k in keys)
 
 
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=str(SHARED_ML100K) if SHARED_ML100K.exists() else None,
                     help="folder with ML-100K's u.data etc. (default: ../shared/data/ml-100k when present)")
     args = ap.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):  # else the pooled report refuses them after all the training
+        ap.error(f"--seeds must be distinct, got {args.seeds}")
     if args.data:
         args.override = [f"dataset.path={args.data}", *args.override]
     logging.basicConfig(level=logging.WARNING)

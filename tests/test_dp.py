@@ -164,3 +164,6 @@ def test_dp_figures_keeps_runs_of_different_lengths_apart(tmp_path, capsys):
     assert dp_figures._curve_label({"model": "ncf", "clients": 500, "rounds": 943}) == "500 clients/round, 943 rounds"
     with pytest.raises(ValueError, match="seed 1 appears twice"):  # one run pooled from two folders
         dp_figures.report([*runs, run(943, 8.0, 1, 1.01)], 500, "6", tmp_path)
+    with pytest.raises(SystemExit):  # refused before any training, not after it
+        dp_figures.main(["--seeds", "0", "0", "--out", str(tmp_path)])
+    assert "--seeds must be distinct" in capsys.readouterr().err

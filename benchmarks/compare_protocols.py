@@ -9,15 +9,19 @@ simulations.run``) twice, on the same data, split and seeds:
 * **cost** on the Flower path (``engine=flower``, real messages and cryptography, telemetry on):
   upload and download bytes per client measured from the serialised messages, client seconds per
   participation and server seconds per round, over ``--cost-rounds`` rounds of ``--cost-clients``
-  clients (round 1 left out). Rows in ``--computed-cost-rows`` (FedMF's, whose 2048-bit Paillier
-  rounds take many minutes here; ``benchmarks/bench_fedmf`` times them) show the bytes the batched
-  run computed from the protocol's size function instead, marked "(computed)", and no seconds.
+  clients (round 1 left out). FedMF's client seconds are its critical path: users precompute their
+  Paillier obfuscators r^n between messages (``strategy.precompute_obfuscators``), so that work is
+  in the run's wall time, not in the column. FedMF's two rows take 6 (PartText) and 24 (FullText)
+  minutes here, most of it their 2048-bit Flower runs; rows named in ``--computed-cost-rows`` skip
+  their Flower run and show the bytes the batched run computed from the protocol's size function,
+  marked "(computed)", and no seconds.
 
 The "server learns" column is the protocol's view as the value audits (tests/test_server_views.py,
 tests/test_fedmf_private_metrics.py) check it. Rows whose protocol is not built yet in this checkout
 are reported as such, not skipped silently.
 
-    python -m benchmarks.compare_protocols                        # every row, 200 epochs (about an hour)
+    python -m benchmarks.compare_protocols                        # every row, 200 epochs (about 80 minutes)
+    python -m benchmarks.compare_protocols --computed-cost-rows fedmf_parttext,fedmf_fulltext   # 30 minutes less
     python -m benchmarks.compare_protocols --epochs 2 --cost-rounds 2 --rows plaintext,secemb   # smoke
 """
 
@@ -135,9 +139,9 @@ def main() -> None:
     parser.add_argument("--cost-clients", type=int, default=10)
     parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--skip-cost", action="store_true")
-    parser.add_argument("--computed-cost-rows", default="fedmf_parttext,fedmf_fulltext",
-                        help="rows whose bytes come from the batched run's size functions instead of a Flower run "
-                             "(2048-bit Paillier rounds take many minutes; benchmarks/bench_fedmf times them)")
+    parser.add_argument("--computed-cost-rows", default="",
+                        help="comma-separated rows whose bytes come from the batched run's size functions instead "
+                             "of a Flower run, with no seconds (FedMF's two rows take 6 and 24 minutes with theirs)")
     args = parser.parse_args()
     base = ["+experiment=secemb_ml100k_mf", f"dataset.path={args.data_path}"]
     seeds = [int(s) for s in args.seeds.split(",")]

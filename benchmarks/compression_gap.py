@@ -20,11 +20,16 @@ each projection keeps of each term, through the product's own batched driver, ce
 
 Each line per round prints the mean over the round's users of the error term's energy beyond its
 first singular value (relative; about 1e-15 for MF confirms rank 1), and the fraction of each term's
-energy that the codec's projection of the whole gradient keeps.
+energy that the codec's projection of the whole gradient keeps. A second line prints the scale (root
+mean square) of the public item table, of the dense parameters and of the private parameters of the
+users initialised so far (sampled or evaluated; every user after the first evaluation): where a run
+fits what the compressed item update does not carry. ``--method bit8`` (no projection: energies
+skipped, product mode only) gives the reference for that line.
 
     python -m benchmarks.compression_gap --mode product --mode exact-l2          # MF SVD, 1,886 rounds each
     python -m benchmarks.compression_gap --model ncf --method colr              # NCF CoLR, both modes
     python -m benchmarks.compression_gap --rounds 100 --mode product             # a short look at the energies
+    python -m benchmarks.compression_gap --model ncf --method bit8 --mode product   # the scales without projection
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import numpy as np
 
 from engine.compressed_protocol import CompressedPlaintextDriver
 from engine.model_protocols import LossCount, RoundBatch
-from models.compression import CoLRCodec, UpdateCodec
+from models.compression import CoLRCodec, SVDCodec, UpdateCodec
 from schemas.compressed import encode_update
 from simulations.config import compose_config, to_app_config
 from simulations.run import simulate_batched
@@ -87,15 +92,24 @@ def _decoded(codec: UpdateCodec, n_items: int, items: np.ndarray, part: np.ndarr
     return codec.decompress(payload, (n_items, part.shape[1]), rnd).astype(np.float64)
 
 
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
+
+
 def instrument(mode: str, reg: float) -> None:
     """Wrap the product's batched compressed aggregation: energies on STAT_ROUNDS, and the exact-l2 upload."""
 
     def aggregate(self: CompressedPlaintextDriver, batch: RoundBatch) -> dict[str, Any]:
         rnd, codec, table = self._rnd, self.strategy.codec, self.strategy.model.table_numpy()
         if rnd in STAT_ROUNDS:
-            e = np.array([_energies(codec, rnd, *_parts(table, batch, b, reg)[1:]) for b in range(len(batch.items))])
-            print(f"round {rnd:5d}: error energy beyond rank 1 {e[:, 0].mean():.1e}; kept by {codec.name} "
-                  f"rank {codec.rank}: error {e[:, 1].mean():.4f}, L2 {e[:, 2].mean():.4f}", flush=True)
+            if isinstance(codec, (SVDCodec, CoLRCodec)):  # a projection: what it keeps of each term
+                e = np.array([_energies(codec, rnd, *_parts(table, batch, b, reg)[1:])
+                              for b in range(len(batch.items))])
+                print(f"round {rnd:5d}: error energy beyond rank 1 {e[:, 0].mean():.1e}; kept by {codec.name} "
+                      f"rank {codec.rank}: error {e[:, 1].mean():.4f}, L2 {e[:, 2].mean():.4f}", flush=True)
+            dense = self.strategy.model.dense_numpy()
+            print(f"round {rnd:5d}: rms of item table {_rms(table):.4f}, dense {_rms(dense):.4f}, "
+                  f"private (users initialised so far) {_rms(self.private.params[self.initialised]):.4f}", flush=True)
         if mode == "product":
             return _PRODUCT_AGGREGATE(self, batch)
         total = np.zeros((self.meta.n_items, self.spec.row_dim))
@@ -130,13 +144,16 @@ def run(model: str, method: str, mode: str, rounds: int, seed: int, data: str) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["mf", "ncf"], default="mf", help="a model with reg_form=user")
-    ap.add_argument("--method", choices=["svd", "colr"], default="svd", help="the low-rank baseline")
+    ap.add_argument("--method", choices=["svd", "colr", "bit8"], default="svd",
+                    help="the low-rank baseline (bit8: the reference without projection, product mode only)")
     ap.add_argument("--mode", action="append", choices=["product", "exact-l2"], help="repeatable")
     ap.add_argument("--rounds", type=int, default=1886, help="1,886 = 200 epochs of 100 clients on ml_100k")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(ML100K))
     args = ap.parse_args()
-    for mode in args.mode or ["product", "exact-l2"]:
+    if args.method == "bit8" and args.mode not in (None, ["product"]):
+        ap.error("--method bit8 has no projection: only --mode product")
+    for mode in args.mode or (["product"] if args.method == "bit8" else ["product", "exact-l2"]):
         run(args.model, args.method, mode, args.rounds, args.seed, args.data)
 
 if __name__ == "__main__":

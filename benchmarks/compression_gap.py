@@ -23,7 +23,8 @@ first singular value (relative; about 1e-15 for MF confirms rank 1), and the fra
 energy that the codec's projection of the whole gradient keeps. A second line prints the scale (root
 mean square) of the public item table, of the dense parameters and of the private parameters of the
 users initialised so far (sampled or evaluated; every user after the first evaluation): where a run
-fits what the compressed item update does not carry. ``--method bit8`` (no projection: energies
+fits what the compressed item update does not carry; and the mean size of the server Adam's normalised
+step on the item table (how far the table moves per round). ``--method bit8`` (no projection: energies
 skipped, product mode only) gives the reference for that line.
 
     python -m benchmarks.compression_gap --mode product --mode exact-l2          # MF SVD, 1,886 rounds each
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine.compressed_protocol import CompressedPlaintextDriver
 from engine.model_protocols import LossCount, RoundBatch
@@ -96,6 +98,20 @@ def _rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
 
 
+def _adam_step(model: Any) -> float:
+    """Mean over the item table of Adam's normalised step |m_hat| / (sqrt(v_hat) + eps), read from the server's
+    torch optimiser (1 where a coordinate's updates all agree, near 0 where they cancel); NaN before a step or
+    without Adam."""
+    state = model.opt.state.get(model.table, {})
+    if not isinstance(model.opt, torch.optim.Adam) or "exp_avg" not in state:
+        return float("nan")
+    group = model.opt.param_groups[0]
+    (beta1, beta2), eps, step = group["betas"], group["eps"], float(state["step"])
+    m_hat = state["exp_avg"].double().numpy() / (1 - beta1 ** step)
+    v_hat = state["exp_avg_sq"].double().numpy() / (1 - beta2 ** step)
+    return float(np.mean(np.abs(m_hat) / (np.sqrt(v_hat) + eps)))
+
+
 def instrument(mode: str, reg: float) -> None:
     """Wrap the product's batched compressed aggregation: energies on STAT_ROUNDS, and the exact-l2 upload."""
 
@@ -107,9 +123,10 @@ def instrument(mode: str, reg: float) -> None:
                               for b in range(len(batch.items))])
                 print(f"round {rnd:5d}: error energy beyond rank 1 {e[:, 0].mean():.1e}; kept by {codec.name} "
                       f"rank {codec.rank}: error {e[:, 1].mean():.4f}, L2 {e[:, 2].mean():.4f}", flush=True)
-            dense = self.strategy.model.dense_numpy()
-            print(f"round {rnd:5d}: rms of item table {_rms(table):.4f}, dense {_rms(dense):.4f}, "
-                  f"private (users initialised so far) {_rms(self.private.params[self.initialised]):.4f}", flush=True)
+            model = self.strategy.model
+            print(f"round {rnd:5d}: rms of item table {_rms(table):.4f}, dense {_rms(model.dense_numpy()):.4f}, "
+                  f"private (users initialised so far) {_rms(self.private.params[self.initialised]):.4f}; "
+                  f"item table's Adam step |m|/sqrt(v) {_adam_step(model):.4f}", flush=True)
         if mode == "product":
             return _PRODUCT_AGGREGATE(self, batch)
         total = np.zeros((self.meta.n_items, self.spec.row_dim))

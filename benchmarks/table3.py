@@ -26,6 +26,12 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3 --models mf --seeds 2 --out outputs/table3   # keep each cell's run folder,
     python -m simulations.report outputs/table3                          # then tabulate and plot the curves
 
+With ``--out``, a cell that finishes writes ``cell.json`` (its outcome and the overrides it ran with) into
+its folder, and the same command run again reads finished cells back instead of rerunning them: the whole
+table (about 12 hours with ``--jobs 2`` on 2 cores, most of it DeepFM's 20 cells of about an hour) survives a stop or a crash, losing at most the cells
+that were running. A folder whose cell ran with other settings (``--epochs``, data) stops the command before
+anything runs.
+
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
 (SecEmb Table 7: users, items, features; Table 8's embedding sizes; the real files are not on this
 machine). Nothing trains:
@@ -47,12 +53,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from recdata.atomic import atomic_write_bytes
 from recdata.dataset import dataset_meta
 from engine.model_protocols import secemb_round_bytes
 from schemas import compressed, secfedrec, sizes
@@ -154,10 +161,26 @@ class Cell:
     seconds: float
 
 
-def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: float, data_path: str,
-             keep: str | None = None) -> Cell:
-    """Train one cell on the batched engine; ``keep``: a folder under which its run folder
-    (``<model>_<method>_seed<seed>``: results.json, records.jsonl, plot) stays, else a temporary one."""
+CELL_FILE = "cell.json"  # a kept cell folder's finished outcome and the overrides it ran with
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One cell to run: its name (the run folder's) and the product overrides that define it."""
+
+    model: str
+    method: str
+    seed: int
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.method}_seed{self.seed}"
+
+
+def plan_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: float, data_path: str) -> CellPlan:
+    """The overrides of one cell: its experiment, method and seed, every user evaluated, and the rounds and
+    evaluation interval that ``epochs`` and ``eval_epochs`` come to on the dataset."""
     base = [f"+experiment=secemb_ml100k_{model}", f"dataset.path={data_path}", *METHODS[method], f"seed={seed}",
             "engine=batched", "train.eval_clients=null"]  # every user's test ratings, not the default sample
     cfg = to_app_config(compose_config(base))
@@ -166,17 +189,59 @@ def run_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: flo
     every = max(1, min(rounds, math.ceil(eval_epochs * per_epoch)))
     while rounds % every:  # the last round must be evaluated
         every -= 1
-    cfg = to_app_config(compose_config([*base, f"rounds={rounds}", f"train.eval_every={every}"]))
+    return CellPlan(model, method, seed, (*base, f"rounds={rounds}", f"train.eval_every={every}"))
+
+
+def run_cell(plan: CellPlan, keep: str | None = None) -> Cell:
+    """Train one cell on the batched engine; ``keep``: a folder under which its run folder
+    (``<model>_<method>_seed<seed>``: results.json, records.jsonl, plot, and :data:`CELL_FILE` once it has
+    finished) stays, else a temporary one."""
+    cfg = to_app_config(compose_config(list(plan.overrides)))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        out = Path(keep) / f"{model}_{method}_seed{seed}" if keep else Path(scratch)
+        out = Path(keep) / plan.name if keep else Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
+        (out / CELL_FILE).unlink(missing_ok=True)  # a rerun invalidates what the folder held before it
         simulate_batched(cfg, str(out))
         res = json.loads((out / "results.json").read_text())
-    seconds = time.perf_counter() - start
-    up = res["final"]["mean_bytes_up_per_client"]
-    before = secfedrec_upload_bytes(cfg, rounds) if method == "secemb" else full_upload_bytes(cfg)
-    return Cell(res["final"]["final_test_rmse"], res["final"]["best_test_rmse"], before / up, up, seconds)
+        seconds = time.perf_counter() - start
+        up = res["final"]["mean_bytes_up_per_client"]
+        before = secfedrec_upload_bytes(cfg, cfg.rounds) if plan.method == "secemb" else full_upload_bytes(cfg)
+        cell = Cell(res["final"]["final_test_rmse"], res["final"]["best_test_rmse"], before / up, up, seconds)
+        if keep:
+            record = {"overrides": list(plan.overrides), **asdict(cell), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            atomic_write_bytes(out / CELL_FILE, json.dumps(record, indent=1).encode())
+    return cell
+
+
+class StaleCellError(Exception):
+    """A kept cell folder holds a finished cell of other settings (or an unreadable record of one)."""
+
+
+def stored_cell(folder: Path, plan: CellPlan) -> Cell | None:
+    """The cell an earlier ``--out`` run finished in ``folder`` with exactly ``plan``'s overrides, so a stopped
+    or crashed Table 3 run continues where it stopped; None when the folder holds no finished cell (never run,
+    or stopped mid-run: the cell reruns from round 1, the batched engine keeps no checkpoints).
+
+    Raises :class:`StaleCellError` when it holds one of other settings (a different ``--epochs``, data path
+    or experiment), which a rerun would overwrite."""
+    path = folder / CELL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        overrides = record.get("overrides")
+        values = [record.get(f.name) for f in fields(Cell)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError("a cell value is missing or not a finite number")
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise StaleCellError(f"{path}: unreadable ({err}); remove it to rerun the cell") from err
+    if overrides != list(plan.overrides):
+        raise StaleCellError(f"{path} was run with other settings ({overrides}, now {list(plan.overrides)}); "
+                             "use another --out or remove the folder")
+    return Cell(*(float(v) for v in values))
 
 
 def main() -> None:
@@ -192,7 +257,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells run in this many processes at once, one torch thread each (1: in this process)")
     parser.add_argument("--out", default=None,
-                        help="keep each cell's run folder under this folder (curves; input of simulations.report)")
+                        help="keep each cell's run folder under this folder (curves; input of simulations.report); "
+                             "cells a run with the same --out finished before are read back, not rerun")
     parser.add_argument("--rr-presets", default=None,
                         help="comma-separated ml_1m,ml_10m,ml_25m,yelp: print only their computed R.R. columns")
     args = parser.parse_args()
@@ -203,13 +269,24 @@ def main() -> None:
     print(f"{'model':7} {'method':7} {'final RMSE':>16} {'paper RMSE':>16} {'best-on-test':>16} {'R.R.':>6} "
           f"{'paper':>6} {'up MB':>7} {'wall s':>8}")
     models, methods = args.models.split(","), args.methods.split(",")
+    plans = {(model, method): [plan_cell(model, method, s, args.epochs, args.eval_epochs, args.data_path)
+                               for s in range(args.first_seed, args.first_seed + args.seeds)]
+             for model in models for method in methods}
+    # Cells an earlier run with the same --out finished are read back, not rerun; checked before anything runs.
+    stored: dict[CellPlan, Cell] = {}
+    if args.out:
+        try:
+            stored = {plan: cell for row in plans.values() for plan in row
+                      if (cell := stored_cell(Path(args.out) / plan.name, plan)) is not None}
+        except StaleCellError as err:
+            raise SystemExit(f"table3: {err}") from None
+        if stored:
+            print(f"# {len(stored)} cells finished by an earlier run are read from {args.out}", flush=True)
     pool = _pool(args.jobs)
     # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
     futures: dict[tuple[str, str], list] = {
-        (model, method): [pool.submit(run_cell, model, method, s, args.epochs, args.eval_epochs, args.data_path,
-                                      args.out)
-                          for s in range(args.first_seed, args.first_seed + args.seeds)]
-        for model in models for method in methods}
+        key: [_Done(stored[plan]) if plan in stored else pool.submit(run_cell, plan, args.out) for plan in row]
+        for key, row in plans.items()}
     for (model, method), row in futures.items():
         cells = [f.result() for f in row]
         p = PAPER[model][method]
@@ -220,7 +297,18 @@ def main() -> None:
         print(f"{'':15} per seed final: {' '.join(f'{c.final_rmse:.4f}' for c in cells)}; "
               f"best: {' '.join(f'{c.best_rmse:.4f}' for c in cells)}", flush=True)
     pool.shutdown()
-    print(f"total wall {time.perf_counter() - total:.1f} s")
+    print(f"total wall {time.perf_counter() - total:.1f} s"
+          + (f" (this run; the wall s column includes the {len(stored)} cells read back)" if stored else ""))
+
+
+class _Done:
+    """A cell read back from its kept folder, shaped like a future."""
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    def result(self) -> Cell:
+        return self._cell
 
 
 class _Deferred:

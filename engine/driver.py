@@ -20,6 +20,10 @@ from recdata.dataset import DatasetMeta
 from schemas.config import AppConfig
 
 
+class StateMismatch(ValueError):
+    """Checkpoint arrays that do not fit this run's driver (names, shapes or dtypes)."""
+
+
 class Driver(ABC):
     """One protocol on the batched engine.
 
@@ -29,6 +33,7 @@ class Driver(ABC):
     """
 
     cfg: AppConfig  # the run's config (every driver keeps it)
+    checkpointable: bool = False  # whether checkpoint_state / restore_state are implemented
 
     @abstractmethod
     def __init__(self, cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta) -> None:
@@ -66,3 +71,38 @@ class Driver(ABC):
     def summary(self) -> dict[str, Any]:
         """Extra final results for results.json (like a strategy's ``server_state_summary``); default none."""
         return {}
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Everything a resumed run needs to continue as the uninterrupted run would: the server's state and,
+        since on this engine the users' devices are this process, every user's private state (the Flower
+        path's devices keep their own). Plain numeric arrays (saved with ``np.savez``, never pickled)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no checkpoints")
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load :meth:`checkpoint_state`'s arrays into a freshly built driver; :class:`StateMismatch` when
+        they do not fit it."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no checkpoints")
+
+
+def restore_array(arrays: dict[str, np.ndarray], name: str, like: np.ndarray) -> np.ndarray:
+    """A copy of ``arrays[name]``, which must have ``like``'s shape and dtype (:class:`StateMismatch` if not)."""
+    saved = arrays.get(name)
+    if saved is None:
+        raise StateMismatch(f"the checkpoint has no {name!r}")
+    if saved.shape != like.shape or saved.dtype != like.dtype:
+        raise StateMismatch(f"{name!r} is {saved.dtype}{list(saved.shape)} in the checkpoint, "
+                            f"{like.dtype}{list(like.shape)} in this run")
+    return np.array(saved, copy=True)
+
+
+def server_arrays(strategy: Any) -> dict[str, np.ndarray]:
+    """The protocol strategy's own checkpoint (the Flower path's), under ``server.``."""
+    return {f"server.{k}": v for k, v in strategy.checkpoint_state().items()}
+
+
+def restore_server(strategy: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Load :func:`server_arrays`' part of ``arrays`` back into the strategy (which checks its shapes)."""
+    try:
+        strategy.restore_state({k.removeprefix("server."): v for k, v in arrays.items() if k.startswith("server.")})
+    except (KeyError, ValueError) as err:
+        raise StateMismatch(f"the server's state does not fit this run: {err}") from err

@@ -45,20 +45,32 @@ def evaluation_record(driver: Driver, users: np.ndarray) -> dict[str, Any]:
 
 
 def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
-                on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_round: Callable[[dict[str, Any]], None] | None = None,
+                resume: tuple[int, dict[str, np.ndarray], list[dict[str, Any]]] | None = None,
+                on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
     """Run rounds 1..cfg.rounds on the batched engine; return {"records", ...} like the Flower strategy's start().
 
     ``on_round`` is called with each round's record as the round ends (the entry point appends it to
-    records.jsonl).
+    records.jsonl). ``on_checkpoint(round, arrays)`` is called every ``cfg.checkpoint_every`` rounds with
+    the driver's :meth:`~engine.driver.Driver.checkpoint_state`. ``resume`` = (checkpoint round, its
+    arrays, the records of rounds 1..that round) continues from there: the driver's state is restored,
+    the released rounds are accounted again (DP), and the run ends as the uninterrupted one would, since
+    the sampled users, the evaluated users and the users' initial states are functions of (seed, round, user).
     """
     t_setup = time.perf_counter()
     driver = get_driver(cfg.protocol)(cfg, split, meta)
     sampler = driver.sampler()
+    first_round, records = 1, []
+    if resume is not None:
+        checkpoint_round, arrays, prior = resume
+        driver.restore_state(arrays)
+        first_round, records = checkpoint_round + 1, list(prior)
+        for record in records:  # as the Flower loop does: a resumed run re-accounts what it already released
+            sampler.dp_fields(record, int(record["clients"]))
     setup_seconds = time.perf_counter() - t_setup
-    rounds, eval_every = int(cfg.rounds), int(cfg.train.eval_every)
+    rounds, eval_every, every = int(cfg.rounds), int(cfg.train.eval_every), int(cfg.checkpoint_every)
     eval_users: np.ndarray | None = None
-    records: list[dict[str, Any]] = []
-    for rnd in range(1, rounds + 1):
+    for rnd in range(first_round, rounds + 1):
         sampler.round = rnd
         users = np.asarray(sampler.sample_users(rnd), dtype=np.int64)
         start = time.perf_counter()
@@ -79,6 +91,9 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
         sampler._log_round(record)  # the Flower loop's log line, so both engines print alike
         if on_round is not None:
             on_round(record)
-    return {"records": records, "setup_seconds": setup_seconds, "engine": ENGINE, **driver.summary(),
+        if every and on_checkpoint is not None and rnd % every == 0:
+            on_checkpoint(rnd, driver.checkpoint_state())
+    resumed = {"resumed_from_round": first_round - 1} if resume is not None else {}  # as the Flower loop's
+    return {"records": records, "setup_seconds": setup_seconds, "engine": ENGINE, **resumed, **driver.summary(),
             **sampler.dp_summary(),
             "evaluated_users": [int(u) for u in sampler.evaluation_users()]}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from clients.fedmf_common import hyper, sorted_by_item
-from engine.driver import Driver
+from engine.driver import Driver, restore_array, restore_server, server_arrays
 from models.ranking import mf_candidate_scores, ranking_sums
 from recdata.ranking import ranking_candidates
 from models.fedmf_mf import (apply_gradient_sum, init_item_matrix, init_user_matrix, squared_error_batch,
@@ -168,6 +168,19 @@ class DistributedMFDriver(_FedMFFamilyDriver):
         if self.strategy.record:
             log.warning("engine=batched receives no uploads, so strategy.record_uploads=true keeps no server view; "
                         "run the leakage attack on engine=flower")
+
+    checkpointable = True
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The strategy's V (``server.V``) and every user's private u and whether it has started."""
+        return {**server_arrays(self.strategy),
+                "private.U": self.U, "private.started": self.started}
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        U = restore_array(arrays, "private.U", self.U)
+        started = restore_array(arrays, "private.started", self.started)
+        restore_server(self.strategy, arrays)
+        self.U, self.started = U, started
 
     def item_matrix(self) -> np.ndarray:
         return self.strategy.V

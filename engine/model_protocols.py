@@ -30,7 +30,7 @@ import numpy as np
 
 from clients.item_selection import evaluation_items, ratings_of_many, truncate_items
 from clients.two_server import encode_upload, user_ring_codec
-from engine.driver import Driver
+from engine.driver import Driver, restore_array, restore_server, server_arrays
 from models.dp_training import train_batch_clipped
 from models import ModelSpec, PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
 from models.batch import concat_ranges, pad_flat
@@ -56,6 +56,9 @@ from twoserver.variants import variant_of
 CHUNK_ELEMENTS = 1 << 24
 ENCODE_CHUNK_ELEMENTS = 1 << 22  # values one chunk of users encodes into the ring at once (float64 + int64 copies)
 PAD_ALLOWANCE = 1 << 17  # padded elements a group may waste regardless of its size (fewer, larger batches; README)
+
+
+PRIVATE_FIELDS = ("params", "m", "v", "step")  # :class:`PrivateState`'s arrays, as checkpointed
 
 
 class LossCount(NamedTuple):
@@ -133,6 +136,23 @@ class ModelDriver(Driver):
     # ---------------------------------------------------------- interface
     def sampler(self) -> Any:
         return self.strategy
+
+    checkpointable = True
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The strategy's own checkpoint (public model, server optimiser, SecEmb's m') under ``server.``, and
+        every user's private parameters, Adam moments and step count, and who has started, under ``private.``."""
+        arrays = server_arrays(self.strategy)
+        arrays.update({f"private.{name}": getattr(self.private, name) for name in PRIVATE_FIELDS})
+        arrays["private.initialised"] = self.initialised
+        return arrays
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        private = {name: restore_array(arrays, f"private.{name}", getattr(self.private, name))
+                   for name in PRIVATE_FIELDS}
+        initialised = restore_array(arrays, "private.initialised", self.initialised)
+        restore_server(self.strategy, arrays)
+        self.private, self.initialised = PrivateState(**private), initialised
 
     def message_sizes(self, users: np.ndarray | None = None) -> dict[str, float]:
         if users is None:

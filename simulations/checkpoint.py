@@ -32,6 +32,7 @@ import numpy as np
 
 from recdata.atomic import atomic_savez, atomic_write_bytes
 from schemas.config import AppConfig, to_dict
+from simulations.results import read_records, rewrite_records
 
 CHECKPOINT_DIR = "checkpoint"
 DEVICES_DIR = "devices"
@@ -120,6 +121,19 @@ def check_resumable(cfg: AppConfig, ckpt: Checkpoint) -> None:
     if int(cfg.rounds) <= ckpt.round:
         raise ResumeError(f"nothing to resume: the last checkpoint is round {ckpt.round} and rounds={cfg.rounds}; "
                           "pass a larger rounds= to continue training")
+
+
+def records_to_resume(out_dir: str | Path, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of rounds 1..``ckpt.round``, which ``records.jsonl`` is rewritten to (later rounds are
+    redone), and the rounds that ran after the checkpoint; :class:`ResumeError` when the folder's records
+    do not hold every checkpointed round."""
+    appended = read_records(out_dir)
+    prior = [r for r in appended if int(r["round"]) <= ckpt.round]
+    lost = [int(r["round"]) for r in appended if int(r["round"]) > ckpt.round]
+    if [int(r["round"]) for r in prior] != list(range(1, ckpt.round + 1)):
+        raise ResumeError(f"{out_dir}/records.jsonl does not hold rounds 1..{ckpt.round} of the checkpointed run")
+    rewrite_records(out_dir, prior)
+    return prior, lost
 
 
 def refuse_unsupported(cfg: AppConfig) -> None:

@@ -20,9 +20,8 @@ from simulations.config import compose_config, to_app_config
 from recdata.dataset import dataset_meta, load_split
 from simulations.registry import build_strategy
 from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, check_resumable, clear_checkpoints,
-                                    load_latest_checkpoint, refuse_unsupported, save_checkpoint)
-from simulations.results import (append_record, final_summary, global_mean_reference, read_records,
-                                 rewrite_records, write_results)
+                                    load_latest_checkpoint, records_to_resume, refuse_unsupported, save_checkpoint)
+from simulations.results import append_record, final_summary, global_mean_reference, rewrite_records, write_results
 from schemas.config import AppConfig, ConfigError
 from twoserver.link import Server1Unavailable
 
@@ -59,18 +58,13 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
         check_resumable(cfg, ckpt)
         strategy.restore_state(ckpt.arrays)  # type: ignore[attr-defined]
         first_round = ckpt.round + 1
-        appended = read_records(out_dir)
-        prior = [r for r in appended if int(r["round"]) <= ckpt.round]
-        lost = [int(r["round"]) for r in appended if int(r["round"]) > ckpt.round]
+        prior, lost = records_to_resume(out_dir, ckpt)  # rounds after the checkpoint are redone
         if lost:
             # Devices keep only their latest private state and are not told of the rollback, so the users
             # of the redone rounds start them from a later state than the uninterrupted run had.
             log.warning("rounds %d..%d ran after the last checkpoint and are redone; their users keep the "
                         "private state they reached in them, so this run can differ slightly from an "
                         "uninterrupted one (checkpoint_every=1 avoids it)", lost[0], lost[-1])
-        if [int(r["round"]) for r in prior] != list(range(1, ckpt.round + 1)):
-            raise ResumeError(f"{out_dir}/records.jsonl does not hold rounds 1..{ckpt.round} of the checkpointed run")
-        rewrite_records(out_dir, prior)  # rounds after the checkpoint are redone
         log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, ckpt.round, out_dir)
     else:
         clear_checkpoints(out_dir)

@@ -163,11 +163,6 @@ def test_engine_choice_is_validated():
         _cfg([*BASE, "engine=turbo"])
 
 
-def test_resume_is_refused_on_the_batched_engine(tmp_path):
-    with pytest.raises(ConfigError, match="resume"):
-        simulate_batched(_cfg([*BASE, "engine=batched", "resume=true"]), str(tmp_path))
-
-
 def test_sub_batching_changes_nothing(monkeypatch):
     """Users are independent: one batch per round or many small ones train the same model."""
     cfg = _cfg([*BASE, "engine=batched", "strategy=secemb", "strategy.m_prime=6", "model=deepfm", "rounds=3"])

@@ -118,6 +118,12 @@ def check_resumable(cfg: AppConfig, ckpt: Checkpoint) -> None:
     if diffs:
         raise ResumeError("resume=true needs the same overrides as the run being resumed (only rounds may "
                           "change); differs in: " + "; ".join(diffs))
+    dp = cfg.dp
+    if dp.enabled and dp.noise_multiplier is None and int(cfg.rounds) != int(ckpt.config["rounds"]):
+        raise ResumeError(f"a dp.target_epsilon run cannot change rounds on resume (run: {ckpt.config['rounds']}, "
+                          f"now: {cfg.rounds}): its noise multiplier is solved from rounds, so the rounds already "
+                          "run used another one and accounting them at the new one would misstate epsilon; "
+                          "resume with the run's rounds")
     if int(cfg.rounds) <= ckpt.round:
         raise ResumeError(f"nothing to resume: the last checkpoint is round {ckpt.round} and rounds={cfg.rounds}; "
                           "pass a larger rounds= to continue training")

@@ -72,6 +72,15 @@ def test_dp_epsilon_continues_across_a_resume(tmp_path):
     assert resumed["final"]["dp"] == whole["final"]["dp"] and resumed["final"]["dp"]["rounds_accounted"] == 6
 
 
+def test_a_target_epsilon_run_cannot_change_its_rounds_on_resume(tmp_path):
+    """Its noise multiplier is solved from ``rounds``: more rounds, more noise; the rounds already run had less,
+    and re-accounting them at the new multiplier would understate epsilon (both engines share this check)."""
+    run = ("strategy=secemb", "dp.enabled=true", "dp.clip=0.5", "dp.target_epsilon=8", "checkpoint_every=2")
+    _run(tmp_path, *run, "rounds=4")
+    with pytest.raises(ResumeError, match="target_epsilon"):
+        _run(tmp_path, *run, "rounds=6", "resume=true")
+
+
 def test_every_checkpointable_driver_round_trips_and_others_say_so():
     assert {n for n in DRIVERS if get_driver(n).checkpointable} == set(DRIVERS) - {"fedmf"}
 

@@ -26,11 +26,12 @@ models overfit before epoch 200. Per-seed values follow each row.
     python -m benchmarks.table3 --models mf --seeds 2 --out outputs/table3   # keep each cell's run folder,
     python -m simulations.report outputs/table3                          # then tabulate and plot the curves
 
-With ``--out``, a cell that finishes writes ``cell.json`` (its outcome and the overrides it ran with) into
-its folder, and the same command run again reads finished cells back instead of rerunning them: the whole
-table (about 12 hours with ``--jobs 2`` on 2 cores, most of it DeepFM's 20 cells of about an hour) survives a stop or a crash, losing at most the cells
-that were running. A folder whose cell ran with other settings (``--epochs``, data) stops the command before
-anything runs.
+With ``--out``, each cell checkpoints every 100 rounds, and a cell that finishes writes ``cell.json`` (its
+outcome and the overrides it ran with) into its folder. The same command run again reads finished cells
+back and continues unfinished ones from their last checkpoint (ending as an uninterrupted run would), so the
+whole table (about 12 hours with ``--jobs 2`` on 2 cores, most of it DeepFM's 20 cells of about an hour)
+survives a stop or a crash, losing at most 100 rounds of each running cell. A folder whose cell ran with
+other settings (``--epochs``, data) stops the command before anything runs.
 
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
 (SecEmb Table 7: users, items, features; Table 8's embedding sizes; the real files are not on this
@@ -65,6 +66,8 @@ from engine.model_protocols import secemb_round_bytes
 from schemas import compressed, secfedrec, sizes
 from schemas.config import AppConfig, model_spec
 from simulations.config import compose_config, to_app_config
+from simulations.checkpoint import ResumeError, check_resumable, load_latest_checkpoint
+from simulations.results import read_records
 from simulations.run import simulate_batched
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
@@ -162,6 +165,7 @@ class Cell:
 
 
 CELL_FILE = "cell.json"  # a kept cell folder's finished outcome and the overrides it ran with
+CHECKPOINT_ROUNDS = 100  # a kept cell checkpoints this often (a DeepFM round is about 2 s)
 
 
 @dataclass(frozen=True)
@@ -194,24 +198,56 @@ def plan_cell(model: str, method: str, seed: int, epochs: float, eval_epochs: fl
 
 def run_cell(plan: CellPlan, keep: str | None = None) -> Cell:
     """Train one cell on the batched engine; ``keep``: a folder under which its run folder
-    (``<model>_<method>_seed<seed>``: results.json, records.jsonl, plot, and :data:`CELL_FILE` once it has
-    finished) stays, else a temporary one."""
-    cfg = to_app_config(compose_config(list(plan.overrides)))
+    (``<model>_<method>_seed<seed>``: results.json, records.jsonl, plot, checkpoints every
+    :data:`CHECKPOINT_ROUNDS` rounds, and :data:`CELL_FILE` once it has finished) stays, else a temporary one.
+    A kept folder holding a checkpoint of this cell continues from it (the batched engine's resume ends as
+    the uninterrupted run would); its seconds are then the earlier rounds' recorded seconds plus this run's."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(keep) / plan.name if keep else Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).unlink(missing_ok=True)  # a rerun invalidates what the folder held before it
+        ckpt_round = resumable_round(out, plan) if keep else None
+        earlier = 0.0 if ckpt_round is None else sum(  # what the checkpointed rounds took in the earlier run
+            r["round_seconds"] + (r.get("eval_seconds") or 0.0) for r in read_records(out) if r["round"] <= ckpt_round)
+        cfg = (kept_config(plan, resume=ckpt_round is not None) if keep
+               else to_app_config(compose_config(list(plan.overrides))))
         simulate_batched(cfg, str(out))
         res = json.loads((out / "results.json").read_text())
-        seconds = time.perf_counter() - start
+        seconds = earlier + time.perf_counter() - start
         up = res["final"]["mean_bytes_up_per_client"]
         before = secfedrec_upload_bytes(cfg, cfg.rounds) if plan.method == "secemb" else full_upload_bytes(cfg)
         cell = Cell(res["final"]["final_test_rmse"], res["final"]["best_test_rmse"], before / up, up, seconds)
         if keep:
-            record = {"overrides": list(plan.overrides), **asdict(cell), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            record = {"overrides": list(plan.overrides), **asdict(cell), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "resumed_from_round": res["final"].get("resumed_from_round")}
             atomic_write_bytes(out / CELL_FILE, json.dumps(record, indent=1).encode())
     return cell
+
+
+def kept_config(plan: CellPlan, resume: bool = False) -> AppConfig:
+    """A kept cell's config: the plan's, checkpointing every :data:`CHECKPOINT_ROUNDS` rounds (which changes no
+    result: tests/test_batched_resume.py), and resuming when asked."""
+    extra = [f"checkpoint_every={CHECKPOINT_ROUNDS}", *(["resume=true"] if resume else [])]
+    return to_app_config(compose_config([*plan.overrides, *extra]))
+
+
+def resumable_round(folder: Path, plan: CellPlan) -> int | None:
+    """The round of the checkpoint an unfinished run of this cell left in ``folder``; None when there is none
+    (or it is of the last round, whose results were not written: the cell reruns). :class:`StaleCellError`
+    when the checkpoint is of other settings."""
+    try:
+        ckpt = load_latest_checkpoint(folder)
+    except ResumeError:
+        return None
+    cfg = kept_config(plan, resume=True)
+    if ckpt.round >= cfg.rounds:
+        return None
+    try:
+        check_resumable(cfg, ckpt)
+    except ResumeError as err:
+        raise StaleCellError(f"{folder}: {err}; use another --out or remove the folder") from err
+    return ckpt.round
 
 
 class StaleCellError(Exception):
@@ -278,10 +314,14 @@ def main() -> None:
         try:
             stored = {plan: cell for row in plans.values() for plan in row
                       if (cell := stored_cell(Path(args.out) / plan.name, plan)) is not None}
+            resuming = sum(resumable_round(Path(args.out) / plan.name, plan) is not None
+                           for row in plans.values() for plan in row if plan not in stored)
         except StaleCellError as err:
             raise SystemExit(f"table3: {err}") from None
         if stored:
             print(f"# {len(stored)} cells finished by an earlier run are read from {args.out}", flush=True)
+        if resuming:
+            print(f"# {resuming} cells continue from the checkpoints of an earlier run in {args.out}", flush=True)
     pool = _pool(args.jobs)
     # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
     futures: dict[tuple[str, str], list] = {

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks import table3
 from benchmarks.table3 import CELL_FILE, Cell, StaleCellError, plan_cell, stored_cell
+from simulations.results import read_records
 
 TWO_ROUNDS = 1.5 / (943 / 100)  # epochs that come to ceil(1.5) = 2 rounds of 100 of ml_100k's 943 users
 
@@ -48,6 +49,23 @@ def test_a_finished_cell_is_read_back_not_rerun(tmp_path, ml100k_path, monkeypat
     with pytest.raises(SystemExit, match="other settings"):  # 3 rounds would overwrite the 2-round cell
         _table3(monkeypatch, capsys, *args[:7], str(2.5 / (943 / 100)), *args[8:])
     assert json.loads((folder / CELL_FILE).read_text()) == record
+
+
+def test_an_unfinished_cell_continues_from_its_checkpoint(tmp_path, ml100k_path, monkeypatch, capsys):
+    """A cell that died after its round-2 checkpoint (round 3 ran, no cell.json) resumes and ends as it would have."""
+    monkeypatch.setattr(table3, "CHECKPOINT_ROUNDS", 2)
+    three = str(2.5 / (943 / 100))
+    args = ("--models", "mf", "--methods", "bit8", "--seeds", "1", "--epochs", three, "--eval-epochs", three,
+            "--data-path", str(ml100k_path), "--out", str(tmp_path))
+    first = _table3(monkeypatch, capsys, *args)
+    folder = tmp_path / "mf_bit8_seed0"
+    (folder / CELL_FILE).unlink()
+    assert [r["round"] for r in read_records(folder)] == [1, 2, 3]
+
+    second = _table3(monkeypatch, capsys, *args)
+    assert "# 1 cells continue from the checkpoints of an earlier run" in second
+    assert json.loads((folder / CELL_FILE).read_text())["resumed_from_round"] == 2
+    assert _row(second).split()[:-1] == _row(first).split()[:-1]  # all but the seconds
 
 
 def _plan(ml100k_path: Path):

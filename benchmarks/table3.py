@@ -302,8 +302,6 @@ def main() -> None:
         print_reduction_ratios(args.rr_presets.split(","), args.models.split(","))
         return
     total = time.perf_counter()
-    print(f"{'model':7} {'method':7} {'final RMSE':>16} {'paper RMSE':>16} {'best-on-test':>16} {'R.R.':>6} "
-          f"{'paper':>6} {'up MB':>7} {'wall s':>8}")
     models, methods = args.models.split(","), args.methods.split(",")
     plans = {(model, method): [plan_cell(model, method, s, args.epochs, args.eval_epochs, args.data_path)
                                for s in range(args.first_seed, args.first_seed + args.seeds)]
@@ -322,6 +320,8 @@ def main() -> None:
             print(f"# {len(stored)} cells finished by an earlier run are read from {args.out}", flush=True)
         if resuming:
             print(f"# {resuming} cells continue from the checkpoints of an earlier run in {args.out}", flush=True)
+    print(f"{'model':7} {'method':7} {'final RMSE':>16} {'paper RMSE':>16} {'best-on-test':>16} {'R.R.':>6} "
+          f"{'paper':>6} {'up MB':>7} {'wall s':>8}", flush=True)
     pool = _pool(args.jobs)
     # Every cell is submitted up front so the pool stays busy; rows print in table order as they complete.
     futures: dict[tuple[str, str], list] = {

@@ -251,13 +251,13 @@ def resumable_round(folder: Path, plan: CellPlan) -> int | None:
 
 
 class StaleCellError(Exception):
-    """A kept cell folder holds a finished cell of other settings (or an unreadable record of one)."""
+    """A kept cell folder holds a finished cell or a checkpoint of other settings (or an unreadable record)."""
 
 
 def stored_cell(folder: Path, plan: CellPlan) -> Cell | None:
     """The cell an earlier ``--out`` run finished in ``folder`` with exactly ``plan``'s overrides, so a stopped
     or crashed Table 3 run continues where it stopped; None when the folder holds no finished cell (never run,
-    or stopped mid-run: the cell reruns from round 1, the batched engine keeps no checkpoints).
+    or stopped mid-run: then :func:`resumable_round` says where it continues).
 
     Raises :class:`StaleCellError` when it holds one of other settings (a different ``--epochs``, data path
     or experiment), which a rerun would overwrite."""
@@ -294,7 +294,8 @@ def main() -> None:
                         help="cells run in this many processes at once, one torch thread each (1: in this process)")
     parser.add_argument("--out", default=None,
                         help="keep each cell's run folder under this folder (curves; input of simulations.report); "
-                             "cells a run with the same --out finished before are read back, not rerun")
+                             "cells a run with the same --out finished are read back, unfinished ones continue "
+                             "from their last checkpoint")
     parser.add_argument("--rr-presets", default=None,
                         help="comma-separated ml_1m,ml_10m,ml_25m,yelp: print only their computed R.R. columns")
     args = parser.parse_args()

@@ -51,9 +51,7 @@ def _stop_and_resume(tmp_path: Path, *protocol: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("protocol", [
     ("strategy=plaintext", "model=ncf"),                                   # private parameters and their Adam
-    ("strategy=secemb", "model=fm"),                                       # m' from the count, ring arithmetic
-    ("strategy=secemb", "model=deepfm", "strategy.m_prime=null"),
-    ("strategy=plaintext", "model=mf", "strategy.compression=colr", "strategy.compression_rank=3"),
+    ("strategy=secemb", "model=deepfm", "strategy.m_prime=null"),          # m' from the count, ring arithmetic
     ("strategy=distributed_mf",),                                          # the MF family's V and private u
 ], ids=lambda p: "-".join(o.split("=")[1] for o in p[:2]))
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, protocol):

@@ -129,17 +129,33 @@ def check_resumable(cfg: AppConfig, ckpt: Checkpoint) -> None:
                           "pass a larger rounds= to continue training")
 
 
-def records_to_resume(out_dir: str | Path, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records of rounds 1..``ckpt.round``, which ``records.jsonl`` is rewritten to (later rounds are
-    redone), and the rounds that ran after the checkpoint; :class:`ResumeError` when the folder's records
-    do not hold every checkpointed round."""
+@dataclass(frozen=True)
+class Resume:
+    """Where a ``resume=true`` run continues: its last checkpoint, the records of rounds 1..that round, and the
+    rounds that ran after it (redone)."""
+
+    checkpoint: Checkpoint
+    prior: list[dict[str, Any]]
+    lost: list[int]
+
+
+def open_run_folder(cfg: AppConfig, out_dir: str | Path) -> Resume | None:
+    """Make the run folder ready, for both engines: a fresh run clears an earlier run's checkpoints and records
+    (None); ``resume=true`` loads the last checkpoint, checks it against ``cfg`` and rewrites ``records.jsonl``
+    to the checkpointed rounds (:class:`ResumeError` when the folder's records do not hold them all)."""
+    if not cfg.resume:
+        clear_checkpoints(out_dir)
+        rewrite_records(out_dir, [])
+        return None
+    ckpt = load_latest_checkpoint(out_dir)
+    check_resumable(cfg, ckpt)
     appended = read_records(out_dir)
     prior = [r for r in appended if int(r["round"]) <= ckpt.round]
     lost = [int(r["round"]) for r in appended if int(r["round"]) > ckpt.round]
     if [int(r["round"]) for r in prior] != list(range(1, ckpt.round + 1)):
         raise ResumeError(f"{out_dir}/records.jsonl does not hold rounds 1..{ckpt.round} of the checkpointed run")
     rewrite_records(out_dir, prior)
-    return prior, lost
+    return Resume(ckpt, prior, lost)
 
 
 def refuse_unsupported(cfg: AppConfig) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import warnings
+from functools import partial
 from typing import Any
 
 import hydra
@@ -106,9 +107,8 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     from engine.loop import run_batched
     from engine.registry import get_driver
     from recdata.dataset import dataset_meta, load_split
-    from simulations.checkpoint import (NOT_RESUMABLE, clear_checkpoints, records_to_resume, refuse_unsupported,
-                                        save_checkpoint)
-    from simulations.results import append_record, final_summary, global_mean_reference, rewrite_records, write_results
+    from simulations.checkpoint import NOT_RESUMABLE, open_run_folder, refuse_unsupported, save_checkpoint
+    from simulations.results import append_record, final_summary, global_mean_reference, write_results
 
     refuse_unsupported(cfg)
     checkpointable = get_driver(cfg.protocol).checkpointable
@@ -126,30 +126,23 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     start = time.perf_counter()
     meta = dataset_meta(cfg)
-    resume = None
-    if cfg.resume:
-        ckpt = load_latest_checkpoint(out_dir)
-        check_resumable(cfg, ckpt)
-        prior, lost = records_to_resume(out_dir, ckpt)
-        if lost:  # the checkpoint holds the users' private state too, so the redone rounds are the same rounds
-            log.info("rounds %d..%d ran after the last checkpoint and are redone", lost[0], lost[-1])
-        log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, ckpt.round, out_dir)
-        resume = (ckpt.round, ckpt.arrays, prior)
-    else:
-        clear_checkpoints(out_dir)
-        rewrite_records(out_dir, [])
+    resume = open_run_folder(cfg, out_dir)
+    if resume is not None:
+        if resume.lost:  # the checkpoint holds the users' private state too, so the redone rounds are the same rounds
+            log.info("rounds %d..%d ran after the last checkpoint and are redone", resume.lost[0], resume.lost[-1])
+        log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, resume.checkpoint.round,
+                 out_dir)
     log.info("engine=batched strategy=%s model=%s dataset=%s users=%d items=%d rounds=%d clients/round=%d",
              cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items, cfg.rounds,
              cfg.clients_per_round)
     split = load_split(cfg)
-    def on_checkpoint(rnd: int, arrays: dict[str, Any]) -> None:
-        # Only the checkpoint: the rounds are in records.jsonl already, and rewriting results.json and its plot
-        # at each checkpoint, as the Flower path does (where a round takes seconds), would slow short rounds.
-        save_checkpoint(out_dir, rnd, arrays, cfg)
-
+    # Only the checkpoint: the rounds are in records.jsonl already, and rewriting results.json and its plot
+    # at each checkpoint, as the Flower path does (where a round takes seconds), would slow short rounds.
+    on_checkpoint = partial(save_checkpoint, out_dir, cfg=cfg) if checkpointable else None
+    start_from = None if resume is None else (resume.checkpoint.round, resume.checkpoint.arrays, resume.prior)
     try:
-        run = run_batched(cfg, split, meta, on_round=lambda record: append_record(out_dir, record), resume=resume,
-                          on_checkpoint=on_checkpoint if checkpointable else None)
+        run = run_batched(cfg, split, meta, on_round=lambda record: append_record(out_dir, record),
+                          resume=start_from, on_checkpoint=on_checkpoint)
     except StateMismatch as err:
         raise ResumeError(f"the checkpoint in {out_dir} does not fit this run: {err}") from err
     run["reference_global_mean"] = global_mean_reference(split, run.pop("evaluated_users"))

@@ -19,9 +19,9 @@ from recdata import DatasetError
 from simulations.config import compose_config, to_app_config
 from recdata.dataset import dataset_meta, load_split
 from simulations.registry import build_strategy
-from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, check_resumable, clear_checkpoints,
-                                    load_latest_checkpoint, records_to_resume, refuse_unsupported, save_checkpoint)
-from simulations.results import append_record, final_summary, global_mean_reference, rewrite_records, write_results
+from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, open_run_folder, refuse_unsupported,
+                                    save_checkpoint)
+from simulations.results import append_record, final_summary, global_mean_reference, write_results
 from schemas.config import AppConfig, ConfigError
 from twoserver.link import Server1Unavailable
 
@@ -53,22 +53,18 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
         log.warning("strategy=%s keeps no checkpoints (%s); rounds are still appended to records.jsonl",
                     cfg.strategy.name, NOT_RESUMABLE.get(cfg.strategy.name, "no checkpoint_state"))
     first_round, prior = 1, []
-    if cfg.resume:
-        ckpt = load_latest_checkpoint(out_dir)
-        check_resumable(cfg, ckpt)
+    resume = open_run_folder(cfg, out_dir)
+    if resume is not None:
+        ckpt = resume.checkpoint
         strategy.restore_state(ckpt.arrays)  # type: ignore[attr-defined]
-        first_round = ckpt.round + 1
-        prior, lost = records_to_resume(out_dir, ckpt)  # rounds after the checkpoint are redone
-        if lost:
+        first_round, prior = ckpt.round + 1, resume.prior
+        if resume.lost:  # rounds after the checkpoint are redone
             # Devices keep only their latest private state and are not told of the rollback, so the users
             # of the redone rounds start them from a later state than the uninterrupted run had.
             log.warning("rounds %d..%d ran after the last checkpoint and are redone; their users keep the "
                         "private state they reached in them, so this run can differ slightly from an "
-                        "uninterrupted one (checkpoint_every=1 avoids it)", lost[0], lost[-1])
+                        "uninterrupted one (checkpoint_every=1 avoids it)", resume.lost[0], resume.lost[-1])
         log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, ckpt.round, out_dir)
-    else:
-        clear_checkpoints(out_dir)
-        rewrite_records(out_dir, [])
     log.info("strategy=%s model=%s dataset=%s users=%d items=%d rounds=%d clients/round=%d",
              cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items,
              cfg.rounds, cfg.clients_per_round)

@@ -5,7 +5,7 @@ client runs as a batch of one, and applies each protocol's server arithmetic
 with the functions its Flower path uses. Checked here: the batched step and the
 server update on hand-computable cases; that the plaintext image the engine
 keeps for ``fedmf`` (fixed-point integers, summed) is exactly what real Paillier
-ciphertexts decrypt to; and, on tiny synthetic data, that a 20-round run gives
+ciphertexts decrypt to; and, on tiny synthetic data, that an 8-round run gives
 the Flower path's test RMSE and its measured bytes per client.
 """
 
@@ -88,7 +88,7 @@ def test_the_engines_fedmf_integers_are_what_the_ciphertexts_decrypt_to():
 
 # ---------------------------------------------------------------- twins: batched vs Flower
 BASE = [o for o in SMALL if not o.startswith(("rounds=", "train.eval_every="))] + \
-    ["model=mf", "rounds=20", "train.eval_every=10"]
+    ["model=mf", "rounds=8", "train.eval_every=4"]
 FEDMF = ["strategy=fedmf", "strategy.key_bits=1024"]  # the smallest key the config allows
 CASES = {
     "distributed_mf-parttext": ["strategy=distributed_mf", "strategy.mode=parttext"],
@@ -107,7 +107,7 @@ def _batched(tmp_path, overrides: list[str]) -> dict:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_engine_reproduces_the_flower_run(tmp_path, case):
-    """Same seed and config: the same test RMSE at every evaluation (20 rounds; fedmf-padded 4) and, for
+    """Same seed and config: the same test RMSE at every evaluation (8 rounds; fedmf-padded 4) and, for
     round 1 (no evaluation in it), the computed bytes per client within 1% of those Flower's meter measured."""
     overrides = BASE + CASES[case]
     cfg = to_app_config(compose_config(overrides))

@@ -83,7 +83,7 @@ def test_ablation_variants_train_the_same_model(tmp_path_factory, variant):
     assert ablation["records"][0]["bytes_up_per_client"] > full["records"][0]["bytes_up_per_client"]
 
 
-FEDMF = ("+experiment=fedmf_small", "rounds=10", "train.eval_every=5")  # the paper's 7 users, 40 items
+FEDMF = ("+experiment=fedmf_small", "rounds=4", "train.eval_every=2")  # the paper's 7 users, 40 items
 KEY = "strategy.key_bits=1024"
 
 

@@ -22,8 +22,10 @@ round)), and the users' private parameters, which live on the users' devices
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ NOT_RESUMABLE = {
               "be decrypted; run it again from round 1"),
 }
 _NAME = re.compile(r"^round-(\d+)\.json$")
+log = logging.getLogger("secrec")
 
 
 class ResumeError(RuntimeError):
@@ -84,17 +87,47 @@ def _rounds(folder: Path) -> list[int]:
 
 
 def load_latest_checkpoint(out_dir: str | Path) -> Checkpoint:
-    """The newest complete checkpoint in the run folder; :class:`ResumeError` when there is none."""
+    """The newest checkpoint in the run folder that reads back whole; :class:`ResumeError` when there is none.
+
+    Writes are atomic, so a half-written file never carries a checkpoint's name; a file damaged later (a
+    copy cut short, a disk error) is skipped with a warning for the one before it (:data:`KEEP` are kept),
+    and when none reads, the error names each file and what is wrong with it, rather than a traceback."""
     folder = checkpoint_dir(out_dir)
     rounds = _rounds(folder)
     if not rounds:
         raise ResumeError(f"resume=true but {folder} holds no checkpoint; the first run needs "
                           "checkpoint_every=K (K > 0), and hydra.run.dir must name its folder")
-    rnd = rounds[-1]
-    sidecar = json.loads((folder / f"round-{rnd}.json").read_text())
-    with np.load(folder / f"round-{rnd}.npz", allow_pickle=False) as data:
-        arrays = {name: data[name].copy() for name in data.files}
-    return Checkpoint(round=int(sidecar["round"]), arrays=arrays, config=sidecar["config"])
+    problems = []
+    for rnd in reversed(rounds):
+        try:
+            return _read_checkpoint(folder, rnd)
+        except UnreadableCheckpoint as err:
+            problems.append(str(err))
+            log.warning("skipping an unreadable checkpoint: %s", err)
+    raise ResumeError(f"no checkpoint in {folder} can be read: " + "; ".join(problems))
+
+
+class UnreadableCheckpoint(Exception):
+    """One checkpoint's files are missing, damaged or inconsistent."""
+
+
+def _read_checkpoint(folder: Path, rnd: int) -> Checkpoint:
+    """Round ``rnd``'s checkpoint, every field checked: the sidecar names this round, holds a config and lists
+    exactly the archive's arrays, which are numeric (``allow_pickle=False`` refuses object arrays)."""
+    where = f"round-{rnd}"
+    try:
+        sidecar = json.loads((folder / f"{where}.json").read_text())
+        with np.load(folder / f"{where}.npz", allow_pickle=False) as data:
+            arrays = {name: data[name].copy() for name in data.files}
+    except (OSError, UnicodeDecodeError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UnreadableCheckpoint(f"{where}: {type(err).__name__}: {err}") from err
+    if not isinstance(sidecar, dict) or sidecar.get("round") != rnd or not isinstance(sidecar.get("config"), dict):
+        raise UnreadableCheckpoint(f"{where}.json does not describe round {rnd} with its run's config")
+    if sidecar.get("arrays") != sorted(arrays):
+        raise UnreadableCheckpoint(f"{where}.npz holds {sorted(arrays)}, its sidecar lists {sidecar.get('arrays')}")
+    if any(not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) for a in arrays.values()):
+        raise UnreadableCheckpoint(f"{where}.npz holds a non-numeric array")
+    return Checkpoint(round=rnd, arrays=arrays, config=sidecar["config"])
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -70,6 +70,27 @@ def test_checkpoints_keep_the_last_two_and_no_pickles(tmp_path):
         save_checkpoint(tmp_path, 8, {"bad": np.array([object()])}, AppConfig())
 
 
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_or_is_refused_in_one_line(tmp_path, caplog):
+    for rnd in (2, 4):
+        save_checkpoint(tmp_path, rnd, {"x": np.full(3, rnd, dtype=np.float32), "done": np.ones(2, bool)}, AppConfig())
+    folder = tmp_path / "checkpoint"
+    npz = (folder / "round-4.npz").read_bytes()
+    (folder / "round-4.npz").write_bytes(npz[: len(npz) // 2])  # a copy cut short
+    ckpt = load_latest_checkpoint(tmp_path)
+    assert ckpt.round == 2 and ckpt.arrays["x"].tolist() == [2, 2, 2] and "round-4" in caplog.text
+    (folder / "round-4.npz").write_bytes(npz)
+    sidecar = json.loads((folder / "round-4.json").read_text())
+    (folder / "round-4.json").write_text(json.dumps({**sidecar, "arrays": ["x"]}))  # not what the archive holds
+    assert load_latest_checkpoint(tmp_path).round == 2
+    (folder / "round-4.json").write_text(json.dumps({**sidecar, "round": 3}))  # names another round
+    assert load_latest_checkpoint(tmp_path).round == 2
+    (folder / "round-2.json").write_text("{not json")
+    with pytest.raises(ResumeError, match=r"can be read: round-4.*round 4.*; round-2: JSONDecodeError"):
+        load_latest_checkpoint(tmp_path)
+    (folder / "round-4.json").write_text(json.dumps(sidecar))  # whole again: the newest is used
+    assert load_latest_checkpoint(tmp_path).arrays["x"].tolist() == [4, 4, 4]
+
+
 def test_resume_refuses_a_changed_config_and_a_folder_without_checkpoint(tmp_path):
     with pytest.raises(ResumeError, match="no checkpoint"):
         load_latest_checkpoint(tmp_path)

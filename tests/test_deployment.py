@@ -6,8 +6,11 @@ of ``fedmf`` FullText with 2048-bit keys, and the tests check the results the
 ServerApp wrote. Both runs go to one SuperLink and the same two SuperNodes, as
 runs do on a deployment (a plaintext run adds nothing: it takes the same
 ClientApp, node-config and device-state path as these, with fewer messages).
-Processes are stopped by PID. Everything runs over TLS with certificates made
-by the documented command ``python -m twoserver.certs``: the SuperLink serves
+The runs start when the session's tests are collected and go on in a thread
+beside the rest of the suite; these tests run last and read their outcome
+(:class:`BackgroundRuns`). Processes are stopped by PID. Everything runs over
+TLS with certificates made by the documented command
+``python -m twoserver.certs``: the SuperLink serves
 its certificate (``--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile``), the
 SuperNodes and ``flwr`` verify it against the CA (``--root-certificates``,
 ``root-certificates`` in ``~/.flwr/config.toml``), and server 0 and server 1
@@ -16,12 +19,15 @@ authenticate each other with mutual TLS.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,7 +90,7 @@ class Deployment:
                          "--node-config", f"partition-id={pid} num-partitions={self.n_nodes}",
                          "--port", str(_free_port())], f"supernode{pid}")
 
-    def run(self, overrides: str, out_dir: Path, timeout: float = 600) -> dict:
+    def run(self, overrides: str, out_dir: Path, timeout: float = 1200) -> dict:  # slower beside the suite
         run_config = f'overrides="{overrides}" output-dir="{out_dir}"'
         proc = subprocess.run([str(BIN / "flwr"), "run", ".", "deploy", "--run-config", run_config, "--stream"],
                               env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -119,17 +125,6 @@ class Deployment:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("deployment"), n_nodes=2)
-    try:
-        dep.start()
-        yield dep
-    finally:
-        dep.stop()
-    assert all(p.poll() is not None for p in dep.procs)
-
-
 # A Flower app bundle carries no CSV files: the nodes read the data from a local folder, as devices would.
 DATA = ROOT / "recdata" / "ml-latest-small"
 # Two rounds, so round 2 runs on the state nodes kept from round 1; the test set is evaluated after the
@@ -138,25 +133,104 @@ DATA = ROOT / "recdata" / "ml-latest-small"
 COMMON = f"dataset.path={DATA} dataset.max_users=2 clients_per_round=2 rounds=2 train.eval_every=0 model.dim=8"
 
 
-def test_secemb_with_server1_as_its_own_process(deployment, tmp_path):
+def _secemb(dep: Deployment) -> dict:
+    """SecEmb MF with server 1 as its own process (mutual TLS with server 0)."""
     port = _free_port()
-    certs = deployment.certs
-    server1 = deployment._spawn([sys.executable, "-m", "twoserver", "--port", str(port),
-                                 "--cert", str(certs / "server1.pem"), "--key", str(certs / "server1.key"),
-                                 "--ca", str(certs / "ca.pem")], "server1")
+    server1 = dep._spawn([sys.executable, "-m", "twoserver", "--port", str(port),
+                          "--cert", str(dep.certs / "server1.pem"), "--key", str(dep.certs / "server1.key"),
+                          "--ca", str(dep.certs / "ca.pem")], "server1")
     _wait_port(port)
-    res = deployment.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port} "
-                         f"strategy.server1_tls_dir={certs}", tmp_path / "out")
-    assert server1.poll() is None  # server 1 served the run as a separate process
+    res = dep.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port} "
+                  f"strategy.server1_tls_dir={dep.certs}", dep.tmp / "secemb-out")
+    return {**res, "server1_was_running": server1.poll() is None}
+
+
+def _fedmf(dep: Deployment) -> dict:
+    # 40 items: FullText encrypts every row, and a fresh 2048-bit obfuscator costs ~13 ms per ciphertext
+    return dep.run(f"strategy=fedmf model=mf strategy.mode=fulltext strategy.key_bits=2048 "
+                   f"dataset.max_items=40 {COMMON}", dep.tmp / "fedmf-out")
+
+
+RUNS = {"test_secemb_with_server1_as_its_own_process": _secemb,
+        "test_fedmf_key_distribution_and_training_on_a_real_deployment": _fedmf}
+
+
+class BackgroundRuns:
+    """The selected tests' runs, one after another on one deployment, in a thread started at collection.
+
+    Why: the runs take about 190 s and are mostly waiting (each message exchange waits on the SuperNodes'
+    3 s poll and a new ClientApp process), so tests/conftest.py starts them when the session starts and
+    runs these tests last: the rest of the suite runs meanwhile. The tests are the same real deployment
+    as before; they only read the outcome when it is ready. Processes are stopped when the runs end, and
+    at session end (or exit) if they have not.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="deployment-"))
+        self.names = [n for n in RUNS if n in names]
+        self.outcomes: dict[str, dict | BaseException] = {}
+        self.stopped = False
+        self.dep: Deployment | None = None
+        self.thread = threading.Thread(target=self._run, name="deployment-runs", daemon=True)
+        atexit.register(self.stop)
+
+    def start(self) -> BackgroundRuns:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.dep = Deployment(self.tmp, n_nodes=2)
+            self.dep.start()
+            for name in self.names:
+                try:
+                    self.outcomes[name] = RUNS[name](self.dep)
+                except BaseException as err:  # reported by the test that reads it
+                    self.outcomes[name] = err
+        except BaseException as err:
+            self.outcomes.update({n: err for n in self.names if n not in self.outcomes})
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.dep is not None and not self.stopped:
+            self.dep.stop()
+            self.stopped = all(p.poll() is not None for p in self.dep.procs)
+
+    def outcome(self, name: str, timeout: float = 800) -> dict:  # within pytest-timeout's 900 s
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"the deployment runs did not end in {timeout} s; logs in {self.tmp}")
+        assert self.stopped, f"a deployment process outlived stop(); logs in {self.tmp}"
+        result = self.outcomes[name]
+        if isinstance(result, BaseException):
+            raise AssertionError(f"{name}'s run failed; logs in {self.tmp}") from result
+        return result
+
+
+_BACKGROUND: list[BackgroundRuns] = []
+
+
+def start_in_background(names: list[str]) -> None:
+    """Called by tests/conftest.py once the session's tests are collected."""
+    if not _BACKGROUND:
+        _BACKGROUND.append(BackgroundRuns(names).start())
+
+
+def _outcome(name: str) -> dict:
+    start_in_background([name])  # a no-op when conftest started them
+    return _BACKGROUND[0].outcome(name)
+
+
+def test_secemb_with_server1_as_its_own_process():
+    res = _outcome("test_secemb_with_server1_as_its_own_process")
+    assert res["server1_was_running"]  # server 1 served the run as a separate process
     assert [r["round"] for r in res["records"]] == [1, 2] and all(r["clients"] == 2 for r in res["records"])
     assert 0 < res["final"]["final_test_rmse"] < 5
 
 
-def test_fedmf_key_distribution_and_training_on_a_real_deployment(deployment, tmp_path):
-    # 40 items: FullText encrypts every row, and a fresh 2048-bit obfuscator costs ~13 ms per ciphertext
-    res = deployment.run(f"strategy=fedmf model=mf strategy.mode=fulltext strategy.key_bits=2048 "
-                         f"dataset.max_items=40 {COMMON}",
-                         tmp_path / "out")
+def test_fedmf_key_distribution_and_training_on_a_real_deployment():
+    res = _outcome("test_fedmf_key_distribution_and_training_on_a_real_deployment")
     assert res["final"]["keyed_users"] == 2 and res["final"]["key_bits"] == 2048
     assert [r["round"] for r in res["records"]] == [1, 2] and all(r["clients"] == 2 for r in res["records"])
     assert 0 < res["final"]["final_test_rmse"] < 5

@@ -201,10 +201,10 @@ class BackgroundRuns:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise AssertionError(f"the deployment runs did not end in {timeout} s; logs in {self.tmp}")
-        assert self.stopped, f"a deployment process outlived stop(); logs in {self.tmp}"
         result = self.outcomes[name]
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException):  # first: when the deployment never started, nothing was stopped
             raise AssertionError(f"{name}'s run failed; logs in {self.tmp}") from result
+        assert self.stopped, f"a deployment process outlived stop(); logs in {self.tmp}"
         return result
 
 

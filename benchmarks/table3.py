@@ -66,7 +66,7 @@ from engine.model_protocols import secemb_round_bytes
 from schemas import compressed, secfedrec, sizes
 from schemas.config import AppConfig, model_spec
 from simulations.config import compose_config, to_app_config
-from simulations.checkpoint import ResumeError, check_resumable, load_latest_checkpoint
+from simulations.checkpoint import ResumeError, check_resumable, latest_checkpoint_head
 from simulations.results import read_records
 from simulations.run import simulate_batched
 
@@ -207,13 +207,13 @@ def run_cell(plan: CellPlan, keep: str | None = None) -> Cell:
         out = Path(keep) / plan.name if keep else Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).unlink(missing_ok=True)  # a rerun invalidates what the folder held before it
-        ckpt_round = resumable_round(out, plan) if keep else None
-        earlier = 0.0 if ckpt_round is None else sum(  # what the checkpointed rounds took in the earlier run
-            r["round_seconds"] + (r.get("eval_seconds") or 0.0) for r in read_records(out) if r["round"] <= ckpt_round)
-        cfg = (kept_config(plan, resume=ckpt_round is not None) if keep
-               else to_app_config(compose_config(list(plan.overrides))))
+        resume = bool(keep) and resumable_round(out, plan) is not None
+        cfg = kept_config(plan, resume=resume) if keep else to_app_config(compose_config(list(plan.overrides)))
         simulate_batched(cfg, str(out))
         res = json.loads((out / "results.json").read_text())
+        resumed_from = res["final"].get("resumed_from_round") or 0
+        earlier = sum(  # what the rounds the run resumed after took in the earlier run
+            r["round_seconds"] + (r.get("eval_seconds") or 0.0) for r in read_records(out) if r["round"] <= resumed_from)
         seconds = earlier + time.perf_counter() - start
         up = res["final"]["mean_bytes_up_per_client"]
         before = secfedrec_upload_bytes(cfg, cfg.rounds) if plan.method == "secemb" else full_upload_bytes(cfg)
@@ -237,7 +237,7 @@ def resumable_round(folder: Path, plan: CellPlan) -> int | None:
     (or it is of the last round, whose results were not written: the cell reruns). :class:`StaleCellError`
     when the checkpoint is of other settings."""
     try:
-        ckpt = load_latest_checkpoint(folder)
+        ckpt = latest_checkpoint_head(folder)
     except ResumeError:
         return None
     cfg = kept_config(plan, resume=True)

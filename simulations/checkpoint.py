@@ -26,9 +26,10 @@ import logging
 import re
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -49,6 +50,7 @@ NOT_RESUMABLE = {
 }
 _NAME = re.compile(r"^round-(\d+)\.json$")
 log = logging.getLogger("secrec")
+_C = TypeVar("_C", bound="CheckpointHead")
 
 
 class ResumeError(RuntimeError):
@@ -56,10 +58,18 @@ class ResumeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class CheckpointHead:
+    """What a checkpoint says about itself: its round and its run's config, with the archive's structure
+    checked (every array listed, numeric, no pickles) but no array read. Enough to decide whether and from
+    where a run resumes, without loading the arrays the resumed run then loads once."""
+
     round: int
-    arrays: dict[str, np.ndarray]
     config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Checkpoint(CheckpointHead):
+    arrays: dict[str, np.ndarray]
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -92,6 +102,18 @@ def load_latest_checkpoint(out_dir: str | Path) -> Checkpoint:
     Writes are atomic, so a half-written file never carries a checkpoint's name; a file damaged later (a
     copy cut short, a disk error) is skipped with a warning for the one before it (:data:`KEEP` are kept),
     and when none reads, the error names each file and what is wrong with it, rather than a traceback."""
+    return _newest(out_dir, _read_checkpoint)
+
+
+def latest_checkpoint_head(out_dir: str | Path) -> CheckpointHead:
+    """The round and config of the checkpoint :func:`load_latest_checkpoint` would load, read without its
+    arrays, for the checks made before a run starts. The two pick the same checkpoint unless an archive's
+    array data (not its structure) is damaged, which only reading it finds; the full load then falls back
+    with its warning, and :func:`open_run_folder` checks the checkpoint it actually loaded."""
+    return _newest(out_dir, _read_head)
+
+
+def _newest(out_dir: str | Path, read: Callable[[Path, int], _C]) -> _C:
     folder = checkpoint_dir(out_dir)
     rounds = _rounds(folder)
     if not rounds:
@@ -100,7 +122,7 @@ def load_latest_checkpoint(out_dir: str | Path) -> Checkpoint:
     problems = []
     for rnd in reversed(rounds):
         try:
-            return _read_checkpoint(folder, rnd)
+            return read(folder, rnd)
         except UnreadableCheckpoint as err:
             problems.append(str(err))
             log.warning("skipping an unreadable checkpoint: %s", err)
@@ -111,23 +133,49 @@ class UnreadableCheckpoint(Exception):
     """One checkpoint's files are missing, damaged or inconsistent."""
 
 
-def _read_checkpoint(folder: Path, rnd: int) -> Checkpoint:
-    """Round ``rnd``'s checkpoint, every field checked: the sidecar names this round, holds a config and lists
-    exactly the archive's arrays, which are numeric (``allow_pickle=False`` refuses object arrays)."""
+_ARRAY_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_head(folder: Path, rnd: int) -> CheckpointHead:
+    """Round ``rnd``'s sidecar and archive structure, every field checked: the sidecar names this round, holds
+    a config and lists exactly the archive's arrays; the archive is a zip of ``.npy`` members whose headers
+    declare numeric arrays (object arrays would need pickles). Reads the zip directory and each member's
+    header, not the array data."""
     where = f"round-{rnd}"
     try:
         sidecar = json.loads((folder / f"{where}.json").read_text())
-        with np.load(folder / f"{where}.npz", allow_pickle=False) as data:
-            arrays = {name: data[name].copy() for name in data.files}
-    except (OSError, UnicodeDecodeError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        with zipfile.ZipFile(folder / f"{where}.npz") as archive:
+            members = archive.namelist()
+            dtypes = {}
+            for member in members:
+                with archive.open(member) as f:
+                    header = _ARRAY_HEADER.get(np.lib.format.read_magic(f))
+                    if header is None:
+                        raise ValueError(f"{member} is not a .npy array of format 1.0 or 2.0")
+                    dtypes[member] = header(f)[2]
+    except (OSError, UnicodeDecodeError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as err:  # the last two: a member compressed by an unknown method, or encrypted
         raise UnreadableCheckpoint(f"{where}: {type(err).__name__}: {err}") from err
     if not isinstance(sidecar, dict) or sidecar.get("round") != rnd or not isinstance(sidecar.get("config"), dict):
         raise UnreadableCheckpoint(f"{where}.json does not describe round {rnd} with its run's config")
-    if sidecar.get("arrays") != sorted(arrays):
-        raise UnreadableCheckpoint(f"{where}.npz holds {sorted(arrays)}, its sidecar lists {sidecar.get('arrays')}")
-    if any(not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) for a in arrays.values()):
+    names = sorted(m.removesuffix(".npy") for m in members)
+    if any(not m.endswith(".npy") for m in members) or sidecar.get("arrays") != names:
+        raise UnreadableCheckpoint(f"{where}.npz holds {sorted(members)}, its sidecar lists {sidecar.get('arrays')}")
+    if any(not (np.issubdtype(d, np.number) or d == np.bool_) for d in dtypes.values()):
         raise UnreadableCheckpoint(f"{where}.npz holds a non-numeric array")
-    return Checkpoint(round=rnd, arrays=arrays, config=sidecar["config"])
+    return CheckpointHead(round=rnd, config=sidecar["config"])
+
+
+def _read_checkpoint(folder: Path, rnd: int) -> Checkpoint:
+    """Round ``rnd``'s checkpoint: :func:`_read_head`'s checks, then the arrays (``allow_pickle=False``; the
+    zip's CRCs catch damaged array data)."""
+    head = _read_head(folder, rnd)
+    try:
+        with np.load(folder / f"round-{rnd}.npz", allow_pickle=False) as data:
+            arrays = {name: data[name].copy() for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise UnreadableCheckpoint(f"round-{rnd}.npz: {type(err).__name__}: {err}") from err
+    return Checkpoint(round=rnd, config=head.config, arrays=arrays)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -145,7 +193,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     return out
 
 
-def check_resumable(cfg: AppConfig, ckpt: Checkpoint) -> None:
+def check_resumable(cfg: AppConfig, ckpt: CheckpointHead) -> None:
     """Refuse a resume whose config differs from the checkpointed run's in anything but resume/rounds."""
     diffs = config_differences(ckpt.config, to_dict(cfg))
     if diffs:

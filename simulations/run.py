@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recdata import DatasetError
 from schemas.config import AppConfig, ConfigError
-from simulations.checkpoint import ResumeError, check_resumable, load_latest_checkpoint, prepare_simulation
+from simulations.checkpoint import ResumeError, check_resumable, latest_checkpoint_head, prepare_simulation
 from simulations.config import _one_line, to_app_config
 from twoserver.link import Server1Unavailable
 
@@ -59,7 +59,7 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
         return simulate_batched(cfg, out_dir)
     cfg = prepare_simulation(cfg, out_dir)
     if cfg.resume:  # refuse a wrong resume here, before Flower starts, so the message stays one line
-        check_resumable(cfg, load_latest_checkpoint(out_dir))
+        check_resumable(cfg, latest_checkpoint_head(out_dir))
     meta = dataset_meta(cfg)  # a missing or corrupt dataset is reported before Flower and Ray start
 
     from flwr.simulation import run_simulation

@@ -9,8 +9,10 @@ device folder (``simulation.device_state_dir``), as on a real device.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ from flwr.app import Context, RecordDict
 from clients.private_state import load_private, restore_arrays, save_private, store_arrays
 from models.spec import ModelSpec
 from schemas.config import AppConfig
-from simulations.checkpoint import (ResumeError, check_resumable, load_latest_checkpoint, prepare_simulation,
-                                    save_checkpoint)
+from simulations.checkpoint import (ResumeError, check_resumable, latest_checkpoint_head, load_latest_checkpoint,
+                                    prepare_simulation, save_checkpoint)
 from simulations.config import compose_config, to_app_config
 from simulations.results import append_record, read_records
 from simulations.run import simulate_batched
@@ -89,6 +91,42 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before_or_is_refused_in_one_
         load_latest_checkpoint(tmp_path)
     (folder / "round-4.json").write_text(json.dumps(sidecar))  # whole again: the newest is used
     assert load_latest_checkpoint(tmp_path).arrays["x"].tolist() == [4, 4, 4]
+
+
+def test_the_pre_run_check_reads_no_array_and_picks_the_checkpoint_the_full_load_picks(tmp_path, caplog):
+    """The checks before a run starts read each checkpoint's sidecar and archive structure only
+    (``latest_checkpoint_head``); whatever is wrong with the newest one's structure, it picks the round the
+    full load picks. Damaged array data is found only by reading it: the full load then falls back."""
+    x4 = np.arange(4096, dtype=np.float64)
+    for rnd, x in ((2, np.zeros(3)), (4, x4)):
+        save_checkpoint(tmp_path, rnd, {"x": x}, AppConfig(rounds=8))
+    folder = tmp_path / "checkpoint"
+    npz = (folder / "round-4.npz").read_bytes()
+    head = latest_checkpoint_head(tmp_path)
+    assert (head.round, head.config["rounds"]) == (4, 8) and not hasattr(head, "arrays")
+
+    def damaged(content: bytes) -> int:
+        (folder / "round-4.npz").write_bytes(content)
+        picked = latest_checkpoint_head(tmp_path).round
+        assert load_latest_checkpoint(tmp_path).round == picked
+        return picked
+
+    np.save(folder / "bare.npy", x4)  # a bare .npy under the archive's name
+    assert damaged((folder / "bare.npy").read_bytes()) == 2
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # a zip whose member is no .npy
+        z.writestr("x.npy", b"not an array")
+    assert damaged(buf.getvalue()) == 2
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array([{"a": 1}], dtype=object))  # an object array: refused from its header, never unpickled
+    assert damaged(buf.getvalue()) == 2 and "non-numeric" in caplog.text
+    assert damaged(npz[:-30]) == 2  # cut short: the zip directory is gone
+    assert damaged(npz) == 4
+    data_byte = npz.index(x4[2000].tobytes())
+    flipped = npz[:data_byte] + bytes([npz[data_byte] ^ 1]) + npz[data_byte + 1:]
+    (folder / "round-4.npz").write_bytes(flipped)  # one array byte changed: the structure still reads
+    assert latest_checkpoint_head(tmp_path).round == 4
+    assert load_latest_checkpoint(tmp_path).round == 2 and "CRC" in caplog.text
 
 
 def test_resume_refuses_a_changed_config_and_a_folder_without_checkpoint(tmp_path):

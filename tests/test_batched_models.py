@@ -238,6 +238,22 @@ def test_dense_gradients_are_per_user_and_sum_to_the_shared_gradient(spec):
     np.testing.assert_allclose(res.dense_grads.sum(0), shared.grad.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [ModelSpec("deepfm", 4, 2, 3, reg_dense=True), ModelSpec("ncf", 4, reg_dense=True),
+                                  ModelSpec("mf", 4, reg_dense=True)], ids=lambda s: s.name)
+@pytest.mark.parametrize("reg", [0.1, 0.003])
+def test_the_dense_l2_gradient_added_once_is_autograds_through_each_users_copy_bit_for_bit(spec, reg):
+    """train_batch adds the dense L2 term's gradient 2 reg x to every user's dense gradient instead of
+    backpropagating it through each user's copy of x: the losses and gradients are autograd's, bit for bit."""
+    items, local, ratings, user_x, item_x, state = _users(spec)
+    rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
+    dense = init_dense(spec, 0) + np.random.default_rng(7).normal(0, 0.3, spec.dense_size).astype(np.float32)
+    batch = make_batch(local, ratings, user_x, item_x)
+    loss, row_grads, _user_grads, dense_grads = _leaf_grads(spec, rows, dense, state.params, batch, reg)
+    res = train_batch(spec, rows, dense, state, batch, lr=0.05, reg=reg, steps=1)
+    assert np.array_equal(res.dense_grads, dense_grads) and np.array_equal(res.row_grads, row_grads)
+    assert np.array_equal(res.loss, loss.astype(np.float64))
+
+
 def _torch_adam_run(p0, grads, lr):
     """Parameters and moments after torch.optim.Adam applies ``grads`` one after another."""
     p = torch.nn.Parameter(torch.from_numpy(p0.copy()))

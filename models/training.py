@@ -154,38 +154,41 @@ def _train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: 
     rows_t = torch.from_numpy(rows.copy()).requires_grad_(True)
     dense_t = torch.from_numpy(dense).expand(n_users, -1).clone().requires_grad_(True)
     user_t = torch.from_numpy(private.params.astype(np.float32, copy=True)).requires_grad_(True)
-    shared_l2 = _shared_dense_l2(spec, torch.from_numpy(dense), n_users)
-    loss = user_losses(spec, rows_t, user_t, dense_t, batch, reg, shared_l2)
+    # The terms that depend only on rows, dense and batch (models.recommenders.fixed), computed once here and
+    # reused by the private steps, whose rows, dense and batch are the same values; the dense L2 value is given.
+    memo: Memo = _shared_dense_l2(spec, torch.from_numpy(dense), n_users)
+    loss = user_losses(spec, rows_t, user_t, dense_t, batch, reg, memo)
     loss.sum().backward()
     dense_grads = dense_t.grad
-    if shared_l2 is not None:  # the L2 term's gradient, 2 reg x, the same for every user: added, not backpropagated
+    if spec.reg_dense:  # the L2 term's gradient, 2 reg x, the same for every user: added, not backpropagated
         dense_grads = dense_grads if dense_grads is not None else torch.zeros_like(dense_t)
         dense_grads.add_(torch.from_numpy(dense) * (2 * reg))
-    new_private = _update_private(spec, rows_t.detach(), dense_t.detach(), user_t, private, batch, lr, reg, steps)
+    fixed_terms = {key: None if term is None else term.detach() for key, term in memo.items()}
+    new_private = _update_private(spec, rows_t.detach(), dense_t.detach(), user_t, private, batch, lr, reg, steps,
+                                  fixed_terms)
     return BatchResult(row_grads=rows_t.grad.numpy().astype(np.float32, copy=False),
                        dense_grads=dense_grads.numpy().astype(np.float32, copy=False),
                        loss=loss.detach().numpy().astype(np.float64), n_ratings=batch.n_ratings.numpy().copy(),
                        private=new_private)
 
 
-def _shared_dense_l2(spec: ModelSpec, dense: torch.Tensor, n_users: int) -> Memo | None:
-    """With ``spec.reg_dense``: the dense L2 term given as a constant of the users' loss (a :func:`fixed`
-    memo entry), computed once from the one dense vector every user downloaded; None otherwise.
+def _shared_dense_l2(spec: ModelSpec, dense: torch.Tensor, n_users: int) -> Memo:
+    """With ``spec.reg_dense``: a memo (:func:`fixed`) giving the dense L2 term as a constant of the users'
+    loss, computed once from the one dense vector every user downloaded; an empty memo otherwise.
 
     Why: every user's copy of the dense vector is the same x, so the term's gradient is 2 reg x for all of
     them, and :func:`train_batch` adds it to the backpropagated dense gradients. Backpropagating it
-    through each user's copy instead was about 30% of a DeepFM round (x**2 and its backward over
-    B x 873K values). The result is the same bits: autograd's gradient of reg * sum(x**2) is
+    through each user's copy, and squaring the copies again for the private steps' memo, were about a
+    fifth of a DeepFM round on ml_100k (x**2 and its backward over B x 873K values). The result is the same bits: autograd's gradient of reg * sum(x**2) is
     fl(reg) * fl(2x), one rounding of 2 reg x, as is x * fl(2 reg), and it adds the two parts of a
     user's gradient as :func:`train_batch` does (float addition is commutative).
     """
-    if not spec.reg_dense:
-        return None
-    return {"dense_part": (dense ** 2).sum().expand(n_users)}
+    return {"dense_part": (dense ** 2).sum().expand(n_users)} if spec.reg_dense else {}
 
 
 def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, user: torch.Tensor,
-                    private: PrivateState, batch: UserBatch, lr: float, reg: float, steps: int) -> PrivateState:
+                    private: PrivateState, batch: UserBatch, lr: float, reg: float, steps: int,
+                    known: Memo | None = None) -> PrivateState:
     """Adam on the private parameters only, resuming each user's moments; the public parts stay fixed.
 
     The first step reuses the gradient computed for the upload (``user.grad``).
@@ -194,7 +197,9 @@ def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, us
     grads = user.grad if user.grad is not None else torch.zeros_like(params)
     m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
     step = torch.from_numpy(private.step.astype(np.int64))
-    memo: Memo = {}  # rows, dense and batch are constants here: their terms are computed once, not per step
+    # rows, dense and batch are constants here: their terms are computed once, not per step; ``known``: terms
+    # the upload's forward already computed from the same values (detached)
+    memo: Memo = dict(known or {})
     step_size, bc2_sqrt = bias_corrections(step, steps, lr, dtype=params.dtype)  # every step's, at once
     for i in range(steps):
         if i > 0:

@@ -13,7 +13,7 @@ from models import (ModelSpec, PrivateState, evaluate_batch, gather_rows, init_d
                     predict, regularizer, train_batch)
 from models.batch import UserBatch
 from models.private_adam import adam_step, bias_corrections
-from models.training import user_losses
+from models.training import _update_private, user_losses
 
 SPECS = [ModelSpec("mf", 4), ModelSpec("ncf", 4), ModelSpec("fm", 4, 2, 3), ModelSpec("deepfm", 4, 2, 3)]
 N_ITEMS = 12
@@ -249,9 +249,16 @@ def test_the_dense_l2_gradient_added_once_is_autograds_through_each_users_copy_b
     dense = init_dense(spec, 0) + np.random.default_rng(7).normal(0, 0.3, spec.dense_size).astype(np.float32)
     batch = make_batch(local, ratings, user_x, item_x)
     loss, row_grads, _user_grads, dense_grads = _leaf_grads(spec, rows, dense, state.params, batch, reg)
-    res = train_batch(spec, rows, dense, state, batch, lr=0.05, reg=reg, steps=1)
+    res = train_batch(spec, rows, dense, state, batch, lr=0.05, reg=reg, steps=4)
     assert np.array_equal(res.dense_grads, dense_grads) and np.array_equal(res.row_grads, row_grads)
     assert np.array_equal(res.loss, loss.astype(np.float64))
+    # The private steps reuse the terms the upload's forward computed: the same bits as steps computing their own.
+    user_t = torch.from_numpy(state.params.copy()).requires_grad_(True)
+    dense_t = torch.from_numpy(dense).expand(3, -1).clone()
+    user_losses(spec, torch.from_numpy(rows), user_t, dense_t, batch, reg).sum().backward()
+    own = _update_private(spec, torch.from_numpy(rows), dense_t, user_t, state, batch, 0.05, reg, 4)
+    for field in ("params", "m", "v", "step"):
+        assert np.array_equal(getattr(res.private, field), getattr(own, field)), field
 
 
 def _torch_adam_run(p0, grads, lr):

@@ -310,11 +310,30 @@ def _deepfm(spec, q, user, p, batch, memo):
     h = (_rowwise_dot(w_user.squeeze(2).expand(user.shape[0], -1, -1), user[:, :d]) + p["deep.0.bias"]).unsqueeze(1)
     h = (h + fixed(memo, "deepfm.items", lambda: torch.einsum("bnd,bhd->bnh", q_emb, w_item.squeeze(2)))
          + fixed(memo, "deepfm.features", lambda: torch.bmm(
-             x, torch.einsum("bhfd,bfd->bfh", w_features, p["feat_emb"]))))  # x @ (W_f e_f), W_f e_f: [B, F, 4d]
+             x, _field_products(w_features, p["feat_emb"], x.shape[0]))))  # x @ (W_f e_f)
     h = _tapped("deep.0", None, h)
     h = torch.relu(_layer_norm(h, p, "deep.1"))
     h = torch.relu(_layer_norm(_linear(h, p, "deep.3"), p, "deep.4"))
     return _fm_term(spec, q_emb, q_bias, user, p, x, memo) + _linear(h, p, "deep.6").squeeze(2)
+
+
+def _field_products(w_features: torch.Tensor, feat_emb: torch.Tensor, n_users: int) -> torch.Tensor:
+    """W_f e_f of every feature field, [B, F, 4d], from W's feature blocks [B or 1, 4d, F, d] and the
+    feature embeddings [B or 1, F, d].
+
+    When both are one dense vector expanded to every user (stride 0: evaluation and ranking pass the
+    downloaded vector so), the products are computed once and expanded: einsum would otherwise lay W out
+    for a batched product by copying it once per user (320 MB for 100 users on ml_100k): a trained
+    DeepFM's evaluation of all 943 users took 10.1 s that way and 1.3 s this way. The products are the
+    ones a device computes for itself (a batch of one); the batched kernel's rounding differed from them
+    by about 1e-11 in that evaluation's RMSE.
+    """
+    shared = (w_features.shape[0] > 1 and w_features.stride(0) == 0 and feat_emb.shape[0] > 1
+              and feat_emb.stride(0) == 0)
+    if shared:
+        w_features, feat_emb = w_features[:1], feat_emb[:1]
+    products = torch.einsum("bhfd,bfd->bfh", w_features, feat_emb)
+    return products.expand(n_users, -1, -1) if shared else products
 
 
 _FORWARD = {"mf": _mf, "ncf": _ncf, "fm": _fm, "deepfm": _deepfm}

@@ -179,9 +179,10 @@ def _shared_dense_l2(spec: ModelSpec, dense: torch.Tensor, n_users: int) -> Memo
     Why: every user's copy of the dense vector is the same x, so the term's gradient is 2 reg x for all of
     them, and :func:`train_batch` adds it to the backpropagated dense gradients. Backpropagating it
     through each user's copy, and squaring the copies again for the private steps' memo, were about a
-    fifth of a DeepFM round on ml_100k (x**2 and its backward over B x 873K values). The result is the same bits: autograd's gradient of reg * sum(x**2) is
-    fl(reg) * fl(2x), one rounding of 2 reg x, as is x * fl(2 reg), and it adds the two parts of a
-    user's gradient as :func:`train_batch` does (float addition is commutative).
+    fifth of a DeepFM round on ml_100k (x**2 and its backward over B x 873K values). The result is the
+    same bits: autograd's gradient of reg * sum(x**2) is fl(reg) * fl(2x), one rounding of 2 reg x, as is
+    x * fl(2 reg), and it adds the two parts of a user's gradient as :func:`train_batch` does (float
+    addition is commutative).
     """
     return {"dense_part": (dense ** 2).sum().expand(n_users)} if spec.reg_dense else {}
 

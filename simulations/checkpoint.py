@@ -153,7 +153,7 @@ def _read_head(folder: Path, rnd: int) -> CheckpointHead:
                     if header is None:
                         raise ValueError(f"{member} is not a .npy array of format 1.0 or 2.0")
                     dtypes[member] = header(f)[2]
-    except (OSError, UnicodeDecodeError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+    except (OSError, UnicodeDecodeError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
             RuntimeError) as err:  # the last two: a member compressed by an unknown method, or encrypted
         raise UnreadableCheckpoint(f"{where}: {type(err).__name__}: {err}") from err
     if not isinstance(sidecar, dict) or sidecar.get("round") != rnd or not isinstance(sidecar.get("config"), dict):

@@ -121,6 +121,13 @@ def test_the_pre_run_check_reads_no_array_and_picks_the_checkpoint_the_full_load
     np.savez(buf, x=np.array([{"a": 1}], dtype=object))  # an object array: refused from its header, never unpickled
     assert damaged(buf.getvalue()) == 2 and "non-numeric" in caplog.text
     assert damaged(npz[:-30]) == 2  # cut short: the zip directory is gone
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x4)
+    deflated = bytearray(buf.getvalue())
+    # the member's data begins after its 30-byte local header, its name and its extra field (zip64 sizes)
+    start = 30 + int.from_bytes(deflated[26:28], "little") + int.from_bytes(deflated[28:30], "little")
+    deflated[start:start + 8] = b"\xff" * 8  # a damaged deflate stream: zlib.error on the first read
+    assert damaged(bytes(deflated)) == 2
     assert damaged(npz) == 4
     data_byte = npz.index(x4[2000].tobytes())
     flipped = npz[:data_byte] + bytes([npz[data_byte] ^ 1]) + npz[data_byte + 1:]

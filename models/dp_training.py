@@ -216,7 +216,7 @@ def train_batch_clipped(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, pr
     user_t = torch.from_numpy(private.params.astype(np.float32, copy=True)).requires_grad_(True)
     loss = user_losses(spec, rows_t, user_t, dense_t, batch, reg)
     loss.sum().backward()  # only the private leaf needs a gradient: it seeds the private Adam steps
-    new_private = _update_private(spec, rows_t, dense_t, user_t, private, batch, lr, reg, steps)
+    new_private = _update_private(spec, rows_t, dense_t, user_t.detach(), user_t.grad, private, batch, lr, reg, steps)
     row_grads, dense_grads = clipped_public_gradients(spec, rows, private.params, dense, batch, reg, clip)
     return BatchResult(row_grads=row_grads, dense_grads=dense_grads,
                        loss=loss.detach().numpy().astype(np.float64), n_ratings=batch.n_ratings.numpy().copy(),

@@ -25,7 +25,8 @@ import torch
 from models.batch import UserBatch
 from models.init import init_private
 from models.private_adam import adam_step, bias_corrections
-from models.recommenders import DenseParams, Memo, fixed, predict, regularizer, row_squares
+from models.recommenders import (DenseParams, Memo, dense_blocks, dense_squares, fixed, predict, regularised_dense,
+                                 regularizer, row_squares)
 from models.spec import ModelSpec
 
 
@@ -152,50 +153,82 @@ def _train_batch(spec: ModelSpec, rows: np.ndarray, dense: np.ndarray, private: 
     dense = np.asarray(dense, dtype=np.float32)
     _check(spec, rows, dense, n_users, batch)
     rows_t = torch.from_numpy(rows.copy()).requires_grad_(True)
-    dense_t = torch.from_numpy(dense).expand(n_users, -1).clone().requires_grad_(True)
+    # each user's own copy of the dense vector; its leaves are the pieces the model reads, views of that copy
+    # (the same strides as a flat leaf's views, so the same kernels), each given its own gradient by autograd
+    copies = torch.from_numpy(dense).expand(n_users, -1).clone()
+    dense_t = {name: view.detach().requires_grad_(True) for name, view in dense_blocks(spec, copies).items()}
     user_t = torch.from_numpy(private.params.astype(np.float32, copy=True)).requires_grad_(True)
     # The terms that depend only on rows, dense and batch (models.recommenders.fixed), computed once here and
     # reused by the private steps, whose rows, dense and batch are the same values; the dense L2 value is given.
-    memo: Memo = _shared_dense_l2(spec, torch.from_numpy(dense), n_users)
+    memo, l2_grads = _shared_dense_l2(spec, dense, reg, n_users)
     loss = user_losses(spec, rows_t, user_t, dense_t, batch, reg, memo)
-    loss.sum().backward()
-    dense_grads = dense_t.grad
-    if spec.reg_dense:  # the L2 term's gradient, 2 reg x, the same for every user: added, not backpropagated
-        dense_grads = dense_grads if dense_grads is not None else torch.zeros_like(dense_t)
-        dense_grads.add_(torch.from_numpy(dense) * (2 * reg))
+    # the gradients as autograd computes them (a leaf's .grad would first be copied to the leaf's layout)
+    row_grad, user_grad, *piece_grads = torch.autograd.grad(loss.sum(), [rows_t, user_t, *dense_t.values()],
+                                                            allow_unused=True)
+    dense_grads = _flat_gradients(spec, dict(zip(dense_t, piece_grads)), n_users, l2_grads)
     fixed_terms = {key: None if term is None else term.detach() for key, term in memo.items()}
-    new_private = _update_private(spec, rows_t.detach(), dense_t.detach(), user_t, private, batch, lr, reg, steps,
-                                  fixed_terms)
-    return BatchResult(row_grads=rows_t.grad.numpy().astype(np.float32, copy=False),
-                       dense_grads=dense_grads.numpy().astype(np.float32, copy=False),
+    new_private = _update_private(spec, rows_t.detach(), {name: leaf.detach() for name, leaf in dense_t.items()},
+                                  user_t.detach(), user_grad, private, batch, lr, reg, steps, fixed_terms)
+    return BatchResult(row_grads=_array(row_grad, rows.shape), dense_grads=dense_grads,
                        loss=loss.detach().numpy().astype(np.float64), n_ratings=batch.n_ratings.numpy().copy(),
                        private=new_private)
 
 
-def _shared_dense_l2(spec: ModelSpec, dense: torch.Tensor, n_users: int) -> Memo:
-    """With ``spec.reg_dense``: a memo (:func:`fixed`) giving the dense L2 term as a constant of the users'
-    loss, computed once from the one dense vector every user downloaded; an empty memo otherwise.
+def _array(grad: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A gradient as a C-contiguous float32 array (zeros for an unused input)."""
+    return np.zeros(shape, np.float32) if grad is None else np.ascontiguousarray(grad.numpy(), dtype=np.float32)
+
+
+def _flat_gradients(spec: ModelSpec, grads: dict[str, torch.Tensor | None], n_users: int,
+                    added: dict[str, np.ndarray]) -> np.ndarray:
+    """The users' dense gradients float32 [B, dense_size] from the gradients of :func:`dense_blocks`' pieces,
+    plus ``added[piece]`` (the dense L2 term's gradient) where given, each piece written once through the same
+    views of the output (one pass, where joining them and then adding was three)."""
+    out = np.empty((n_users, spec.dense_size), dtype=np.float32)
+    targets = dense_blocks(spec, torch.from_numpy(out))
+    for name, piece in grads.items():
+        target = targets[name].numpy()
+        grad = np.zeros(target.shape, np.float32) if piece is None else piece.numpy()
+        if name in added:
+            np.add(grad, added[name], out=target)
+        else:
+            np.copyto(target, grad)
+    return out
+
+
+def _shared_dense_l2(spec: ModelSpec, dense: np.ndarray, reg: float, n_users: int
+                     ) -> tuple[Memo, dict[str, np.ndarray]]:
+    """The regulariser's dense part as a constant of the users' loss (a memo for :func:`fixed`), computed once
+    from the one dense vector every user downloaded, and its gradient 2 reg x for each piece it covers
+    ([1, *shape], to add to every user's gradient); nothing for a model whose regulariser has no dense part.
 
     Why: every user's copy of the dense vector is the same x, so the term's gradient is 2 reg x for all of
-    them, and :func:`train_batch` adds it to the backpropagated dense gradients. Backpropagating it
-    through each user's copy, and squaring the copies again for the private steps' memo, were about a
-    fifth of a DeepFM round on ml_100k (x**2 and its backward over B x 873K values). The result is the
-    same bits: autograd's gradient of reg * sum(x**2) is fl(reg) * fl(2x), one rounding of 2 reg x, as is
-    x * fl(2 reg), and it adds the two parts of a user's gradient as :func:`train_batch` does (float
-    addition is commutative).
+    them. Backpropagating it through each user's copy, and squaring the copies again for the private steps'
+    memo, were about a fifth of a DeepFM round on ml_100k (x**2 and its backward over B x 873K values). The
+    result is the same bits: the value is :func:`dense_squares` of one copy; autograd's gradient of
+    reg * sum(x**2) is fl(reg) * fl(2x), one rounding of 2 reg x, as is x * fl(2 reg); and it was the sum of
+    two parts of a user's gradient (the flat copy's views taken for the regulariser apart from the model's),
+    as :func:`_flat_gradients` adds them (float addition is commutative).
     """
-    return {"dense_part": (dense ** 2).sum().expand(n_users)} if spec.reg_dense else {}
+    one = torch.from_numpy(dense).unsqueeze(0)
+    value = dense_squares(spec, one)
+    if value is None:
+        return {}, {}
+    covered = regularised_dense(spec)
+    doubled = dense_blocks(spec, one * np.float32(2 * reg))
+    return ({"dense_part": value.expand(n_users)},
+            {name: piece.numpy() for name, piece in doubled.items() if covered is None or name in covered})
 
 
-def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor, user: torch.Tensor,
-                    private: PrivateState, batch: UserBatch, lr: float, reg: float, steps: int,
-                    known: Memo | None = None) -> PrivateState:
+def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor | DenseParams, user: torch.Tensor,
+                    user_grad: torch.Tensor | None, private: PrivateState, batch: UserBatch, lr: float, reg: float,
+                    steps: int, known: Memo | None = None) -> PrivateState:
     """Adam on the private parameters only, resuming each user's moments; the public parts stay fixed.
 
-    The first step reuses the gradient computed for the upload (``user.grad``).
+    The first step reuses the gradient computed for the upload (``user_grad``, at the parameters ``user``).
     """
-    params = user.detach()
-    grads = user.grad if user.grad is not None else torch.zeros_like(params)
+    params = user
+    grads = user_grad if user_grad is not None else torch.zeros_like(params)
     m, v = torch.from_numpy(private.m.astype(np.float32)), torch.from_numpy(private.v.astype(np.float32))
     step = torch.from_numpy(private.step.astype(np.int64))
     # rows, dense and batch are constants here: their terms are computed once, not per step; ``known``: terms

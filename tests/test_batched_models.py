@@ -256,9 +256,30 @@ def test_the_dense_l2_gradient_added_once_is_autograds_through_each_users_copy_b
     user_t = torch.from_numpy(state.params.copy()).requires_grad_(True)
     dense_t = torch.from_numpy(dense).expand(3, -1).clone()
     user_losses(spec, torch.from_numpy(rows), user_t, dense_t, batch, reg).sum().backward()
-    own = _update_private(spec, torch.from_numpy(rows), dense_t, user_t, state, batch, 0.05, reg, 4)
+    own = _update_private(spec, torch.from_numpy(rows), dense_t, user_t.detach(), user_t.grad, state, batch, 0.05, reg,
+                          4)
     for field in ("params", "m", "v", "step"):
         assert np.array_equal(getattr(res.private, field), getattr(own, field)), field
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_the_gradients_of_the_pieces_the_model_reads_are_those_of_one_flat_copy_per_user_bit_for_bit(spec):
+    """train_batch's leaves are the pieces the model reads (DeepFM's first-layer blocks apart) and it writes
+    their gradients into the flat layout itself: the same bits as one flat leaf per user, for a batch and
+    for a batch of one (what a Flower device computes)."""
+    items, local, ratings, user_x, item_x, state = _users(spec)
+    rows, _ = gather_rows(init_item_table(spec, N_ITEMS, 0), items)
+    dense = init_dense(spec, 0) + np.random.default_rng(5).normal(0, 0.3, spec.dense_size).astype(np.float32)
+    batch = make_batch(local, ratings, user_x, item_x)
+    loss, row_grads, _user_grads, dense_grads = _leaf_grads(spec, rows, dense, state.params, batch, 0.01)
+    res = train_batch(spec, rows, dense, state, batch, lr=0.05, reg=0.01, steps=2)
+    assert np.array_equal(res.dense_grads, dense_grads) and np.array_equal(res.row_grads, row_grads)
+    assert np.array_equal(res.loss, loss.astype(np.float64))
+    one_items, one_batch, one_state = _one(1, items, local, ratings, user_x, item_x, state)
+    one_rows = gather_rows(init_item_table(spec, N_ITEMS, 0), one_items)[0]
+    _, one_row_grads, _, one_dense = _leaf_grads(spec, one_rows, dense, one_state.params, one_batch, 0.01)
+    one = train_batch(spec, one_rows, dense, one_state, one_batch, lr=0.05, reg=0.01, steps=2)
+    assert np.array_equal(one.dense_grads, one_dense) and np.array_equal(one.row_grads, one_row_grads)
 
 
 def _torch_adam_run(p0, grads, lr):

@@ -39,6 +39,7 @@ def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.n
     """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring."""
     if within(values, codec.value_bound):  # nothing to clip: two reductions (NaN is left to the codec's check)
         return values
+    values = np.asarray(values, dtype=np.float64)  # clipped in float64: a float32 bound could round above R_u
     over = np.abs(values) > codec.value_bound
     if over.any():
         log.warning("%s: clipping %d values to the per-user bound %.3g", what, int(over.sum()), codec.value_bound)
@@ -57,8 +58,9 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
     batched engine (engine/) sums them directly. Works on one user (``row_grads`` [k, r],
     ``dense_grads`` [D], scalar loss and count) or a batch (leading user axis on all four).
     """
-    rows = codec.to_ring(clip_to_bound(np.asarray(row_grads, dtype=np.float64), codec, "row gradients"), ring)
-    dense = np.asarray(dense_grads, dtype=np.float64)
+    # float32 gradients are checked and scaled as they are (exactly as their float64 widening would be)
+    rows = codec.to_ring(clip_to_bound(np.asarray(row_grads), codec, "row gradients"), ring)
+    dense = np.asarray(dense_grads)
     size = dense.shape[-1]
     upload = np.empty(dense.shape[:-1] + (size + two_server.TRAIN_METRICS,), dtype=ring)
     codec.to_ring(clip_to_bound(dense, codec, "dense gradient"), ring, out=upload[..., :size])

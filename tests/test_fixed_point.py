@@ -120,3 +120,38 @@ def test_ring_elements_are_the_twos_complement_of_the_encoded_integers_with_or_w
         codec.to_ring(v, ring, out=np.empty(len(v) + 1, ring))
     with pytest.raises(ValueError, match="out is"):
         codec.to_ring(v, ring, out=np.empty(len(v), np.int64))
+
+
+@given(st.lists(st.floats(-1.0, 1.0, width=32), min_size=1, max_size=40), st.sampled_from([(20, 0.1), (16, 1.0),
+                                                                                           (30, 0.7), (12, 0.013)]))
+@settings(max_examples=60, deadline=None)
+def test_float32_values_encode_as_their_exact_float64_widening(values, params):
+    """Gradients arrive as float32 and are checked and scaled without a float64 copy: the same ring elements as
+    the float64 values, and the same refusals (numpy would round a float bound to float32 before comparing)."""
+    codec = FixedPointCodec(*params)
+    x32 = np.array(values, dtype=np.float32)
+    x64 = x32.astype(np.float64)
+    if np.abs(x64).max() > codec.value_bound:
+        for x in (x32, x64):
+            with pytest.raises(ValueError, match="exceed the bound"):
+                codec.to_ring(x, np.uint64)
+        return
+    for ring in (np.uint32, np.uint64):
+        if codec.ring_fits(ring):
+            assert np.array_equal(codec.to_ring(x32, ring), codec.to_ring(x64, ring))
+    assert np.array_equal(codec.encode(x32), codec.encode(x64))
+
+
+def test_a_float32_just_above_the_bound_is_refused_and_clipped_below_it():
+    """float32(0.1) is 0.100000001: above a bound of 0.1 though float32(0.1) == it. The codec refuses it, and the
+    two-server clients' clipping clips it in float64, to the bound itself."""
+    from clients.two_server import clip_to_bound
+
+    codec = FixedPointCodec(20, 0.1)
+    x = np.array([np.float32(0.1), -np.float32(0.1), 0.05], dtype=np.float32)
+    with pytest.raises(ValueError, match="2 values exceed the bound"):
+        codec.to_ring(x, np.uint64)
+    clipped = clip_to_bound(x, codec, "test")
+    assert clipped.dtype == np.float64 and np.abs(clipped).max() == 0.1
+    assert signed_view(codec.to_ring(clipped, np.uint64)).tolist() == [codec.max_int, -codec.max_int,
+                                                                        round(0.05 * 2**20)]

@@ -180,24 +180,23 @@ def _array(grad: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _flat_gradients(spec: ModelSpec, grads: dict[str, torch.Tensor | None], n_users: int,
-                    added: dict[str, np.ndarray]) -> np.ndarray:
+                    added: DenseParams) -> np.ndarray:
     """The users' dense gradients float32 [B, dense_size] from the gradients of :func:`dense_blocks`' pieces,
     plus ``added[piece]`` (the dense L2 term's gradient) where given, each piece written once through the same
     views of the output (one pass, where joining them and then adding was three)."""
     out = np.empty((n_users, spec.dense_size), dtype=np.float32)
     targets = dense_blocks(spec, torch.from_numpy(out))
     for name, piece in grads.items():
-        target = targets[name].numpy()
-        grad = np.zeros(target.shape, np.float32) if piece is None else piece.numpy()
-        if name in added:
-            np.add(grad, added[name], out=target)
+        target = targets[name]
+        grad = torch.zeros(target.shape) if piece is None else piece
+        if name in added:  # torch, not numpy: it walks a permuted gradient (W's blocks) in the target's order
+            torch.add(grad, added[name], out=target)
         else:
-            np.copyto(target, grad)
+            target.copy_(grad)
     return out
 
 
-def _shared_dense_l2(spec: ModelSpec, dense: np.ndarray, reg: float, n_users: int
-                     ) -> tuple[Memo, dict[str, np.ndarray]]:
+def _shared_dense_l2(spec: ModelSpec, dense: np.ndarray, reg: float, n_users: int) -> tuple[Memo, DenseParams]:
     """The regulariser's dense part as a constant of the users' loss (a memo for :func:`fixed`), computed once
     from the one dense vector every user downloaded, and its gradient 2 reg x for each piece it covers
     ([1, *shape], to add to every user's gradient); nothing for a model whose regulariser has no dense part.
@@ -217,7 +216,7 @@ def _shared_dense_l2(spec: ModelSpec, dense: np.ndarray, reg: float, n_users: in
     covered = regularised_dense(spec)
     doubled = dense_blocks(spec, one * np.float32(2 * reg))
     return ({"dense_part": value.expand(n_users)},
-            {name: piece.numpy() for name, piece in doubled.items() if covered is None or name in covered})
+            {name: piece for name, piece in doubled.items() if covered is None or name in covered})
 
 
 def _update_private(spec: ModelSpec, rows: torch.Tensor, dense: torch.Tensor | DenseParams, user: torch.Tensor,

@@ -31,6 +31,8 @@ import numpy as np
 
 from crypto.ring import check_ring, signed_view
 
+ROUND_BLOCK = 1 << 16  # values :meth:`FixedPointCodec._round_into` scales at a time (a 512 KB float64 buffer)
+
 
 def magnitude(x: np.ndarray) -> float:
     """max |x| over the array (NaN if any value is NaN, 0.0 if it is empty): two reductions, no temporary.
@@ -105,22 +107,44 @@ class FixedPointCodec:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Signed integers round(x * 2^f), clamped to +-max_int, as int64 (see the module docstring)."""
-        e = self._scaled(x)
-        np.rint(e, out=e)
-        return e.astype(np.int64)
-
-    def _scaled(self, x: np.ndarray) -> np.ndarray:
-        """x * 2^f as a new float64 array (0-d for a scalar), clamped to +-max_int: rounding it gives the encoded
-        integers, and casting those to int64 is exact (|e| <= max_int < 2^63, and max_int is itself a float64).
-
-        Clamping before rounding gives the same integers as rounding first (max_int is an integer), and
-        only an array whose largest magnitude scales past max_int can need it, so most skip that pass.
-        """
         x, largest = self._checked(x)
-        e = np.asarray(np.multiply(x, self.scale, dtype=np.float64))  # exact: float32 widens exactly, 2^f scales
-        if largest * self.scale > self.max_int:
-            np.clip(e, -self.max_int, self.max_int, out=e)
-        return e
+        out = np.empty(x.shape, dtype=np.int64)
+        self._round_into(x, out, clamp=largest * self.scale > self.max_int)
+        return out
+
+    def _round_into(self, x: np.ndarray, out: np.ndarray, clamp: bool) -> None:
+        """Write round(x * 2^f) into the signed integer array ``out`` (x's shape), clamped to +-max_int first
+        when ``clamp``: a block of values at a time through one cache-sized float64 buffer.
+
+        Exact: float32 widens exactly and 2^f scales exactly in float64; clamping before rounding gives the
+        same integers as rounding first (max_int is an integer), so an array whose largest magnitude scales
+        to at most max_int skips it; the rounded values are integers of magnitude <= max_int < 2^63, cast
+        exactly. Why blocks: an array-sized float64 temporary cost its page faults and numpy's buffered cast
+        on top of the passes themselves (16.7 ms per 3.5M values, in blocks 7.3 ms; a DeepFM SecEmb round
+        encodes 87M).
+        """
+        if x.size == 0:
+            return
+        width = x.shape[-1] if x.ndim else 1
+        values = x.reshape(-1, width)
+        try:
+            target = np.reshape(out, (-1, width), copy=False)  # a view (an upload's slice), never a silent copy
+        except ValueError:  # an ``out`` whose rows cannot be one 2-d view (e.g. transposed): through a copy
+            whole = np.empty(out.shape, dtype=out.dtype)
+            self._round_into(x, whole, clamp)
+            np.copyto(out, whole)
+            return
+        rows, cols = max(1, ROUND_BLOCK // width), min(width, ROUND_BLOCK)
+        buffer = np.empty(min(values.size, rows * cols), dtype=np.float64)
+        for r in range(0, values.shape[0], rows):
+            for c in range(0, width, cols):
+                block = values[r:r + rows, c:c + cols]
+                scaled = buffer[:block.size].reshape(block.shape)
+                np.multiply(block, self.scale, out=scaled, dtype=np.float64)
+                if clamp:
+                    np.clip(scaled, -self.max_int, self.max_int, out=scaled)
+                np.rint(scaled, out=scaled)
+                np.copyto(target[r:r + rows, c:c + cols], scaled, casting="unsafe")
 
     def ring_fits(self, ring_dtype: np.dtype | type) -> bool:
         """Whether every encoded value has a two's-complement representative in the ring."""
@@ -138,9 +162,9 @@ class FixedPointCodec:
         elif out.dtype != ring or out.shape != np.shape(x):
             raise ValueError(f"out is {out.dtype} {out.shape}, expected {ring} {np.shape(x)}")
         # the integers fit the signed reading of the ring (ring_fits), so the float -> signed cast is exact,
-        # and the ring element is its two's complement: the same bits as int64 then mod 2^k; rounding writes
-        # straight into it (one pass)
-        np.rint(self._scaled(x), out=signed_view(out), casting="unsafe")
+        # and the ring element is its two's complement: the same bits as int64 then mod 2^k
+        x, largest = self._checked(x)
+        self._round_into(x, signed_view(out), clamp=largest * self.scale > self.max_int)
         return out
 
     def decode(self, v: np.ndarray) -> np.ndarray:

@@ -155,3 +155,23 @@ def test_a_float32_just_above_the_bound_is_refused_and_clipped_below_it():
     assert clipped.dtype == np.float64 and np.abs(clipped).max() == 0.1
     assert signed_view(codec.to_ring(clipped, np.uint64)).tolist() == [codec.max_int, -codec.max_int,
                                                                         round(0.05 * 2**20)]
+
+
+def test_the_ring_encoding_is_written_into_any_out_view_a_block_at_a_time():
+    """to_ring writes through ``out`` in cache-sized blocks: an upload's column slice, a transposed view and
+    arrays longer than a block (rows and columns cut) get the same elements as a fresh array."""
+    from crypto import fixed_point
+
+    codec = FixedPointCodec(20, 0.1)
+    rng = np.random.default_rng(3)
+    for shape in [(3, fixed_point.ROUND_BLOCK + 17), (fixed_point.ROUND_BLOCK // 5 + 3, 7), (5,), ()]:
+        x = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+        fresh = codec.to_ring(x, np.uint64)
+        assert np.array_equal(signed_view(fresh), np.rint(x.astype(np.float64) * 2**20).astype(np.int64))
+        if x.ndim == 2:
+            upload = np.zeros((shape[0], shape[1] + 2), np.uint64)
+            codec.to_ring(x, np.uint64, out=upload[:, :shape[1]])
+            assert np.array_equal(upload[:, :shape[1]], fresh) and not upload[:, shape[1]:].any()
+            transposed = np.zeros(shape[::-1], np.uint64).T
+            codec.to_ring(x, np.uint64, out=transposed)
+            assert np.array_equal(transposed, fresh)

@@ -109,12 +109,13 @@ class FixedPointCodec:
         """Signed integers round(x * 2^f), clamped to +-max_int, as int64 (see the module docstring)."""
         x, largest = self._checked(x)
         out = np.empty(x.shape, dtype=np.int64)
-        self._round_into(x, out, clamp=largest * self.scale > self.max_int)
+        self._round_into(x, out, largest)
         return out
 
-    def _round_into(self, x: np.ndarray, out: np.ndarray, clamp: bool) -> None:
+    def _round_into(self, x: np.ndarray, out: np.ndarray, largest: float) -> None:
         """Write round(x * 2^f) into the signed integer array ``out`` (x's shape), clamped to +-max_int first
-        when ``clamp``: a block of values at a time through one cache-sized float64 buffer.
+        when x's ``largest`` magnitude (from :meth:`_checked`) scales past it: a block of values at a time
+        through one cache-sized float64 buffer.
 
         Exact: float32 widens exactly and 2^f scales exactly in float64; clamping before rounding gives the
         same integers as rounding first (max_int is an integer), so an array whose largest magnitude scales
@@ -125,13 +126,14 @@ class FixedPointCodec:
         """
         if x.size == 0:
             return
+        clamp = largest * self.scale > self.max_int  # Python floats against an int: exact
         width = x.shape[-1] if x.ndim else 1
         values = x.reshape(-1, width)
         try:
             target = np.reshape(out, (-1, width), copy=False)  # a view (an upload's slice), never a silent copy
         except ValueError:  # an ``out`` whose rows cannot be one 2-d view (e.g. transposed): through a copy
             whole = np.empty(out.shape, dtype=out.dtype)
-            self._round_into(x, whole, clamp)
+            self._round_into(x, whole, largest)
             np.copyto(out, whole)
             return
         rows, cols = max(1, ROUND_BLOCK // width), min(width, ROUND_BLOCK)
@@ -164,7 +166,7 @@ class FixedPointCodec:
         # the integers fit the signed reading of the ring (ring_fits), so the float -> signed cast is exact,
         # and the ring element is its two's complement: the same bits as int64 then mod 2^k
         x, largest = self._checked(x)
-        self._round_into(x, signed_view(out), clamp=largest * self.scale > self.max_int)
+        self._round_into(x, signed_view(out), largest)
         return out
 
     def decode(self, v: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
-from schemas import secfedrec, sizes
+from models.compression import CODEC_NAMES
+from schemas import compressed, secfedrec, sizes
 
 
 def _nbytes(arr: np.ndarray) -> int:
@@ -53,3 +54,17 @@ def test_secure_fedrec_upload_at_ml25m_is_two_four_byte_shares_per_value():
     n_items, row_dim, dense_size = 62_423, 65, 1  # MF at ML-25M's sizes; its dense part is the global bias
     up = secfedrec.round_bytes(1, n_items, row_dim, dense_size, ring_bits=32, telemetry=False)[1]
     assert up == pytest.approx(8 * (n_items * row_dim + dense_size + 2), rel=0.001)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_a_compressed_round_depends_on_the_rating_count_only_through_its_varint_width(codec):
+    """The batched compressed driver measures one (down, up) per varint width of k and reuses it for
+    every k of that width: exact only if nothing else of the messages depends on k."""
+    rank = 3 if codec in ("svd", "colr") else None
+    by_k = {k: compressed.round_bytes(70, codec, rank, 50, 9, 7, k) for k in (1, 5, 63, 64, 500, 8191, 8192)}
+    assert len({down for down, _ in by_k.values()}) == 1
+    widths: dict[int, set[int]] = {}
+    for k, (_, up) in by_k.items():
+        widths.setdefault(sizes.int_width(k), set()).add(up)
+    assert sorted(widths) == [1, 2, 3] and all(len(ups) == 1 for ups in widths.values())
+    assert by_k[64][1] == by_k[63][1] + 1 and by_k[8192][1] == by_k[8191][1] + 1

@@ -200,6 +200,20 @@ class Row:
     def seconds(self) -> float:
         return sum(c.seconds for c in self.cells)
 
+    @property
+    def upload_mb(self) -> float:
+        return statistics.mean(c.upload_bytes for c in self.cells) / 1e6
+
+    @property
+    def final_text(self) -> str:
+        """Final test RMSE over the seeds, ``mean +- std``."""
+        return _mean_std([c.final_rmse for c in self.cells])
+
+    @property
+    def best_text(self) -> str:
+        """Best-on-test RMSE over the seeds, ``mean +- std``."""
+        return _mean_std([c.best_rmse for c in self.cells])
+
     def rmse_within(self) -> bool:
         return abs(self.final - self.paper[0]) <= RMSE_TARGET.get(self.method, BASELINE_RMSE_TARGET)
 
@@ -379,15 +393,13 @@ def main() -> None:
         cells = [f.result() for f in row]
         rows.append(summary := Row(model, method, tuple(cells)))
         p = summary.paper
-        print(f"{model:7} {method:7} {_mean_std([c.final_rmse for c in cells])} {p[0]:9.3f} +- {p[1]:.3f} "
-              f"{_mean_std([c.best_rmse for c in cells])} {summary.reduction_ratio:6.2f} "
-              f"{p[2]:6.2f} {statistics.mean(c.upload_bytes for c in cells) / 1e6:7.3f} "
+        print(f"{model:7} {method:7} {summary.final_text} {p[0]:9.3f} +- {p[1]:.3f} "
+              f"{summary.best_text} {summary.reduction_ratio:6.2f} {p[2]:6.2f} {summary.upload_mb:7.3f} "
               f"{summary.final - p[0]:+10.4f} {summary.targets():>18} {summary.seconds:8.1f}", flush=True)
         print(f"{'':15} per seed final: {' '.join(f'{c.final_rmse:.4f}' for c in cells)}; "
               f"best: {' '.join(f'{c.best_rmse:.4f}' for c in cells)}", flush=True)
     pool.shutdown()
-    wall = time.perf_counter() - total
-    print(f"total wall {wall:.1f} s"
+    print(f"total wall {time.perf_counter() - total:.1f} s"
           + (f" (this run; the wall s column includes the {len(stored)} cells read back)" if stored else ""))
     print(f"cells' seconds {sum(r.seconds for r in rows):.1f} (the sum of the wall s column: the cells' own "
           f"seconds, wherever and in however many lanes they ran)")
@@ -402,13 +414,11 @@ def markdown_table(rows: list[Row]) -> str:
              "| upload MB | ours - paper | targets | cells' seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        final = _mean_std([c.final_rmse for c in r.cells]).strip()
         per_seed = " ".join(f"{c.final_rmse:.4f}" for c in r.cells)
         bold = "**" if r.rmse_within() else ""
         lines.append(
-            f"| {r.model} | {r.method} | {bold}{final}{bold} ({per_seed}) | {r.paper[0]:.3f} +- {r.paper[1]:.3f} "
-            f"| {_mean_std([c.best_rmse for c in r.cells]).strip()} | {r.reduction_ratio:.2f} / {r.paper[2]:.2f} "
-            f"| {statistics.mean(c.upload_bytes for c in r.cells) / 1e6:.3f} | {r.final - r.paper[0]:+.4f} "
+            f"| {r.model} | {r.method} | {bold}{r.final_text.strip()}{bold} ({per_seed}) | {r.paper[0]:.3f} +- {r.paper[1]:.3f} "
+            f"| {r.best_text.strip()} | {r.reduction_ratio:.2f} / {r.paper[2]:.2f} | {r.upload_mb:.3f} | {r.final - r.paper[0]:+.4f} "
             f"| {r.targets()} | {r.seconds:,.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -34,6 +34,11 @@ from crypto.ring import check_ring, signed_view
 ROUND_BLOCK = 1 << 16  # values :meth:`FixedPointCodec._round_into` scales at a time (a 512 KB float64 buffer)
 
 
+class BoundExceededError(ValueError):
+    """Finite values beyond ``value_bound``: what a caller that clips catches (NaN and infinities stay a plain
+    ValueError), so it learns of them from the codec's own check instead of reading the array's extremes twice."""
+
+
 def magnitude(x: np.ndarray) -> float:
     """max |x| over the array (NaN if any value is NaN, 0.0 if it is empty): two reductions, no temporary.
 
@@ -102,7 +107,7 @@ class FixedPointCodec:
         if not np.isfinite(x).all():
             raise ValueError(f"{int((~np.isfinite(x)).sum())} values are NaN or infinite")
         over = np.abs(x) > np.float64(self.value_bound)  # a float64 scalar: float32 values are widened, not it
-        raise ValueError(f"{int(over.sum())} values exceed the bound {self.value_bound} "
+        raise BoundExceededError(f"{int(over.sum())} values exceed the bound {self.value_bound} "
                          f"(largest |x| = {largest:.6g})")
 
     def encode(self, x: np.ndarray) -> np.ndarray:

@@ -157,6 +157,32 @@ def test_a_float32_just_above_the_bound_is_refused_and_clipped_below_it():
                                                                         round(0.05 * 2**20)]
 
 
+def test_the_clients_encoding_clips_only_what_the_codec_refuses(caplog):
+    """to_ring_clipped: values within R_u encode as the codec's to_ring does (no warning), values beyond it are
+    clipped (and logged) and encoded into the same ``out``, and NaN is refused, not clipped."""
+    from clients.two_server import to_ring_clipped
+    from crypto.fixed_point import BoundExceededError
+
+    codec = FixedPointCodec(20, 0.1)
+    inside = np.array([0.05, -0.0999, 0.0999], dtype=np.float32)
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(to_ring_clipped(inside, codec, np.uint64, "rows"), codec.to_ring(inside, np.uint64))
+    assert "clipping" not in caplog.text
+    over = np.array([[0.3, -0.05], [np.float32(0.1), -7.0]], dtype=np.float32)
+    with pytest.raises(BoundExceededError, match="3 values exceed"):
+        codec.to_ring(over, np.uint64)
+    out = np.zeros((2, 3), dtype=np.uint64)
+    with caplog.at_level("WARNING"):
+        to_ring_clipped(over, codec, np.uint64, "dense gradient", out=out[:, :2])
+    assert "dense gradient: clipping 3 values" in caplog.text
+    assert signed_view(out[:, :2]).tolist() == [[codec.max_int, round(-0.05 * 2**20)],
+                                                [codec.max_int, -codec.max_int]]
+    assert out[:, 2].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="NaN") as err:
+        to_ring_clipped(np.array([0.01, np.nan]), codec, np.uint64, "rows")
+    assert not isinstance(err.value, BoundExceededError)
+
+
 def test_the_ring_encoding_is_written_into_any_out_view_a_block_at_a_time():
     """to_ring writes through ``out`` in cache-sized blocks: an upload's column slice, a transposed view and
     arrays longer than a block (rows and columns cut) get the same elements as a fresh array."""

@@ -417,8 +417,9 @@ def markdown_table(rows: list[Row]) -> str:
         per_seed = " ".join(f"{c.final_rmse:.4f}" for c in r.cells)
         bold = "**" if r.rmse_within() else ""
         lines.append(
-            f"| {r.model} | {r.method} | {bold}{r.final_text.strip()}{bold} ({per_seed}) | {r.paper[0]:.3f} +- {r.paper[1]:.3f} "
-            f"| {r.best_text.strip()} | {r.reduction_ratio:.2f} / {r.paper[2]:.2f} | {r.upload_mb:.3f} | {r.final - r.paper[0]:+.4f} "
+            f"| {r.model} | {r.method} | {bold}{r.final_text.strip()}{bold} ({per_seed}) "
+            f"| {r.paper[0]:.3f} +- {r.paper[1]:.3f} | {r.best_text.strip()} "
+            f"| {r.reduction_ratio:.2f} / {r.paper[2]:.2f} | {r.upload_mb:.3f} | {r.final - r.paper[0]:+.4f} "
             f"| {r.targets()} | {r.seconds:,.0f} |")
     return "\n".join(lines) + "\n"
 

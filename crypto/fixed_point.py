@@ -108,7 +108,7 @@ class FixedPointCodec:
             raise ValueError(f"{int((~np.isfinite(x)).sum())} values are NaN or infinite")
         over = np.abs(x) > np.float64(self.value_bound)  # a float64 scalar: float32 values are widened, not it
         raise BoundExceededError(f"{int(over.sum())} values exceed the bound {self.value_bound} "
-                         f"(largest |x| = {largest:.6g})")
+                                 f"(largest |x| = {largest:.6g})")
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Signed integers round(x * 2^f), clamped to +-max_int, as int64 (see the module docstring)."""

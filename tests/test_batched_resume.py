@@ -53,6 +53,9 @@ def _stop_and_resume(tmp_path: Path, *protocol: str) -> tuple[dict, dict]:
     ("strategy=plaintext", "model=ncf"),                                   # private parameters and their Adam
     ("strategy=secemb", "model=deepfm", "strategy.m_prime=null"),          # m' from the count, ring arithmetic
     ("strategy=distributed_mf",),                                          # the MF family's V and private u
+    # the compressed driver (Table 3's baselines continue from checkpoints): SVD on DeepFM, CoLR's round basis
+    ("strategy.compression=svd", "model=deepfm", "strategy=plaintext", "strategy.compression_rank=4"),
+    ("strategy.compression=colr", "model=ncf", "strategy=plaintext", "strategy.compression_rank=4"),
 ], ids=lambda p: "-".join(o.split("=")[1] for o in p[:2]))
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, protocol):
     whole, resumed = _stop_and_resume(tmp_path, *protocol)

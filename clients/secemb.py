@@ -38,7 +38,6 @@ log = logging.getLogger("secrec.client.secemb")
 STATE = "secemb_round"
 # kept importable for older callers; the shared versions live in clients/two_server.py
 ring_codec = ts.ring_codec
-clip_to_bound = ts.clip_to_bound
 
 
 @dataclass

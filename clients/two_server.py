@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Context, RecordDict
 
 from clients.environment import ClientEnv
-from crypto.fixed_point import BoundExceededError, FixedPointCodec, within
+from crypto.fixed_point import BoundExceededError, FixedPointCodec
 from crypto.ring import ring_dtype
 from crypto.sealed import seal
 from crypto.secret_sharing import share
@@ -36,9 +36,10 @@ def user_ring_codec(cfg: AppConfig) -> tuple[FixedPointCodec, np.dtype]:
 
 
 def clip_to_bound(values: np.ndarray, codec: FixedPointCodec, what: str) -> np.ndarray:
-    """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring."""
-    if within(values, codec.value_bound):  # nothing to clip: two reductions (NaN is left to the codec's check)
-        return values
+    """Enforce R_u on this user's contribution so the sum over n_p users cannot wrap the ring.
+
+    Reached through :func:`to_ring_clipped` only after the codec refused a finite value beyond R_u: NaN and
+    inf raise a plain ValueError there, so they are refused, never clipped into range."""
     values = np.asarray(values, dtype=np.float64)  # clipped in float64: a float32 bound could round above R_u
     over = np.abs(values) > codec.value_bound
     if over.any():

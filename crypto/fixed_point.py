@@ -51,11 +51,6 @@ def magnitude(x: np.ndarray) -> float:
     return max(-lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
 
 
-def within(x: np.ndarray, bound: float) -> bool:
-    """Whether every value of ``x`` is in [-bound, bound] (False for any NaN)."""
-    return magnitude(x) <= bound
-
-
 def _floats(x: np.ndarray) -> np.ndarray:
     """x as float32 or float64 values: float32 stays as it is (every float32 is exactly a float64, and
     widening 873K values per DeepFM user only to check and scale them was a pass of its own)."""

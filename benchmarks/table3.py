@@ -34,7 +34,8 @@ outcome and the overrides it ran with) into its folder. The same command run aga
 back and continues unfinished ones from their last checkpoint (ending as an uninterrupted run would), so the
 whole table (about 7 hours with ``--jobs 2`` on 2 cores, most of it DeepFM's 20 cells of about 35 minutes)
 survives a stop or a crash, losing at most 100 rounds of each running cell. A folder whose cell ran with
-other settings (``--epochs``, data) stops the command before anything runs.
+other settings (``--epochs``, data, or a conf/ default changed since: its results.json's config is compared)
+stops the command before anything runs.
 
 ``--rr-presets`` prints Table 3's R.R. for the other datasets, on synthetic data at their sizes
 (SecEmb Table 7: users, items, features; Table 8's embedding sizes; the real files are not on this
@@ -67,9 +68,9 @@ from recdata.atomic import atomic_write_bytes
 from recdata.dataset import dataset_meta
 from engine.model_protocols import secemb_round_bytes
 from schemas import compressed, secfedrec, sizes
-from schemas.config import AppConfig, model_spec
+from schemas.config import AppConfig, model_spec, to_dict
 from simulations.config import compose_config, to_app_config
-from simulations.checkpoint import ResumeError, check_resumable, latest_checkpoint_head
+from simulations.checkpoint import ResumeError, check_resumable, config_differences, latest_checkpoint_head
 from simulations.results import read_records
 from simulations.run import simulate_batched
 
@@ -318,7 +319,8 @@ def stored_cell(folder: Path, plan: CellPlan) -> Cell | None:
     or stopped mid-run: then :func:`resumable_round` says where it continues).
 
     Raises :class:`StaleCellError` when it holds one of other settings (a different ``--epochs``, data path
-    or experiment), which a rerun would overwrite."""
+    or experiment, or a config file changed since: its results.json's config differs), which a rerun would
+    overwrite."""
     path = folder / CELL_FILE
     if not path.is_file():
         return None
@@ -335,7 +337,25 @@ def stored_cell(folder: Path, plan: CellPlan) -> Cell | None:
     if overrides != list(plan.overrides):
         raise StaleCellError(f"{path} was run with other settings ({overrides}, now {list(plan.overrides)}); "
                              "use another --out or remove the folder")
+    diffs = config_differences(_run_config(folder), to_dict(kept_config(plan)))
+    if diffs:  # same overrides, other defaults: a conf/ file changed since the cell ran
+        raise StaleCellError(f"{folder} ran with the same overrides but another config ({'; '.join(diffs)}); "
+                             "use another --out or remove the folder to rerun it")
     return Cell(*(float(v) for v in values))
+
+
+def _run_config(folder: Path) -> dict:
+    """The composed config a finished cell's run wrote into its results.json (:class:`StaleCellError` when it
+    cannot be read): a cell is only reused if it ran with today's config, not only today's overrides."""
+    path = folder / "results.json"
+    try:
+        results = json.loads(path.read_text())
+        config = results.get("config") if isinstance(results, dict) else None
+        if not isinstance(config, dict):
+            raise ValueError("no config object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise StaleCellError(f"{path}: unreadable ({err}); remove the folder to rerun the cell") from err
+    return config
 
 
 def main() -> None:

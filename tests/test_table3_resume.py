@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import table3
-from benchmarks.table3 import CELL_FILE, Cell, StaleCellError, plan_cell, stored_cell
+from benchmarks.table3 import CELL_FILE, Cell, StaleCellError, kept_config, plan_cell, stored_cell
+from schemas.config import to_dict
 from simulations.results import read_records
 
 TWO_ROUNDS = 1.5 / (943 / 100)  # epochs that come to ceil(1.5) = 2 rounds of 100 of ml_100k's 943 users
@@ -83,6 +84,8 @@ def test_stored_cell_needs_the_same_overrides_and_finite_values(tmp_path, ml100k
     good = {"overrides": list(plan.overrides), "final_rmse": 0.95, "best_rmse": 0.94, "reduction_ratio": 5.1,
             "upload_bytes": 1.2e5, "seconds": 300.0}
     (tmp_path / CELL_FILE).write_text(json.dumps(good))
+    config = to_dict(kept_config(plan))
+    (tmp_path / "results.json").write_text(json.dumps({"config": config}))
     assert stored_cell(tmp_path, plan) == Cell(0.95, 0.94, 5.1, 1.2e5, 300.0)
     bad = [
         "{not json", "[]", "\xff",
@@ -98,3 +101,24 @@ def test_stored_cell_needs_the_same_overrides_and_finite_values(tmp_path, ml100k
         (tmp_path / CELL_FILE).write_text(text, encoding="latin-1")
         with pytest.raises(StaleCellError):
             stored_cell(tmp_path, plan)
+
+
+def test_a_stored_cell_of_the_same_overrides_but_another_config_is_stale(tmp_path, ml100k_path):
+    """A conf/ default changed since the cell ran (same overrides, another composed config): the cell is not
+    reused; nor when its run's results.json, which holds that config, is missing or unreadable."""
+    plan = _plan(ml100k_path)
+    (tmp_path / CELL_FILE).write_text(json.dumps({"overrides": list(plan.overrides), "final_rmse": 0.95,
+                                                  "best_rmse": 0.94, "reduction_ratio": 5.1,
+                                                  "upload_bytes": 1.2e5, "seconds": 300.0}))
+    config = to_dict(kept_config(plan))
+    (tmp_path / "results.json").write_text(json.dumps({"config": config, "final": {}}))
+    assert stored_cell(tmp_path, plan) is not None
+    other = json.loads(json.dumps(config))
+    other["model"]["reg_dense"] = not other["model"]["reg_dense"]
+    for text in (json.dumps({"config": other}), "[]", json.dumps({"final": {}}), "{not json"):
+        (tmp_path / "results.json").write_text(text)
+        with pytest.raises(StaleCellError, match="model.reg_dense" if text.startswith('{"config"') else "unreadable"):
+            stored_cell(tmp_path, plan)
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(StaleCellError, match="unreadable"):
+        stored_cell(tmp_path, plan)

@@ -87,13 +87,13 @@ def handler_parts(cfg: AppConfig, users: np.ndarray, repeats: int) -> dict[str, 
             t3 = time.perf_counter()
             local, ratings = ratings_of(items, env.user.train_items, env.user.train_ratings)
             device_dir = device_state_dir(env, context)
-            private = load_private(context, spec, env.user.user_id, env.seed, device_dir)
+            private = load_private(context, spec, env.user.user_id, env.seed, device_dir, before=rnd)
             t4 = time.perf_counter()
             result = train_locally(spec, rows, dense_in, private, local, ratings, env.user.user_features,
                                    env.item_features[items[local]], float(m.lr), float(m.reg),
                                    int(cfg.train.local_user_steps))
             t5 = time.perf_counter()
-            save_private(context, result.private, env.user.user_id, device_dir)
+            save_private(context, result.private, rnd, int(cfg.checkpoint_every), env.user.user_id, device_dir)
             t6 = time.perf_counter()
             schema.update_reply(result.row_grads, result.dense_grad, result.loss, result.n_ratings, t6 - t2)
             t7 = time.perf_counter()

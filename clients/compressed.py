@@ -23,7 +23,7 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     start = time.perf_counter()
     rnd, table, dense = schema.parse_update_message(content, env.n_items, env.spec.row_dim, env.spec.dense_size)
     items = truncate_items(env.user.train_items, None, env.seed, rnd, env.user.user_id)  # all rated, as plaintext orders them
-    result = local_step(env, context, items, table[items], dense)
+    result = local_step(env, context, items, table[items], dense, rnd)
     codec, _rank = schema.codec_for(env.cfg)
     rng = np.random.default_rng(secrets.randbits(128))  # TernGrad's stochastic rounding; unused by the others
     payload = schema.encode_update(codec, env.n_items, items, result.row_grads, rng, rnd)

@@ -23,15 +23,15 @@ from schemas import distributed_mf as schema
 def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     start = time.perf_counter()
     dim = int(env.cfg.model.dim)
-    _rnd, V = schema.parse_update_message(content, env.n_items, dim)
-    up = compute_user_upload(V, context, env)
+    rnd, V = schema.parse_update_message(content, env.n_items, dim)
+    up = compute_user_upload(V, context, env, rnd)
     return schema.update_reply(up.items, up.rows, up.loss, up.n_ratings, time.perf_counter() - start)
 
 
 def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     start = time.perf_counter()
-    V = schema.parse_evaluate_message(content, env.n_items, int(env.cfg.model.dim))
-    u = load_user_vector(context, env)
+    rnd, V = schema.parse_evaluate_message(content, env.n_items, int(env.cfg.model.dim))
+    u = load_user_vector(context, env, before=rnd + 1)
     sse, count = squared_error(u, V[env.user.test_items], env.user.test_ratings.astype(float))
     return common.evaluation_reply(sse, count, time.perf_counter() - start, mf_ranking(env, u, V))
 

@@ -54,10 +54,10 @@ def noise_multiplier_of(env: ClientEnv, offered: float) -> float:
 
 def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     start = time.perf_counter()
-    _rnd, offered, table, dense = schema.parse_update_message(content, env.n_items, env.spec.row_dim,
+    rnd, offered, table, dense = schema.parse_update_message(content, env.n_items, env.spec.row_dim,
                                                               env.spec.dense_size)
     items = np.unique(env.user.train_items)
-    result = local_step(env, context, items, table[items], dense)
+    result = local_step(env, context, items, table[items], dense, rnd)
     rows, dense_grad = noised_upload(full_rows(env.n_items, items, result.row_grads), result.dense_grad,
                                      noise_multiplier_of(env, offered), float(env.cfg.dp.clip))
     return schema.update_reply(rows, dense_grad, telemetry_seconds(env, time.perf_counter() - start))

@@ -84,18 +84,18 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     start = time.perf_counter()
     secure = secure_header(content, context, env)
     table, dense = parse_model_content(content, env.n_items, env.spec.row_dim, env.spec.dense_size)
-    return reply_with_rows(env, context, secure, table, dense, None, start)
+    return reply_with_rows(env, context, secure, table, dense, None, start, secure[0] if secure else None)
 
 
 def on_evaluate_rows(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     """Evaluate with the rows of the test items this user named (``plaintext``)."""
     start = time.perf_counter()
     refuse_if_items_are_private(env)
-    _rnd, rows, dense = parse_update_message(content, env.spec.row_dim, env.spec.dense_size)
+    rnd, rows, dense = parse_update_message(content, env.spec.row_dim, env.spec.dense_size)
     items = named_test_items(env)
     if rows.shape[0] != len(items):
         raise MessageError(f"evaluation sent {rows.shape[0]} rows for {len(items)} test items")
-    return reply_with_rows(env, context, None, rows, dense, items, start)
+    return reply_with_rows(env, context, None, rows, dense, items, start, rnd)
 
 
 def secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tuple[int, bytes, str, int] | None:
@@ -109,8 +109,9 @@ def secure_header(content: RecordDict, context: Context, env: ClientEnv) -> tupl
 
 def reply_with_rows(env: ClientEnv, context: Context, secure: tuple[int, bytes, str, int] | None,
                     table: np.ndarray, dense: np.ndarray, row_items: np.ndarray | None, start: float,
-                    test: tuple[np.ndarray, np.ndarray] | None = None) -> RecordDict:
-    """Test SSE and count, and the ranking case's [hit, ndcg, ranked], in the clear or secret-shared.
+                    rnd: int | None, test: tuple[np.ndarray, np.ndarray] | None = None) -> RecordDict:
+    """Test SSE and count, and the ranking case's [hit, ndcg, ranked], in the clear or secret-shared, with the
+    private state as of round ``rnd``'s training (None: the newest; clients.private_state).
 
     ``table`` holds every item's row (``row_items`` None) or the rows of the sorted ``row_items``;
     ``test`` (items, ratings) defaults to all of the user's test ratings.
@@ -121,7 +122,8 @@ def reply_with_rows(env: ClientEnv, context: Context, secure: tuple[int, bytes, 
         return ids if row_items is None else np.searchsorted(row_items, ids)
 
     features = env.item_features if row_items is None else env.item_features[row_items]
-    private = load_private(context, env.spec, env.user.user_id, env.seed, device_state_dir(env, context))
+    private = load_private(context, env.spec, env.user.user_id, env.seed, device_state_dir(env, context),
+                           before=None if rnd is None else rnd + 1)
     params = private["params"]
     sse, count = evaluate_locally(env.spec, table, dense, params, local(test_items), test_ratings,
                                   env.user.user_features, features)

@@ -248,7 +248,7 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     crypto = key.crypto(env)
     _attach_pool(context, crypto, key.n)
     cv = schema.parse_model_message(content, env.n_items, crypto.cts_per_row, crypto.key_bits)
-    up = compute_user_upload(crypto.decrypt_matrix(cv), context, env)
+    up = compute_user_upload(crypto.decrypt_matrix(cv), context, env, schema.parse_round(content))
     cts = crypto.encrypt_gradient_rows(up.rows)
     metric = _metric_ciphertext(crypto, [up.loss * up.n_ratings, up.n_ratings])
     reply = schema.update_reply(up.items, cts, metric, _telemetry(env, start))  # the critical path ends here
@@ -263,7 +263,7 @@ def on_evaluate(content: RecordDict, context: Context, env: ClientEnv) -> Record
     crypto = key.crypto(env)
     _attach_pool(context, crypto, key.n)
     V = crypto.decrypt_matrix(schema.parse_model_message(content, env.n_items, crypto.cts_per_row, crypto.key_bits))
-    u = load_user_vector(context, env)
+    u = load_user_vector(context, env)  # the newest: FedMF cannot be resumed, so no round is ever redone
     sse, count = squared_error(u, V[env.user.test_items], env.user.test_ratings.astype(float))
     hit, ndcg, ranked = schema.clip_ranking(mf_ranking(env, u, V)).tolist()
     reply = schema.evaluation_reply(_metric_ciphertext(crypto, [sse, count, hit, ndcg, ranked]), _telemetry(env, start))

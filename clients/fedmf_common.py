@@ -16,11 +16,11 @@ import numpy as np
 from flwr.app import Context
 
 from clients.environment import ClientEnv
-from clients.private_state import device_state_dir, restore_arrays, store_arrays
+from clients.private_state import (device_state_dir, in_context, keep_in_context, oldest_needed, restore_arrays,
+                                   store_arrays)
 from models.fedmf_mf import MFHyper, init_user_vector, user_step
 from recdata import UserData
 from schemas.config import AppConfig
-from schemas.validation import array_record
 
 USER_KEY = "mf_user"
 
@@ -31,20 +31,25 @@ def hyper(cfg: AppConfig) -> MFHyper:
     return MFHyper(lr=float(s.lr), reg_u=float(s.reg_u), reg_v=float(s.reg_v))
 
 
-def load_user_vector(context: Context, env: ClientEnv) -> np.ndarray:
-    if USER_KEY in context.state:
-        return context.state[USER_KEY]["u"].numpy().copy()
-    stored = restore_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY)
-    if stored is not None:  # a new context after a resume: the device's own copy
-        return stored["u"].astype(np.float64)
+def load_user_vector(context: Context, env: ClientEnv, before: int | None = None) -> np.ndarray:
+    """u as of the newest round < ``before`` (None: the newest), kept per round as clients.private_state
+    explains (a round redone after a resume starts from the state before it)."""
+    found = in_context(context, USER_KEY, before)
+    if found is None:  # a new context after a resume, or a redone round: the device's own copy
+        stored = restore_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY, before)
+        found = stored[1] if stored is not None else None
+    if found is not None:
+        return found["u"].astype(np.float64)
     return init_user_vector(int(env.cfg.model.dim), env.user.user_id, env.seed,
                             float(env.cfg.model.init_std))
 
 
-def save_user_vector(context: Context, u: np.ndarray, env: ClientEnv | None = None) -> None:
-    context.state[USER_KEY] = array_record(u=u.astype(np.float64))
-    if env is not None:  # also on the device's own disk, when it has a state folder (clients.private_state)
-        store_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY, {"u": u.astype(np.float64)})
+def save_user_vector(context: Context, u: np.ndarray, env: ClientEnv, rnd: int) -> None:
+    """Keep round ``rnd``'s u in ``Context.state`` and on the device's own disk when it has a state folder."""
+    state = {"u": u.astype(np.float64)}
+    keep_in_context(context, USER_KEY, state, rnd)
+    store_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY, state, rnd,
+                 oldest_needed(rnd, int(env.cfg.checkpoint_every)))
 
 
 def rated_items(env: ClientEnv) -> tuple[np.ndarray, np.ndarray]:
@@ -89,12 +94,13 @@ def compute_upload(V: np.ndarray, items_r: np.ndarray, ratings: np.ndarray, u: n
     return MFUpload(u_new, items, scatter_rows(items, items_r, grads), loss, len(ratings))
 
 
-def compute_user_upload(V: np.ndarray, context: Context, env: ClientEnv) -> MFUpload:
-    """:func:`compute_upload` for this device's user and state; saves the new u in ``Context.state``."""
+def compute_user_upload(V: np.ndarray, context: Context, env: ClientEnv, rnd: int) -> MFUpload:
+    """:func:`compute_upload` for this device's user and its state before round ``rnd``; keeps the new u
+    as round ``rnd``'s."""
     items_r, ratings = rated_items(env)
     s = env.cfg.strategy
-    up = compute_upload(V, items_r, ratings, load_user_vector(context, env), hyper(env.cfg), s.mode, int(s.pad_to or 0))
-    save_user_vector(context, up.u, env)
+    up = compute_upload(V, items_r, ratings, load_user_vector(context, env, before=rnd), hyper(env.cfg), s.mode, int(s.pad_to or 0))
+    save_user_vector(context, up.u, env, rnd)
     return up
 
 

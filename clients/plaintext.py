@@ -56,23 +56,24 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     items = saved.items
     if saved.round != rnd or rows.shape[0] != len(items):
         raise MessageError(f"update for round {rnd} with {rows.shape[0]} rows does not match the request")
-    result = local_step(env, context, items, rows, dense)
+    result = local_step(env, context, items, rows, dense, rnd)
     del context.state[STATE]
     return schema.update_reply(result.row_grads, result.dense_grad, result.loss, result.n_ratings,
                                time.perf_counter() - start)
 
 
-def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.ndarray, dense: np.ndarray):
-    """Train on the ratings of ``items`` given their rows; persist private state."""
+def local_step(env: ClientEnv, context: Context, items: np.ndarray, rows: np.ndarray, dense: np.ndarray, rnd: int):
+    """Train round ``rnd`` on the ratings of ``items`` given their rows, from the private state before that
+    round; keep the new state as round ``rnd``'s (clients.private_state: a redone round starts where it did)."""
     local, ratings = ratings_of(items, env.user.train_items, env.user.train_ratings)
     device_dir = device_state_dir(env, context)
-    private = load_private(context, env.spec, env.user.user_id, env.seed, device_dir)
+    private = load_private(context, env.spec, env.user.user_id, env.seed, device_dir, before=rnd)
     m = env.cfg.model
     result = train_locally(env.spec, rows, dense, private, local, ratings, env.user.user_features,
                            env.item_features[items[local]], float(m.lr), float(m.reg),
                            int(env.cfg.train.local_user_steps),
                            clip=float(env.cfg.dp.clip) if env.cfg.dp.enabled else None)
-    save_private(context, result.private, env.user.user_id, device_dir)
+    save_private(context, result.private, rnd, int(env.cfg.checkpoint_every), env.user.user_id, device_dir)
     return result
 
 

@@ -132,7 +132,7 @@ def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     raw = open_sealed(user_private, box.tobytes(), schema.context(run, rnd, uid, "shares"))
     shares1 = schema.parse_share_bytes(raw, (m_prime, env.spec.row_dim), ring)
     rows = codec.from_ring(shares0 + shares1).astype(np.float32)
-    result = local_step(env, context, items[:n_real], rows[:n_real], dense)
+    result = local_step(env, context, items[:n_real], rows[:n_real], dense, rnd)
     grads = np.zeros((m_prime, env.spec.row_dim), dtype=np.float64)  # Algorithm 2: zero rows for padding
     grads[:n_real] = result.row_grads
     betas, dense_metrics = ts.encode_upload(grads, result.dense_grad, result.loss, result.n_ratings, codec, ring,

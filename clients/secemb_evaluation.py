@@ -77,7 +77,7 @@ def on_evaluate_shares(content: RecordDict, context: Context, env: ClientEnv) ->
     items = saved.items[:saved.n_real]
     rows = codec.from_ring(shares0 + shares1).astype(np.float32)[:saved.n_real]
     kept = np.isin(env.user.test_items, items)
-    return reply_with_rows(env, context, secure, rows, dense, items, start - saved.seconds,
+    return reply_with_rows(env, context, secure, rows, dense, items, start - saved.seconds, rnd,
                            test=(env.user.test_items[kept], env.user.test_ratings[kept]))
 
 

@@ -28,7 +28,7 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     pub, run, _ = ts.accept_server_info(content, context, env)
     table, dense = plain_schema.parse_model_content(content, env.n_items, env.spec.row_dim, env.spec.dense_size)
     items = np.unique(env.user.train_items)
-    result = local_step(env, context, items, table[items], dense)
+    result = local_step(env, context, items, table[items], dense, rnd)
     full = np.zeros((env.n_items, env.spec.row_dim), dtype=np.float64)
     full[items] = result.row_grads
     codec, ring = ts.ring_codec(env)

@@ -80,6 +80,7 @@ COMPRESSIONS = ("none", "bit8", "tern", "svd", "colr")  # SecEmb's lossy baselin
 DP_MODES = ("central", "local")
 DP_SAMPLINGS = ("poisson", "without_replacement", "none")
 PAILLIER_KEY_BITS = (1024, 2048, 3072, 4096)
+CHECKPOINTS_KEPT = 2  # a run folder keeps its last 2 checkpoints (a damaged newest falls back to the one before)
 
 
 # ------------------------------------------------------------------- groups

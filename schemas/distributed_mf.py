@@ -4,7 +4,7 @@ One phase per round, ``train.dmf_update``: server -> user the item matrix V
 (float64 [m, d]) and the round; user -> server the item ids it uploads and
 their Gradient rows. PartText uploads the rated items, FullText all m items
 (zero rows for unrated ones), padded the rated items plus random unrated ones.
-Evaluation (``evaluate.mf``) sends V; the user reports its test error sum.
+Evaluation (``evaluate.mf``) sends V and the round; the user reports its test error sum.
 """
 
 from __future__ import annotations
@@ -23,8 +23,19 @@ UPDATE = "train.dmf_update"
 EVALUATE = "evaluate.mf"
 
 
+def model_record(item_matrix: np.ndarray) -> ArrayRecord:
+    """V as sent (float64), built once per phase and shared by every user's message."""
+    return array_record(V=item_matrix.astype(np.float64))
+
+
+def round_message(rnd: int, model: ArrayRecord) -> RecordDict:
+    """V (:func:`model_record`) and the round: the update and the evaluation message alike (a user's private
+    state is kept per round, clients.private_state)."""
+    return RecordDict({"cfg": ConfigRecord({"round": rnd}), "model": model})
+
+
 def update_message(rnd: int, item_matrix: np.ndarray) -> RecordDict:
-    return RecordDict({"cfg": ConfigRecord({"round": rnd}), "model": array_record(V=item_matrix.astype(np.float64))})
+    return round_message(rnd, model_record(item_matrix))
 
 
 def parse_update_message(content: RecordDict, n_items: int, dim: int) -> tuple[int, np.ndarray]:
@@ -59,12 +70,13 @@ def parse_update_reply(content: RecordDict, n_items: int, dim: int, expected_cou
     return Upload(items, grads, loss, n, seconds)
 
 
-def evaluate_message(item_matrix: np.ndarray) -> RecordDict:
-    return RecordDict({"model": array_record(V=item_matrix.astype(np.float64))})
+def evaluate_message(rnd: int, item_matrix: np.ndarray) -> RecordDict:
+    return round_message(rnd, model_record(item_matrix))
 
 
-def parse_evaluate_message(content: RecordDict, n_items: int, dim: int) -> np.ndarray:
-    return get_array(require_record(content, "model", ArrayRecord), "V", np.float64, (n_items, dim), finite=True)
+def parse_evaluate_message(content: RecordDict, n_items: int, dim: int) -> tuple[int, np.ndarray]:
+    """(round, V): the evaluation follows that round's training."""
+    return parse_update_message(content, n_items, dim)
 
 
 def upload_rows(mode: str, n_rated: np.ndarray, n_items: int, pad_to: int) -> np.ndarray:

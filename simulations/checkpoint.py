@@ -34,12 +34,12 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from recdata.atomic import atomic_savez, atomic_write_bytes
-from schemas.config import AppConfig, to_dict
+from schemas.config import CHECKPOINTS_KEPT, AppConfig, to_dict
 from simulations.results import read_records, rewrite_records
 
 CHECKPOINT_DIR = "checkpoint"
 DEVICES_DIR = "devices"
-KEEP = 2
+KEEP = CHECKPOINTS_KEPT  # devices keep the private states a resume from any of these needs
 # Keys a resume may change; everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("resume", "rounds")
 # Strategies whose state cannot be checkpointed here (see :func:`check_resumable`).

@@ -59,11 +59,11 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
         strategy.restore_state(ckpt.arrays)  # type: ignore[attr-defined]
         first_round, prior = ckpt.round + 1, resume.prior
         if resume.lost:  # rounds after the checkpoint are redone
-            # Devices keep only their latest private state and are not told of the rollback, so the users
-            # of the redone rounds start them from a later state than the uninterrupted run had.
-            log.warning("rounds %d..%d ran after the last checkpoint and are redone; their users keep the "
-                        "private state they reached in them, so this run can differ slightly from an "
-                        "uninterrupted one (checkpoint_every=1 avoids it)", resume.lost[0], resume.lost[-1])
+            # Devices keep their private state per round (clients.private_state), so the users of a redone
+            # round start it from their state before it, as the uninterrupted run did; a device without its
+            # state folder starts from its initial state instead.
+            log.warning("rounds %d..%d ran after the last checkpoint and are redone; their users start them "
+                        "from the private state they kept from before them", resume.lost[0], resume.lost[-1])
         log.info("resuming %s from the checkpoint of round %d in %s", cfg.strategy.name, ckpt.round, out_dir)
     log.info("strategy=%s model=%s dataset=%s users=%d items=%d rounds=%d clients/round=%d",
              cfg.strategy.name, cfg.model.name, meta.name, meta.n_users, meta.n_items,

@@ -96,4 +96,7 @@ class DistributedMFStrategy(RecStrategy):
         self.V = V.copy()
 
     def evaluation_content(self) -> RecordDict:
-        return schema.evaluate_message(self.V)
+        return RecordDict({"model": schema.model_record(self.V)})
+
+    def evaluation_message(self, rnd: int, content: RecordDict) -> RecordDict:
+        return schema.round_message(rnd, content["model"])  # type: ignore[arg-type]

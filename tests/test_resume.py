@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from clients.private_state import load_private, restore_arrays, save_private, store_arrays
+from clients.private_state import load_private, oldest_needed, restore_arrays, save_private, store_arrays
 from models.spec import ModelSpec
 from schemas.config import AppConfig
 from simulations.checkpoint import (ResumeError, check_resumable, latest_checkpoint_head, load_latest_checkpoint,
@@ -169,17 +169,46 @@ def test_records_jsonl_is_appended_and_a_torn_last_line_is_ignored(tmp_path):
 def test_device_state_survives_a_new_context_only_through_the_device_folder(tmp_path):
     spec = ModelSpec(name="mf", dim=4, n_user_features=0, n_item_features=0, init_std=0.1)
     first = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    initial = load_private(first, spec, user_id=3, seed=0, device_dir=tmp_path)
+    initial = load_private(first, spec, user_id=3, seed=0, device_dir=tmp_path, before=1)
     state = {**initial, "params": initial["params"] + 1, "step": initial["step"] + 1}
-    save_private(first, state, user_id=3, device_dir=tmp_path)
+    save_private(first, state, 1, 2, user_id=3, device_dir=tmp_path)
     fresh = Context(run_id=2, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    again = load_private(fresh, spec, user_id=3, seed=0, device_dir=tmp_path)
+    again = load_private(fresh, spec, user_id=3, seed=0, device_dir=tmp_path, before=2)
     np.testing.assert_array_equal(again["params"], state["params"])
     assert int(again["step"][0]) == 1
     without = load_private(fresh, spec, user_id=3, seed=0, device_dir=None)  # no device storage: fresh init
     np.testing.assert_array_equal(without["params"], initial["params"])
-    store_arrays(tmp_path, 3, "mf_user", {"u": np.ones(4)})  # another key in the same file keeps the first
+    store_arrays(tmp_path, 3, "mf_user", {"u": np.ones(4)}, 1, 0)  # another key in the same file keeps the first
     assert restore_arrays(tmp_path, 3, "private") is not None and restore_arrays(tmp_path, 3, "mf_user") is not None
+
+
+def test_a_device_keeps_the_states_a_resume_can_need_and_rolls_back_to_them(tmp_path):
+    """checkpoint_every=4 (the server keeps the last 2): in round 11 a resume can restart after round 4 or 8, so
+    the device keeps its newest state of a round <= 4 and every later one; a round redone after a resume
+    starts from the newest state before it, and writing it drops the abandoned timeline's later states."""
+    spec = ModelSpec(name="mf", dim=4, n_user_features=0, n_item_features=0, init_std=0.1)
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    base = load_private(ctx, spec, user_id=5, seed=0, device_dir=tmp_path, before=1)
+
+    def state_of(rnd: int) -> dict[str, np.ndarray]:
+        return {**base, "params": base["params"] + rnd, "step": np.array([rnd], dtype=np.int64)}
+
+    assert [oldest_needed(r, 4) for r in (1, 4, 5, 8, 9, 11, 13)] == [0, 0, 0, 0, 4, 4, 8]
+    assert oldest_needed(7, 0) == 7  # no checkpoints: only the newest state is kept
+    for rnd in (2, 3, 6, 9, 11):  # the rounds this user took part in
+        save_private(ctx, state_of(rnd), rnd, 4, user_id=5, device_dir=tmp_path)
+    with np.load(tmp_path / "user-5.npz") as kept:
+        assert sorted({int(n.split("@")[1].split(".")[0]) for n in kept.files}) == [3, 6, 9, 11]
+
+    def step_before(before: int, context: Context) -> int:
+        return int(load_private(context, spec, 5, 0, tmp_path, before=before)["step"][0])
+
+    assert step_before(12, ctx) == 11  # the newest, from Context.state
+    fresh = Context(run_id=2, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert [step_before(b, fresh) for b in (4, 5, 9, 10, 12)] == [3, 3, 6, 9, 11]  # resumed after 4 or 8
+    assert step_before(10, ctx) == 9  # Context.state's newest is round 11: older ones come from the disk
+    save_private(fresh, state_of(9), 9, 4, user_id=5, device_dir=tmp_path)  # round 9 redone after resuming at 8
+    assert step_before(12, fresh) == 9 and step_before(100, Context(3, 1, {}, RecordDict(), {})) == 9
 
 
 # --------------------------------------------------------- Flower simulations
@@ -187,8 +216,9 @@ def _records(folder: Path) -> list[dict]:
     return json.loads((folder / "results.json").read_text())["records"]
 
 
-def _resume_matches_uninterrupted(tmp_path: Path, extra: list[str]) -> None:
-    """A Flower run stopped after round 4 and resumed to round 6 ends as the uninterrupted 6-round run.
+def _resume_matches_uninterrupted(tmp_path: Path, extra: list[str], stop: int = 4) -> None:
+    """A Flower run stopped after round ``stop`` (checkpoints every 2 rounds) and resumed to round 6 ends as
+    the uninterrupted 6-round run; with ``stop=5``, round 5 ran after the last checkpoint and is redone.
 
     The uninterrupted trajectory is computed by the batched engine, which tests/test_batched_engine.py and
     tests/test_batched_fedmf.py tie to the Flower path within 1e-5 (this test allows 1e-4): one Flower
@@ -203,9 +233,9 @@ def _resume_matches_uninterrupted(tmp_path: Path, extra: list[str]) -> None:
 
     simulate_batched(to_app_config(compose_config(base + ["rounds=6", "checkpoint_every=0", "engine=batched"])),
                      str(whole))
-    first = run(parted, "rounds=4")
-    assert [r["round"] for r in first["records"]] == [1, 2, 3, 4]
-    assert len(read_records(parted)) == 4 and load_latest_checkpoint(parted).round == 4
+    first = run(parted, f"rounds={stop}")
+    assert [r["round"] for r in first["records"]] == list(range(1, stop + 1))
+    assert len(read_records(parted)) == stop and load_latest_checkpoint(parted).round == 4
     resumed = run(parted, "rounds=6", "resume=true")
     assert resumed["final"]["resumed_from_round"] == 4
     a, b = _records(whole), _records(parted)
@@ -220,6 +250,14 @@ def _resume_matches_uninterrupted(tmp_path: Path, extra: list[str]) -> None:
 @pytest.mark.slow
 def test_plaintext_resume_ends_as_the_uninterrupted_run(tmp_path):
     _resume_matches_uninterrupted(tmp_path, ["strategy=plaintext", "model=mf"])
+
+
+@pytest.mark.slow
+def test_a_round_run_after_the_last_checkpoint_is_redone_from_the_users_states_before_it(tmp_path):
+    """Round 5's users already moved their private state on when the run stopped; the redone round 5 must start
+    them from their states before it (the device keeps those), or the resumed run drifts from the
+    uninterrupted one."""
+    _resume_matches_uninterrupted(tmp_path, ["strategy=plaintext", "model=mf"], stop=5)
 
 
 @pytest.mark.slow

@@ -178,16 +178,26 @@ def _read_checkpoint(folder: Path, rnd: int) -> Checkpoint:
     return Checkpoint(round=rnd, config=head.config, arrays=arrays)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts (allowed changes excluded)."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "",
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (allowed changes excluded).
+
+    A key the saved config lacks is no difference while the current value is the key's default: a field
+    added to the config since the run was saved, whose default keeps what runs did before it (the rule for
+    adding one), so an earlier run or checkpoint stays usable."""
+    if defaults is None:
+        defaults = to_dict(AppConfig())
     out: list[str] = []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
         if dotted in RESUMABLE_CHANGES:
             continue
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        default = defaults.get(key, "<missing>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_differences(a, b, f"{dotted}."))
+            out.extend(config_differences(a, b, f"{dotted}.", default if isinstance(default, dict) else {}))
+        elif key not in saved and b == default:
+            continue
         elif a != b:
             out.append(f"{dotted} (run: {a!r}, now: {b!r})")
     return out

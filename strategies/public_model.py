@@ -24,13 +24,14 @@ from schemas.config import AppConfig
 
 class PublicModel:
     def __init__(self, spec: ModelSpec, n_items: int, seed: int, lr: float, optimizer: str = "adam",
-                 global_bias: float = 0.0) -> None:
+                 global_bias: float = 0.0, adam_eps: float = 1e-8) -> None:
         self.spec = spec
         self.n_items = n_items
         self.table = torch.nn.Parameter(torch.from_numpy(init_item_table(spec, n_items, seed).astype(np.float32)))
         self.dense = torch.nn.Parameter(torch.from_numpy(init_dense(spec, seed, global_bias).astype(np.float32)))
-        opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-        self.opt = opt_cls([self.table, self.dense], lr=lr)
+        params = [self.table, self.dense]
+        self.opt = (torch.optim.Adam(params, lr=lr, eps=adam_eps) if optimizer == "adam"
+                    else torch.optim.SGD(params, lr=lr))
 
     @property
     def row_dim(self) -> int:
@@ -98,7 +99,8 @@ class ModelStrategy(RecStrategy):
         super().__init__(cfg, meta)
         self.spec = model_spec(cfg, meta.n_user_features, meta.n_item_features)
         self.model = PublicModel(self.spec, meta.n_items, int(cfg.seed), float(cfg.model.lr),
-                                 cfg.train.server_optimizer, global_bias=meta.rating_midpoint)
+                                 cfg.train.server_optimizer, global_bias=meta.rating_midpoint,
+                                 adam_eps=float(cfg.train.server_adam_eps))
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """The server-side state a resumed run needs: the public model and its optimiser moments."""

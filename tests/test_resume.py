@@ -21,14 +21,15 @@ from flwr.app import Context, RecordDict
 
 from clients.private_state import load_private, oldest_needed, restore_arrays, save_private, store_arrays
 from models.spec import ModelSpec
-from schemas.config import AppConfig
-from simulations.checkpoint import (ResumeError, check_resumable, latest_checkpoint_head, load_latest_checkpoint,
-                                    prepare_simulation, save_checkpoint)
+from schemas.config import AppConfig, to_dict
+from simulations.checkpoint import (ResumeError, check_resumable, config_differences, latest_checkpoint_head,
+                                    load_latest_checkpoint, prepare_simulation, save_checkpoint)
 from simulations.config import compose_config, to_app_config
 from simulations.results import append_record, read_records
 from simulations.run import simulate_batched
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy
+from strategies.plaintext import PlaintextStrategy
 from strategies.public_model import PublicModel
 from twoserver.link import Server1Unavailable
 from tests.sim_utils import SMALL, run_sim
@@ -148,6 +149,34 @@ def test_resume_refuses_a_changed_config_and_a_folder_without_checkpoint(tmp_pat
         check_resumable(changed, ckpt)
     with pytest.raises(ResumeError, match="nothing to resume"):
         check_resumable(AppConfig(rounds=2, resume=True), ckpt)
+
+
+def test_a_config_field_added_since_a_run_is_no_difference_at_its_default():
+    """A run saved before train.server_adam_eps existed resumes (and its Table 3 cell is reused) while the field
+    keeps its default, which is what runs did before it; set to anything else, or a field the saved run has
+    and today's config lacks, is a difference."""
+    saved = to_dict(AppConfig())
+    del saved["train"]["server_adam_eps"]
+    assert config_differences(saved, to_dict(AppConfig())) == []
+    other = AppConfig()
+    other.train.server_adam_eps = 1e-3
+    assert config_differences(saved, to_dict(other)) == ["train.server_adam_eps (run: '<missing>', now: 0.001)"]
+    assert config_differences({**saved, "gone": 1}, to_dict(AppConfig())) == ["gone (run: 1, now: '<missing>')"]
+
+
+def test_the_server_adam_eps_is_adams_eps():
+    """One Adam step from zero moments moves a value by lr g / (|g| + eps) (bias-corrected): with g = eps = 1e-3
+    half the step lr; ``train.server_adam_eps`` reaches the public model's optimiser."""
+    spec = ModelSpec(name="mf", dim=4, n_user_features=0, n_item_features=0, init_std=0.1)
+    for eps, expected in ((1e-3, 0.5), (1e-8, 1.0)):
+        model = PublicModel(spec, n_items=7, seed=0, lr=0.05, adam_eps=eps)
+        before = model.table_numpy().copy()
+        model.step(np.full((7, model.row_dim), 1e-3, np.float32), np.zeros(model.dense_size, np.float32), 1)
+        np.testing.assert_allclose(before - model.table_numpy(), 0.05 * expected, rtol=1e-4)
+    cfg = AppConfig()
+    cfg.train.server_adam_eps = 1e-3
+    strategy = PlaintextStrategy(cfg, DatasetMeta("toy", 4, 7, 0, 0))
+    assert strategy.model.opt.param_groups[0]["eps"] == 1e-3
 
 
 def test_fedmf_resume_is_refused_with_a_reason():

@@ -16,8 +16,7 @@ import numpy as np
 from flwr.app import Context
 
 from clients.environment import ClientEnv
-from clients.private_state import (device_state_dir, in_context, keep_in_context, oldest_needed, restore_arrays,
-                                   store_arrays)
+from clients.private_state import device_state_dir, keep_in_context, load_version, oldest_needed, store_arrays
 from models.fedmf_mf import MFHyper, init_user_vector, user_step
 from recdata import UserData
 from schemas.config import AppConfig
@@ -34,10 +33,7 @@ def hyper(cfg: AppConfig) -> MFHyper:
 def load_user_vector(context: Context, env: ClientEnv, before: int | None = None) -> np.ndarray:
     """u as of the newest round < ``before`` (None: the newest), kept per round as clients.private_state
     explains (a round redone after a resume starts from the state before it)."""
-    found = in_context(context, USER_KEY, before)
-    if found is None:  # a new context after a resume, or a redone round: the device's own copy
-        stored = restore_arrays(device_state_dir(env, context), env.user.user_id, USER_KEY, before)
-        found = stored[1] if stored is not None else None
+    found = load_version(context, device_state_dir(env, context), env.user.user_id, USER_KEY, before)
     if found is not None:
         return found["u"].astype(np.float64)
     return init_user_vector(int(env.cfg.model.dim), env.user.user_id, env.seed,
@@ -99,7 +95,8 @@ def compute_user_upload(V: np.ndarray, context: Context, env: ClientEnv, rnd: in
     as round ``rnd``'s."""
     items_r, ratings = rated_items(env)
     s = env.cfg.strategy
-    up = compute_upload(V, items_r, ratings, load_user_vector(context, env, before=rnd), hyper(env.cfg), s.mode, int(s.pad_to or 0))
+    up = compute_upload(V, items_r, ratings, load_user_vector(context, env, before=rnd), hyper(env.cfg), s.mode,
+                        int(s.pad_to or 0))
     save_user_vector(context, up.u, env, rnd)
     return up
 

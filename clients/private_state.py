@@ -135,6 +135,17 @@ def in_context(context: Context, key: str, before: int | None) -> dict[str, np.n
     return {k: rec[k].numpy() for k in rec.keys() if k != ROUND}
 
 
+def load_version(context: Context, directory: Path | None, user_id: int, key: str,
+                 before: int | None) -> dict[str, np.ndarray] | None:
+    """``key``'s state as of the newest round < ``before`` (None: the newest): ``Context.state`` first, else the
+    device's own file (a new context after a resume, or a round redone after one); None when neither has one."""
+    found = in_context(context, key, before)
+    if found is None:
+        stored = restore_arrays(directory, user_id, key, before)
+        found = stored[1] if stored is not None else None
+    return found
+
+
 def keep_in_context(context: Context, key: str, arrays: dict[str, np.ndarray], rnd: int) -> None:
     """Keep round ``rnd``'s state of ``key`` in ``Context.state`` (the newest one; the disk keeps older ones)."""
     context.state[key] = ArrayRecord({**{k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()},
@@ -146,13 +157,9 @@ def load_private(context: Context, spec: ModelSpec, user_id: int, seed: int, dev
     """Private params plus Adam moments (``params``, ``m``, ``v``, ``step``) as of the newest round < ``before``
     (training round t: before=t; evaluation after it: t + 1; None: the newest).
 
-    ``Context.state`` first; else the device's own file in ``device_dir`` (a new context after a resume, or
-    a round redone after one); else the seeded init.
+    :func:`load_version`, else the seeded init.
     """
-    found = in_context(context, KEY, before)
-    if found is None:
-        stored = restore_arrays(device_dir, user_id, KEY, before)
-        found = stored[1] if stored is not None else None
+    found = load_version(context, device_dir, user_id, KEY, before)
     if found is not None:
         return {k: found[k] for k in ("params", "m", "v", "step")}
     params = init_private(spec, user_id, seed).astype(np.float32)

@@ -70,10 +70,6 @@ def parse_update_reply(content: RecordDict, n_items: int, dim: int, expected_cou
     return Upload(items, grads, loss, n, seconds)
 
 
-def evaluate_message(rnd: int, item_matrix: np.ndarray) -> RecordDict:
-    return round_message(rnd, model_record(item_matrix))
-
-
 def parse_evaluate_message(content: RecordDict, n_items: int, dim: int) -> tuple[int, np.ndarray]:
     """(round, V): the evaluation follows that round's training."""
     return parse_update_message(content, n_items, dim)

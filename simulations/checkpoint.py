@@ -11,7 +11,8 @@ A checkpoint is two files in ``<run folder>/checkpoint/``:
   compares with its own.
 
 Both are written to temporary files and renamed, the ``.npz`` first, so a
-sidecar always names a complete archive. The last :data:`KEEP` are kept.
+sidecar always names a complete archive. The last :data:`schemas.config.CHECKPOINTS_KEPT` are kept
+(devices keep the private states a resume from any of them needs).
 
 What is not in a checkpoint, and why it need not be: the client sampler
 (:meth:`strategies.base.RecStrategy.sample_users` is a function of (seed,
@@ -39,7 +40,6 @@ from simulations.results import read_records, rewrite_records
 
 CHECKPOINT_DIR = "checkpoint"
 DEVICES_DIR = "devices"
-KEEP = CHECKPOINTS_KEPT  # devices keep the private states a resume from any of these needs
 # Keys a resume may change; everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("resume", "rounds")
 # Strategies whose state cannot be checkpointed here (see :func:`check_resumable`).
@@ -77,14 +77,14 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
 
 
 def save_checkpoint(out_dir: str | Path, rnd: int, arrays: dict[str, np.ndarray], cfg: AppConfig) -> Path:
-    """Write round ``rnd``'s checkpoint atomically; keep only the last :data:`KEEP`. Returns the .npz path."""
+    """Write round ``rnd``'s checkpoint atomically; keep only the last ``CHECKPOINTS_KEPT``. Returns the .npz path."""
     folder = checkpoint_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     npz = folder / f"round-{rnd}.npz"
     atomic_savez(npz, arrays)
     sidecar = {"round": int(rnd), "arrays": sorted(arrays), "config": to_dict(cfg)}
     atomic_write_bytes(folder / f"round-{rnd}.json", json.dumps(sidecar, indent=2).encode())
-    for old in _rounds(folder)[:-KEEP]:
+    for old in _rounds(folder)[:-CHECKPOINTS_KEPT]:
         for suffix in (".json", ".npz"):
             (folder / f"round-{old}{suffix}").unlink(missing_ok=True)
     return npz
@@ -100,7 +100,7 @@ def load_latest_checkpoint(out_dir: str | Path) -> Checkpoint:
     """The newest checkpoint in the run folder that reads back whole; :class:`ResumeError` when there is none.
 
     Writes are atomic, so a half-written file never carries a checkpoint's name; a file damaged later (a
-    copy cut short, a disk error) is skipped with a warning for the one before it (:data:`KEEP` are kept),
+    copy cut short, a disk error) is skipped with a warning for the one before it (``CHECKPOINTS_KEPT`` are kept),
     and when none reads, the error names each file and what is wrong with it, rather than a traceback."""
     return _newest(out_dir, _read_checkpoint)
 

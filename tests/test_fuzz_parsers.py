@@ -169,7 +169,8 @@ def _sample_builders() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "distributed_mf.parse_update_message": lambda sc: m["distributed_mf"].update_message(2, f32(N_ITEMS, DIM)),
         "distributed_mf.parse_update_reply": lambda sc: m["distributed_mf"].update_reply(
             np.arange(_count(sc)), f32(_count(sc), DIM), 0.5, 3, 0.1),
-        "distributed_mf.parse_evaluate_message": lambda sc: m["distributed_mf"].evaluate_message(2, f32(N_ITEMS, DIM)),
+        "distributed_mf.parse_evaluate_message": lambda sc: m["distributed_mf"].round_message(
+            2, m["distributed_mf"].model_record(f32(N_ITEMS, DIM))),
         "fedmf.parse_setup_message": lambda sc: fm.setup_message(KEY_BITS, "run1"),
         "fedmf.parse_public_key_reply": lambda sc: fm.public_key_reply(n_bytes),
         "fedmf.parse_key_message": lambda sc: fm.key_message("seal", "run1", n_bytes,

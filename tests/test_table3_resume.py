@@ -73,6 +73,12 @@ def _plan(ml100k_path: Path):
     return plan_cell("mf", "svd", 1, 200, 5, str(ml100k_path))
 
 
+def _finished(plan) -> dict:
+    """A well-formed cell.json of ``plan``."""
+    return {"overrides": list(plan.overrides), "final_rmse": 0.95, "best_rmse": 0.94, "reduction_ratio": 5.1,
+            "upload_bytes": 1.2e5, "seconds": 300.0}
+
+
 def test_plan_comes_to_table3s_rounds(ml100k_path):
     assert _plan(ml100k_path).overrides[-2:] == ("rounds=1886", "train.eval_every=46")  # 200 epochs, every 5 (4.9)
     assert _plan(ml100k_path).name == "mf_svd_seed1"
@@ -81,8 +87,7 @@ def test_plan_comes_to_table3s_rounds(ml100k_path):
 def test_stored_cell_needs_the_same_overrides_and_finite_values(tmp_path, ml100k_path):
     plan = _plan(ml100k_path)
     assert stored_cell(tmp_path, plan) is None  # never finished: run it
-    good = {"overrides": list(plan.overrides), "final_rmse": 0.95, "best_rmse": 0.94, "reduction_ratio": 5.1,
-            "upload_bytes": 1.2e5, "seconds": 300.0}
+    good = _finished(plan)
     (tmp_path / CELL_FILE).write_text(json.dumps(good))
     config = to_dict(kept_config(plan))
     (tmp_path / "results.json").write_text(json.dumps({"config": config}))
@@ -107,9 +112,7 @@ def test_a_stored_cell_of_the_same_overrides_but_another_config_is_stale(tmp_pat
     """A conf/ default changed since the cell ran (same overrides, another composed config): the cell is not
     reused; nor when its run's results.json, which holds that config, is missing or unreadable."""
     plan = _plan(ml100k_path)
-    (tmp_path / CELL_FILE).write_text(json.dumps({"overrides": list(plan.overrides), "final_rmse": 0.95,
-                                                  "best_rmse": 0.94, "reduction_ratio": 5.1,
-                                                  "upload_bytes": 1.2e5, "seconds": 300.0}))
+    (tmp_path / CELL_FILE).write_text(json.dumps(_finished(plan)))
     config = to_dict(kept_config(plan))
     (tmp_path / "results.json").write_text(json.dumps({"config": config, "final": {}}))
     assert stored_cell(tmp_path, plan) is not None

@@ -46,12 +46,12 @@ import numpy as np
 import torch
 
 from engine.compressed_protocol import CompressedPlaintextDriver
-from engine.model_protocols import LossCount, RoundBatch
+from engine.model_protocols import RoundBatch
 from models.compression import CoLRCodec, SVDCodec, UpdateCodec
 from schemas.compressed import encode_update
 from simulations.config import compose_config, to_app_config
 from simulations.run import simulate_batched
-from strategies.base import weighted_train_loss
+from strategies.base import mean_train_loss
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 STAT_ROUNDS = (1, 10, 100, 500, 1000, 1800)
@@ -135,7 +135,7 @@ def instrument(mode: str, reg: float) -> None:
             total += _decoded(codec, self.meta.n_items, items, error, rnd)
             total[items] += l2
         self.strategy.model.step(total, batch.dense_grads.sum(axis=0, dtype=np.float64), len(batch.dense_grads))
-        return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings))),
+        return {"train_loss": mean_train_loss(batch.loss),
                 "reduction_ratio": self.strategy.reduction_ratio(rnd)}
 
     CompressedPlaintextDriver.aggregate = aggregate  # type: ignore[method-assign]

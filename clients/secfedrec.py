@@ -32,7 +32,7 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     full = np.zeros((env.n_items, env.spec.row_dim), dtype=np.float64)
     full[items] = result.row_grads
     codec, ring = ts.ring_codec(env)
-    rows_ring, dense_metrics = ts.encode_upload(full, result.dense_grad, result.loss, result.n_ratings, codec, ring,
+    rows_ring, dense_metrics = ts.encode_upload(full, result.dense_grad, ts.released_loss(env.cfg, result.loss), codec, ring,
                                                 ts.train_metric_codec(env))
     s0, s1 = share(np.concatenate([rows_ring.reshape(-1), dense_metrics]))
     box = seal(pub, schema.sealed_share_bytes(s1), box_context(run, rnd, env.user.user_id, "secfedrec"))

@@ -59,16 +59,21 @@ def to_ring_clipped(values: np.ndarray, codec: FixedPointCodec, ring: np.dtype, 
         return codec.to_ring(clip_to_bound(values, codec, what), ring, out=out)
 
 
-def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarray | float,
-                  n_ratings: np.ndarray | int, codec: FixedPointCodec, ring: np.dtype,
+def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarray | float | None,
+                  codec: FixedPointCodec, ring: np.dtype,
                   metrics: two_server.MetricCodec) -> tuple[np.ndarray, np.ndarray]:
-    """A training contribution in Z_2^k: (row gradients, [dense gradient, loss x n_ratings, n_ratings]).
+    """A training contribution in Z_2^k: (row gradients, [dense gradient, loss, 1]).
 
     Every value is clipped to R_u (and logged) and fixed-point encoded; the metrics use their
     own codec. This is the user-side arithmetic of both two-server protocols, what the servers'
     sum then adds up: SecEmb's and Secure FedRec's clients secret-share these two arrays, and the
     batched engine (engine/) sums them directly. Works on one user (``row_grads`` [k, r],
-    ``dense_grads`` [D], scalar loss and count) or a batch (leading user axis on all four).
+    ``dense_grads`` [D], scalar loss) or a batch (leading user axis on all three).
+
+    The metric slots carry the user's own training loss and a 1, so their sum is the round's
+    loss sum and its number of users, which server 0 knows anyway. Not the rating count: a
+    count's sums over many rounds of different users would solve for every user's count.
+    ``loss`` None (:func:`released_loss` under central DP) puts 0 in the loss slot.
     """
     # float32 gradients are checked and scaled as they are (exactly as their float64 widening would be)
     rows = to_ring_clipped(np.asarray(row_grads), codec, ring, "row gradients")
@@ -76,11 +81,21 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
     size = dense.shape[-1]
     upload = np.empty(dense.shape[:-1] + (size + two_server.TRAIN_METRICS,), dtype=ring)
     to_ring_clipped(dense, codec, ring, "dense gradient", out=upload[..., :size])
-    loss_a, n_a = np.asarray(loss, dtype=np.float64), np.asarray(n_ratings, dtype=np.int64)
-    encoded = [metrics.encode(float(lo) * int(n), int(n), "training loss") for lo, n in zip(loss_a.reshape(-1),
-                                                                                          n_a.reshape(-1))]
-    upload[..., size:] = np.stack(encoded).reshape(*loss_a.shape, two_server.TRAIN_METRICS).astype(ring)
+    users = dense.shape[:-1]
+    loss_a = np.zeros(users) if loss is None else np.broadcast_to(np.asarray(loss, dtype=np.float64), users)
+    encoded = [metrics.encode(float(lo), 1, "training loss") for lo in loss_a.reshape(-1)]
+    upload[..., size:] = np.stack(encoded).reshape(*users, two_server.TRAIN_METRICS).astype(ring)
     return rows, upload
+
+
+def released_loss(cfg: AppConfig, loss: np.ndarray | float) -> np.ndarray | float | None:
+    """The training loss a user puts in its upload: None (nothing) under central DP.
+
+    Why: each server noises only its share of the gradient sums, not the metric slots, so an exact
+    loss sum would be a release the privacy ledger does not cover (one rating moves it). Local DP's
+    users send no loss either (schemas/dp_fedrec.py).
+    """
+    return None if cfg.dp.enabled else loss
 
 
 def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.model_protocols import LossCount, PlaintextDriver, RoundBatch
+from engine.model_protocols import PlaintextDriver, RoundBatch
 from schemas import compressed as schema
 from schemas.sizes import int_width
-from strategies.base import weighted_train_loss
+from strategies.base import mean_train_loss
 from strategies.compressed import CompressedPlaintextStrategy
 
 
@@ -37,7 +37,7 @@ class CompressedPlaintextDriver(PlaintextDriver):
         payloads = (schema.encode_update(st.codec, self.meta.n_items, items, batch.row_grads[b][batch.row_mask[b]],
                                          rng, rnd) for b, items in enumerate(batch.items))
         st.apply_payloads(rnd, payloads, batch.dense_grads)
-        return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings))),
+        return {"train_loss": mean_train_loss(batch.loss),
                 "reduction_ratio": st.reduction_ratio(rnd)}
 
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:

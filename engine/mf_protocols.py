@@ -46,6 +46,7 @@ from recdata.dataset import DatasetMeta
 from schemas import distributed_mf as dmf_schema
 from schemas import fedmf as fedmf_schema
 from schemas.config import AppConfig
+from strategies.base import mean_train_loss
 from strategies.distributed_mf import DistributedMFStrategy
 from strategies.fedmf import FedMFStrategy
 
@@ -97,8 +98,8 @@ class _FedMFFamilyDriver(Driver):
         """The server update from the round's Gradient rows (entries in user order)."""
 
     @abstractmethod
-    def train_loss(self, loss: np.ndarray, n_ratings: np.ndarray) -> float | None:
-        """train_loss as the Flower path records it, from each user's loss and rating count."""
+    def train_loss(self, loss: np.ndarray) -> float | None:
+        """train_loss as the Flower path records it, from each user's loss."""
 
     @abstractmethod
     def test_sums(self, sse: np.ndarray, count: np.ndarray) -> tuple[float, int]:
@@ -141,7 +142,7 @@ class _FedMFFamilyDriver(Driver):
         self.U[users] = U_new
         self.aggregate(items, grads)
         self.last_users, self.last_round = users, rnd
-        return {"train_loss": self.train_loss(loss, self.n_ratings(users)), **self.message_sizes(users)}
+        return {"train_loss": self.train_loss(loss), **self.message_sizes(users)}
 
     def evaluate(self, users: np.ndarray) -> tuple[float, int]:
         users = np.asarray(users, dtype=np.int64)
@@ -188,10 +189,9 @@ class DistributedMFDriver(_FedMFFamilyDriver):
     def aggregate(self, items: np.ndarray, grads: np.ndarray) -> None:
         self.strategy.V = apply_gradient_sum(self.strategy.V, items, grads)
 
-    def train_loss(self, loss: np.ndarray, n_ratings: np.ndarray) -> float | None:
-        """Per-user losses weighted by rating counts, as :func:`strategies.base.weighted_train_loss`."""
-        total = int(n_ratings.sum())
-        return float(np.sum(loss * n_ratings) / total) if total else float("nan")
+    def train_loss(self, loss: np.ndarray) -> float | None:
+        """The users' mean loss, as :func:`strategies.base.mean_train_loss`."""
+        return mean_train_loss(loss)
 
     def test_sums(self, sse: np.ndarray, count: np.ndarray) -> tuple[float, int]:
         return float(sse.sum()), int(count.sum())
@@ -236,12 +236,9 @@ class FedMFDriver(_FedMFFamilyDriver):
             return None
         return fedmf_schema.plain_metric_sum(values)[0]
 
-    def train_loss(self, loss: np.ndarray, n_ratings: np.ndarray) -> float | None:
-        sums = self._secure_sum(np.stack([loss * n_ratings, n_ratings], axis=1))
-        if sums is None:
-            return None
-        loss_sum, n = sums
-        return float(loss_sum / n) if n else float("nan")
+    def train_loss(self, loss: np.ndarray) -> float | None:
+        sums = self._secure_sum(np.asarray(loss, dtype=np.float64)[:, None])
+        return None if sums is None else float(sums[0]) / len(loss)
 
     def test_sums(self, sse: np.ndarray, count: np.ndarray) -> tuple[float, int]:
         sums = self._secure_sum(np.stack([sse, count], axis=1))

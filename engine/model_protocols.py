@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from clients.item_selection import evaluation_items, ratings_of_many, truncate_items
-from clients.two_server import encode_upload, user_ring_codec
+from clients.two_server import encode_upload, released_loss, user_ring_codec
 from engine.driver import Driver, restore_array, restore_server, server_arrays
 from models.dp_training import train_batch_clipped
 from models import ModelSpec, PrivateState, evaluate_batch, gather_rows, make_batch_flat, train_batch
@@ -43,7 +43,7 @@ from schemas import secemb as secemb_schema
 from schemas import secfedrec as secfedrec_schema
 from schemas.config import AppConfig
 from schemas.sizes import int_width
-from strategies.base import weighted_train_loss
+from strategies.base import mean_train_loss
 from strategies.plaintext import PlaintextStrategy, scatter_rows
 from strategies.secemb import SecEmbStrategy, count_sample, m_prime_of
 from strategies.secfedrec import SecFedRecStrategy
@@ -59,13 +59,6 @@ PAD_ALLOWANCE = 1 << 17  # padded elements a group may waste regardless of its s
 
 
 PRIVATE_FIELDS = ("params", "m", "v", "step")  # :class:`PrivateState`'s arrays, as checkpointed
-
-
-class LossCount(NamedTuple):
-    """One user's (loss, n_ratings), the shape :func:`strategies.base.weighted_train_loss` reads."""
-
-    loss: float
-    n_ratings: int
 
 
 class RoundBatch(NamedTuple):
@@ -340,7 +333,7 @@ class PlaintextDriver(ModelDriver):
     def aggregate(self, batch: RoundBatch) -> dict[str, Any]:
         items, grads = self.real_rows(batch, batch.row_grads)
         self.strategy.apply_gradients(items, grads, batch.dense_grads)
-        return {"train_loss": weighted_train_loss(map(LossCount._make, zip(batch.loss, batch.n_ratings)))}
+        return {"train_loss": mean_train_loss(batch.loss)}
 
     def round_sizes(self, rnd: int, items: list[np.ndarray]) -> dict[str, float]:
         return self.mean_bytes_by_count(rnd, items, lambda k: plain_schema.round_bytes(
@@ -368,9 +361,9 @@ class TwoServerDriver(ModelDriver):
         dense_sum = None
         for lo in range(0, n_users, step):  # users in chunks: DeepFM's dense gradients are 873K values per user
             part = slice(lo, lo + step)
-            rows_ring, dense_metrics = encode_upload(batch.row_grads[part], batch.dense_grads[part], batch.loss[part],
-                                                     batch.n_ratings[part], self.user_codec, self.ring,
-                                                     st.train_metrics)
+            rows_ring, dense_metrics = encode_upload(batch.row_grads[part], batch.dense_grads[part],
+                                                     released_loss(self.cfg, batch.loss[part]), self.user_codec,
+                                                     self.ring, st.train_metrics)
             items = np.concatenate(batch.items[part]) if n_users else np.zeros(0, np.int64)
             # uint arrays wrap in Z_2^k, like the shares' sum; sums in the ring are exact, so chunking changes nothing
             table_sum += scatter_rows(self.meta.n_items, items, rows_ring[batch.row_mask[part]], self.ring)

@@ -60,7 +60,9 @@ SIGNER_KEY_BYTES = 32  # raw Ed25519 public key; its sha256 hex is the users' tr
 METRIC_FRAC_BITS = 32
 METRIC_SLOT_BITS = 128
 METRIC_VALUE_LIMIT = float(2 ** 40)
-TRAIN_METRICS = ("loss_sum", "n_ratings")
+# training: the sum of the users' own losses only; the counter slot says how many users it covers (a sum of
+# rating counts, over many rounds of different users, would solve for each user's count)
+TRAIN_METRICS = ("loss_sum",)
 # + the ranking case's [hit, ndcg, ranked]: 5 values + the counter = 6 x 128 = 768 bits < the 1024-bit minimum key
 EVAL_METRICS = ("sse", "count", "hit", "ndcg", "ranked")
 METRIC_KINDS = {"train": TRAIN_METRICS, "eval": EVAL_METRICS}
@@ -241,7 +243,7 @@ def parse_round(content: RecordDict) -> int:
 class Upload:
     items: np.ndarray
     cts: np.ndarray  # uint8 [k, c, width], checked in range by the strategy's ciphertext parser
-    metric_ct: np.ndarray  # uint8 [1, width]: Enc([loss sum, n_ratings, 1])
+    metric_ct: np.ndarray  # uint8 [1, width]: Enc([the user's training loss, 1])
     seconds: float | None  # only with simulation.telemetry=true
     ct_list: list | None = None  # parsed ciphertexts, filled by the strategy after range checks
     metric: object | None = None  # parsed metric ciphertext, filled by the strategy

@@ -32,7 +32,7 @@ import os
 import time
 from contextlib import nullcontext
 from abc import ABC
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,11 +60,15 @@ def simulated_node_count(cfg: AppConfig, n_users: int) -> int:
     return n_users if pool is None else min(int(pool), n_users)
 
 
-def weighted_train_loss(uploads) -> float:
-    """Mean training loss over the round's ratings: each upload's loss weighted by its n_ratings."""
-    ups = list(uploads)
-    total = sum(u.n_ratings for u in ups)
-    return float(sum(u.loss * u.n_ratings for u in ups) / total) if total else float("nan")
+def mean_train_loss(losses: Iterable[float]) -> float:
+    """A round's train_loss: the mean over its users of each user's own training loss (unweighted).
+
+    Why not weighted by rating counts: a secure server learns this mean as a sum over the round's
+    users, and a sum of counts over a round's users, taken over many rounds of different users, is
+    a linear system whose solution is every user's count. Every protocol reports this one mean.
+    """
+    values = [float(v) for v in losses]
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 # (SSE, count, users summed, per-user seconds[, summed ranking [hits, ndcg, ranked]]); no 5th: no ranking

@@ -17,7 +17,7 @@ from models.compression import reduction_ratio
 from recdata.dataset import DatasetMeta
 from schemas import compressed as schema
 from schemas.config import AppConfig
-from strategies.base import weighted_train_loss
+from strategies.base import mean_train_loss
 from strategies.plaintext import PlaintextRoundState, PlaintextStrategy
 
 
@@ -48,7 +48,7 @@ class CompressedPlaintextStrategy(PlaintextStrategy):
         if users:
             self.apply_payloads(st.rnd, (st.updates[u].payload for u in users),
                                 np.stack([st.updates[u].dense_grad for u in users]))
-        st.metrics = {"train_loss": weighted_train_loss(st.updates.values()),
+        st.metrics = {"train_loss": mean_train_loss(u.loss for u in st.updates.values()),
                       "reduction_ratio": self.reduction_ratio(st.rnd)}
 
     def apply_payloads(self, rnd: int, payloads: Iterable[dict[str, np.ndarray]], dense_grads: np.ndarray) -> None:

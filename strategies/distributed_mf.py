@@ -18,7 +18,7 @@ from flwr.app import RecordDict
 from models.fedmf_mf import apply_gradient_sum, init_item_matrix
 from schemas import distributed_mf as schema
 from recdata.dataset import DatasetMeta
-from strategies.base import RecStrategy, RoundState as BaseRoundState, weighted_train_loss
+from strategies.base import RecStrategy, RoundState as BaseRoundState, mean_train_loss
 from schemas.config import AppConfig
 
 
@@ -78,7 +78,7 @@ class DistributedMFStrategy(RecStrategy):
 
     def train_metrics_stage(self, state: RoundState) -> None:
         """The plaintext twin promises nothing: per-user losses, weighted by their rating counts."""
-        state.metrics = {"train_loss": weighted_train_loss(state.uploads.values())}
+        state.metrics = {"train_loss": mean_train_loss(u.loss for u in state.uploads.values())}
 
     def _check(self, up: schema.Upload, pad_to: int) -> schema.Upload:
         if self.mode == "padded" and len(up.items) < pad_to:

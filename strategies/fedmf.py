@@ -187,13 +187,12 @@ class FedMFStrategy(RecStrategy):
         self.cv = self.crypto.apply_updates(self.cv, [(up.items, up.ct_list) for up in state.uploads.values()])
 
     def train_metrics_stage(self, state: RoundState) -> None:
-        """train_loss from the secure sums [sum of squared errors, ratings] over the round's users."""
+        """train_loss, the mean of the round's users' own losses, from their secure sum."""
         sums, refused = self.secure_sum("train", state.rnd, {u: up.metric for u, up in state.uploads.items()})
         if sums is None:  # the model update stands; only the metric sum is withheld
             state.metrics = {"train_loss": None, "train_metrics_refused": refused}
             return
-        loss_sum, n = sums
-        state.metrics = {"train_loss": float(loss_sum / n) if n else float("nan")}
+        state.metrics = {"train_loss": float(sums[0]) / len(state.uploads)}
 
     def _parse_upload(self, content: RecordDict) -> schema.Upload:
         """Schema check, then every ciphertext in [1, n^2) and coprime to n (else the user is dropped)."""

@@ -17,7 +17,7 @@ import torch
 from recdata.dataset import DatasetMeta
 from schemas import plaintext as schema
 from schemas.config import AppConfig
-from strategies.base import ItemRequestEvaluation, RoundState, weighted_train_loss
+from strategies.base import ItemRequestEvaluation, RoundState, mean_train_loss
 from strategies.public_model import ModelStrategy
 
 
@@ -92,7 +92,7 @@ class PlaintextStrategy(ItemRequestEvaluation, ModelStrategy):
             self.apply_gradients(np.concatenate([st.requests[u] for u in users]),
                                  np.concatenate([st.updates[u].row_grads for u in users]),
                                  np.stack([st.updates[u].dense_grad for u in users]))
-        st.metrics = {"train_loss": weighted_train_loss(st.updates.values())}
+        st.metrics = {"train_loss": mean_train_loss(u.loss for u in st.updates.values())}
 
     def apply_gradients(self, items: np.ndarray, row_grads: np.ndarray, dense_grads: np.ndarray) -> None:
         """The plaintext aggregation: sum the users' row gradients per item (``items`` [T] with

@@ -99,10 +99,12 @@ class TwoServerStrategy(ModelStrategy):
         kept = [int(u) for u in meta1["users"]]
         return self.too_few(kept, what) or (meta1, arrays1, kept)
 
-    def split_metrics(self, dense_total: np.ndarray, dense_size: int) -> tuple[np.ndarray, float]:
-        """Split a reconstructed [dense, loss x n, n] sum; return the dense sum (ring) and the round's train loss."""
-        loss_sum, n_ratings = self.train_metrics.decode(dense_total[dense_size:])
-        return dense_total[:dense_size], ts.mean_of(loss_sum, n_ratings)
+    def split_metrics(self, dense_total: np.ndarray, dense_size: int) -> tuple[np.ndarray, float | None]:
+        """Split a reconstructed [dense, loss sum, users] sum; return the dense sum (ring) and the round's
+        train loss, the mean of its users' losses (None under DP: the users send none, see
+        :func:`clients.two_server.released_loss`)."""
+        loss_sum, n_users = self.train_metrics.decode(dense_total[dense_size:])
+        return dense_total[:dense_size], None if self.dp is not None else ts.mean_of(loss_sum, n_users)
 
     def step_from_ring(self, table_sum: np.ndarray, dense_metrics_sum: np.ndarray, n_users: int) -> float:
         """Decode the reconstructed ring sums, average over ``n_users`` and step the public model.

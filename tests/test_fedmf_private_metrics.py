@@ -113,12 +113,14 @@ def test_fedmf_server_receives_no_per_user_metric_value(tmp_path, mode):
 
     # the permitted sums: one per round and per evaluation, each over all 7 users, equal to the twin's sums
     assert len(decrypt_replies) == 4
-    train_sums = [c["sums"] for c in decrypt_replies if len(c["sums"]["values"]) == 2]
-    for sums in train_sums:
+    # training: the users' loss sum alone (no rating count); evaluation: [SSE, count, hit, ndcg, ranked]
+    train_sums = [c["sums"] for c in decrypt_replies if len(c["sums"]["values"]) == 1]
+    eval_sums = [c["sums"] for c in decrypt_replies if len(c["sums"]["values"]) == 5]
+    assert len(train_sums) == len(eval_sums) == 2
+    for sums in train_sums + eval_sums:
         assert sums["users"] == 7 >= 2
-    n_ratings = sum(len(split.user(u).train_items) for u in range(split.n_users))
     n_test = sum(len(split.user(u).test_items) for u in range(split.n_users))
-    assert sorted(round(c["sums"]["values"][1]) for c in decrypt_replies) == sorted([n_ratings, n_test] * 2)
+    assert [round(s["values"][1]) for s in eval_sums] == [n_test] * 2
     twin_losses = [r["train_loss"] for r in json.loads((tmp_path / "p" / "results.json").read_text())["records"]]
     for a, b in zip(twin_losses, [r["train_loss"] for r in res["records"]]):
         assert math.isclose(a, b, rel_tol=1e-6), (a, b)
@@ -171,10 +173,10 @@ def test_decrypting_user_returns_only_sums_of_enough_users():
     from schemas.validation import MessageError
 
     context, env = _keyed_user(min_users=2)
-    agg = _aggregate(context, env, [[1.5, 3], [2.25, 4]])
+    agg = _aggregate(context, env, [[1.5], [2.25]])  # training: each user's loss alone
     reply = on_decrypt(schema.decrypt_message("train", 1, 2, agg), context, env)
-    assert schema.parse_decrypt_reply(reply, "train", 2).tolist() == [3.75, 7.0]
-    single = _aggregate(context, env, [[1.5, 3]])
+    assert schema.parse_decrypt_reply(reply, "train", 2).tolist() == [3.75]
+    single = _aggregate(context, env, [[1.5]])
     with pytest.raises(MessageError, match="fewer than strategy.min_users=2"):
         on_decrypt(schema.decrypt_message("train", 1, 1, single), context, env)
     with pytest.raises(MessageError, match="sums 1 users, the server says 2"):

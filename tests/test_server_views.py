@@ -277,3 +277,64 @@ def test_secure_views_hold_no_per_user_metric_value(tmp_path_factory, monkeypatc
     for rec in results["records"]:
         assert np.isfinite(rec["train_loss"]) and rec["test_rmse"] is not None
         assert rec["client_seconds_mean"] is None  # no telemetry: no per-user timing either
+
+
+def _spy_train_sums(monkeypatch) -> list[tuple[np.ndarray, int]]:
+    """Server 0's decoded training-metric sums of each round, beside the number of users they sum.
+
+    Wraps the product's methods and passes their results through unchanged: two-server protocols
+    decode their metric slots in ``step_from_ring``; FedMF's server gets its decrypted ``secure_sum``.
+    """
+    from strategies.fedmf import FedMFStrategy
+    from strategies.two_server import TwoServerStrategy
+
+    seen: list[tuple[np.ndarray, int]] = []
+    step, secure_sum = TwoServerStrategy.step_from_ring, FedMFStrategy.secure_sum
+
+    def spy_step(self, table_sum, dense_metrics_sum, n_users):
+        loss_sum, count = self.train_metrics.decode(dense_metrics_sum[self.spec.dense_size:])
+        seen.append((np.array([loss_sum, count]), int(n_users)))
+        return step(self, table_sum, dense_metrics_sum, n_users)
+
+    def spy_sum(self, kind, rnd, cts):
+        sums, why = secure_sum(self, kind, rnd, cts)
+        if kind == "train" and sums is not None:
+            seen.append((np.asarray(sums), len(cts)))
+        return sums, why
+
+    monkeypatch.setattr(TwoServerStrategy, "step_from_ring", spy_step)
+    monkeypatch.setattr(FedMFStrategy, "secure_sum", spy_sum)
+    return seen
+
+
+@pytest.mark.parametrize("protocol", ["secemb", "secemb_dp", "secfedrec", "fedmf"])
+def test_training_metric_sums_cover_users_not_ratings(tmp_path, monkeypatch, protocol):
+    """Each round server 0 learns its users' loss sum and how many users it sums, not their rating count.
+
+    Why across rounds: one round's sum of rating counts hides each user's, but server 0 picks every
+    round's users, so the sums of enough rounds are a linear system whose solution is each user's count
+    (a least-squares attack on 30 rounds of 12 users recovered all 12 exactly, before this change).
+    The number of users summed is a count server 0 already has. Under central DP the loss slot is 0:
+    the servers' noise does not cover the metric slots, so the users release no loss there.
+    """
+    seen = _spy_train_sums(monkeypatch)
+    overrides = {"secemb": ["strategy=secemb", *_M_PRIME],
+                 "secemb_dp": ["strategy=secemb", *_M_PRIME, "dp.enabled=true", "dp.clip=0.5",
+                               "dp.noise_multiplier=1.0"],
+                 "secfedrec": ["strategy=secfedrec"], "fedmf": []}[protocol]
+    base = FEDMF if protocol == "fedmf" else SMALL + ["model=mf", "train.eval_every=0"]
+    results, _ = run_sim(tmp_path, [*base, "rounds=3", *overrides])
+    records = results["records"]
+    assert len(seen) == len(records) == 3
+    for (sums, users), rec in zip(seen, records):
+        assert users == rec["clients"] >= 2
+        if protocol == "fedmf":  # the decrypted aggregate holds the loss sum alone; the counter checked `users`
+            assert sums.shape == (1,)
+            assert rec["train_loss"] == pytest.approx(sums[0] / users, rel=1e-12)
+            continue
+        loss_sum, count = sums
+        assert count == users  # the second slot sums a 1 per user, never a rating count
+        if protocol == "secemb_dp":
+            assert loss_sum == 0.0 and rec["train_loss"] is None
+        else:
+            assert loss_sum > 0 and rec["train_loss"] == pytest.approx(loss_sum / users, rel=1e-12)

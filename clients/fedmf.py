@@ -202,7 +202,7 @@ def on_key_setup(content: RecordDict, context: Context, env: ClientEnv) -> Recor
 
 def on_key_delivery(content: RecordDict, context: Context, env: ClientEnv) -> RecordDict:
     stage, run, data = schema.parse_key_message(content)
-    n_b = data["n"].numpy()
+    n_b = get_array(data, "n", np.uint8, (schema.modulus_bytes(int(env.cfg.strategy.key_bits)),))
     if stage == "announce":  # any user: an X25519 key pair to receive the secret key
         private, public = generate_keypair()
         raw = private_key_bytes(private)
@@ -212,7 +212,8 @@ def on_key_delivery(content: RecordDict, context: Context, env: ClientEnv) -> Re
         key = PaillierKeyState.from_record(context, ("holder",))
         if key.n != n_b.tobytes():
             raise MessageError("asked to seal a key this user does not hold")
-        users, pubs = data["users"].numpy(), data["pubs"].numpy()
+        users = get_array(data, "users", np.int64, (None,), low=0, high=2 ** 31)
+        pubs = get_array(data, "pubs", np.uint8, (len(users), schema.X25519_BYTES))
         boxes = [seal(pubs[i].tobytes(), key.p + key.q, schema.key_context(run, int(users[i])))
                  for i in range(len(users))]
         box_arr = np.stack([np.frombuffer(b, dtype=np.uint8) for b in boxes])
@@ -230,10 +231,14 @@ def on_key_delivery(content: RecordDict, context: Context, env: ClientEnv) -> Re
     private = private_key_from_bytes(announced.sk)
     own_pub = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     _check_signed_key(data, context, env, run, n_b, own_pub)
-    secret = open_sealed(private, data["box"].numpy().tobytes(), schema.key_context(run, env.user.user_id))
+    box = get_array(data, "box", np.uint8, (None,)).tobytes()
+    secret = open_sealed(private, box, schema.key_context(run, env.user.user_id))
     half = len(secret) // 2
     p_b, q_b = np.frombuffer(secret[:half], dtype=np.uint8), np.frombuffer(secret[half:], dtype=np.uint8)
-    check_key_bytes(n_b, p_b, q_b)
+    try:
+        check_key_bytes(n_b, p_b, q_b)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from exc
     key = PaillierKeyState("keyed", run, n_b.tobytes(), p_b.tobytes(), q_b.tobytes())
     context.state[KEY_STATE] = key.to_record()
     del context.state[X25519_STATE]

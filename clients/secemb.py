@@ -5,8 +5,8 @@ Round state that must survive between the retrieval and the upload message
 one-round X25519 key) is the :class:`UploadState` dataclass, kept in
 ``Context.state``: these are the user's secrets and never leave the device.
 
-The upload carries no per-user metric in the clear: loss x n_ratings and
-n_ratings are two extra ring elements of the secret-shared dense vector
+The upload carries no per-user metric in the clear: the loss and a 1
+are two extra ring elements of the secret-shared dense vector
 (:mod:`clients.two_server`), and compute seconds travel only with
 ``simulation.telemetry``. Server 1's relayed key is checked against the
 user's own trust anchor when it has one.

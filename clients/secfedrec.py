@@ -1,7 +1,6 @@
 """Client of ``secfedrec``: full download, local training, two-server additive sharing of the full gradient.
 
-The shared vector is [all m rows' gradients, dense gradient, loss x n_ratings,
-n_ratings]: the metrics reach the servers only inside the shares, so server 0
+The shared vector is [all m rows' gradients, dense gradient, loss, 1]: the metrics reach the servers only inside the shares, so server 0
 learns their sum over the round's users and nothing per user.
 """
 

@@ -104,12 +104,15 @@ class PackingCodec:
         """
         return self.fixed.encode(values)
 
+    def _beyond_bound(self) -> ValueError:
+        return ValueError(f"a decrypted value exceeds value_bound={self.fixed.value_bound}: raise the bound "
+                          "or lower the learning rate")
+
     def decode_entries(self, e: np.ndarray) -> np.ndarray:
         """Stored integers (offset removed) -> float64; refuses an entry beyond +-M (value beyond the bound)."""
         e = np.asarray(e, dtype=np.int64)
         if np.abs(e).max(initial=0) > self.M:
-            raise ValueError(f"a decrypted value exceeds value_bound={self.fixed.value_bound}: raise the bound "
-                             "or lower the learning rate")
+            raise self._beyond_bound()
         return self.fixed.decode(e)
 
     def pack_stored(self, values: np.ndarray) -> list[int]:
@@ -124,8 +127,12 @@ class PackingCodec:
 
     def unpack_stored(self, ints: Sequence[int], count: int) -> np.ndarray:
         """Decode stored entries; refuses slots that left [H - M, H + M] (value beyond the bound)."""
-        words = self.unpack_words(ints).astype(np.int64) - self.H
-        return self.decode_entries(words.reshape(-1))[:count]
+        words = self.unpack_words(ints).reshape(-1)
+        # checked in uint64 before any signed view: a word of 2^63 + H would wrap to INT64_MIN, whose abs() is
+        # negative and would pass decode_entries' bound (64-bit slots)
+        if ((words < np.uint64(self.H - self.M)) | (words > np.uint64(self.H + self.M))).any():
+            raise self._beyond_bound()
+        return self.decode_entries((words - np.uint64(self.H)).view(np.int64))[:count]
 
     def correction_plaintext(self, n_users: int) -> int:
         """The packed constant K M (per slot) that a round with K users added on top of the stored offset."""

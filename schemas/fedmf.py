@@ -43,8 +43,9 @@ from crypto.paillier import bytes_to_int
 from crypto.paillier_codec import PackingCodec
 from schemas import common
 from schemas.sizes import content_nbytes, filler
-from schemas.config import AppConfig
-from schemas.validation import MessageError, array_record, get_array, get_float_list, get_scalar, require_record
+from schemas.config import PAILLIER_KEY_BITS, AppConfig
+from schemas.validation import (MessageError, array_record, get_array, get_float_list, get_scalar, require_record,
+                                usable_key)
 
 SETUP = "query.paillier_setup"
 KEY = "query.paillier_key"
@@ -147,6 +148,8 @@ def setup_message(key_bits: int, run: str) -> RecordDict:
 def parse_setup_message(content: RecordDict) -> tuple[int, str]:
     rec = require_record(content, "cfg", ConfigRecord)
     bits = int(get_scalar(rec, "key_bits", int, 1024, 8192))
+    if bits not in PAILLIER_KEY_BITS:  # phe cannot make others (1025 never ends, 1026 overflows)
+        raise MessageError(f"key_bits must be one of {PAILLIER_KEY_BITS}, got {bits}")
     return bits, str(get_scalar(rec, "run", str))
 
 
@@ -179,7 +182,8 @@ def announce_reply(x25519_public: bytes) -> RecordDict:
 
 
 def parse_announce_reply(content: RecordDict) -> bytes:
-    return get_array(require_record(content, "key", ArrayRecord), "x25519", np.uint8, (X25519_BYTES,)).tobytes()
+    raw = get_array(require_record(content, "key", ArrayRecord), "x25519", np.uint8, (X25519_BYTES,)).tobytes()
+    return usable_key(raw, "announced X25519 key")
 
 
 def seal_reply(boxes: np.ndarray, sigs: np.ndarray | None = None, signer: np.ndarray | None = None) -> RecordDict:

@@ -36,7 +36,7 @@ from schemas.two_server import (  # noqa: F401  (re-exported: server 1's operati
     MAX_BOX, PUBLIC_KEY_BYTES, box_field, check_ring_matrix, context, parse_ring_vector, parse_server_info,
 )
 from schemas.validation import (
-    MessageError, array_record, get_array, get_arrays_with_prefix, get_scalar, require_record,
+    MessageError, array_record, get_array, get_arrays_with_prefix, get_scalar, require_record, usable_key,
 )
 from schemas.wire import decode_frame, encode_frame
 
@@ -130,7 +130,8 @@ def parse_sealed_retrieval(raw: bytes, party: int, n_items: int, m_prime: int, r
     pub = arrays.get("user_public")
     if pub is None or pub.dtype != np.uint8 or pub.shape != (PUBLIC_KEY_BYTES,):
         raise MessageError("sealed retrieval lacks a 32-byte user public key")
-    return keys_from_arrays(arrays, "k1_", party, n_items, 1, ring_dtype, m_prime), pub.tobytes()
+    return keys_from_arrays(arrays, "k1_", party, n_items, 1, ring_dtype, m_prime), usable_key(pub.tobytes(),
+                                                                                                "user public key")
 
 
 def share_bytes(shares: np.ndarray) -> bytes:
@@ -161,7 +162,7 @@ def parse_upload_message(content: RecordDict, m_prime: int, row_dim: int, dense_
 class Upload:
     correction_words: np.ndarray | None  # [m', row_dim] ring (secemb)
     keys0: DpfKeyBatch | None            # fresh keys (ablations)
-    dense_share0: np.ndarray             # share 0 of [dense gradient, loss x n_ratings, n_ratings]
+    dense_share0: np.ndarray             # share 0 of [dense gradient, loss, 1]
     box: np.ndarray
     seconds: float | None                # only with simulation.telemetry
 

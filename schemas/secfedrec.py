@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from crypto.ring import ring_dtype
+from crypto.ring import RING_BITS, ring_dtype
 from schemas import sizes, two_server
 from schemas.two_server import box_field, server_info_record
-from schemas.validation import array_record, get_array, get_scalar, require_record
+from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
 from schemas.wire import encode_frame
 
 UPDATE = "train.secfedrec_update"
@@ -31,7 +31,7 @@ def update_message(rnd: int, table: np.ndarray, dense: np.ndarray, server1_publi
 
 @dataclass
 class Upload:
-    share0: np.ndarray  # share 0 of [full gradient, dense gradient, loss x n_ratings, n_ratings]
+    share0: np.ndarray  # share 0 of [full gradient, dense gradient, loss, 1]
     box: np.ndarray
     seconds: float | None  # only with simulation.telemetry
 
@@ -68,7 +68,10 @@ def round_bytes(rnd: int, n_items: int, row_dim: int, dense_size: int, ring_bits
 
 def parse_round(content: RecordDict) -> tuple[int, int]:
     rec = require_record(content, "cfg", ConfigRecord)
-    return int(get_scalar(rec, "round", int, 1)), int(get_scalar(rec, "ring_bits", int, 32, 64))
+    bits = int(get_scalar(rec, "ring_bits", int, 32, 64))
+    if bits not in RING_BITS:
+        raise MessageError(f"ring_bits must be one of {RING_BITS}, got {bits}")
+    return int(get_scalar(rec, "round", int, 1)), bits
 
 
 def sealed_share_bytes(share1: np.ndarray) -> bytes:

@@ -4,7 +4,7 @@ Both protocols are two-server additive secret sharing in Z_2^k, so they share
 (i) how server 1's public key and the run id reach users, and how a user pins
 that key to a trust anchor of its own (``fingerprint``); (ii) how a sealed box
 is bound to (run, round, user, purpose); and (iii) how per-user metrics
-(training loss x ratings, rating count, test SSE, test count) reach the
+(training loss, test SSE, test count, ranking case) reach the
 servers: only as extra ring elements of the secret-shared vector, so each
 server sums its shares and server 0 reconstructs the *sum* over the round's
 users, never one user's value (DESIGN, threat model).
@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from crypto.sealed import fingerprint
 from crypto.ring import ring_dtype
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record, usable_key
 from schemas.wire import decode_frame, encode_frame
 
 log = logging.getLogger("secrec.metrics")
@@ -41,14 +41,13 @@ log = logging.getLogger("secrec.metrics")
 PUBLIC_KEY_BYTES = 32
 MAX_BOX = 1 << 31
 SECURE_EVALUATE = "evaluate"  # same Flower message type; its content differs (server info + round)
-# Per-user bound of the training loss x n_ratings. In DeepFM's first 12 rounds on ml_100k a quarter of the
-# uploads exceeded the earlier 4096 (up to 9,256), so the reported loss read low; 2^16 in a 32-bit ring
-# still leaves 8 fraction bits at 100 users per round and 5 at 1,000.
+# Per-user bound of the training loss (it was loss x n_ratings, of which a quarter of DeepFM's first uploads on
+# ml_100k exceeded 4096); 2^16 in a 32-bit ring leaves 8 fraction bits at 100 users per round and 5 at 1,000.
 TRAIN_METRIC_BOUND = 2.0 ** 16
 EVAL_METRIC_BOUND = 2.0 ** 20  # per-user bound of the test SSE (64-bit ring: 24 fraction bits up to 2^19 users)
 EVAL_RING_BITS = 64  # evaluation sums: 32 bits left 1 fraction bit over ML-25M's 162,541 users
 MAX_METRIC_FRAC_BITS = 24
-TRAIN_METRICS = 2  # [loss x n_ratings, n_ratings] appended to the shared dense vector
+TRAIN_METRICS = 2  # [loss, 1] appended to the shared dense vector (clients.two_server.encode_upload)
 EVAL_METRICS = 5   # [test SSE, test count, ranking hit, ranking NDCG, ranked] (the last 3: encode_ranking)
 
 
@@ -92,9 +91,7 @@ def server_info_record(server1_public: bytes, run: str, **extra: Any) -> ConfigR
 
 def parse_server_info(content: RecordDict) -> tuple[bytes, str, dict[str, Any]]:
     rec = require_record(content, "cfg", ConfigRecord)
-    pub = get_scalar(rec, "server1_public", bytes)
-    if len(pub) != PUBLIC_KEY_BYTES:
-        raise MessageError("server 1 public key must be 32 bytes")
+    pub = usable_key(get_scalar(rec, "server1_public", bytes), "server 1 public key")
     return pub, str(get_scalar(rec, "run", str)), dict(rec)
 
 
@@ -125,7 +122,7 @@ class MetricCodec:
 
     @classmethod
     def for_training(cls, ring_bits: int, clients_per_round: int) -> MetricCodec:
-        """[loss x n_ratings, n_ratings] slots of the training upload, in the protocol's ring."""
+        """[loss, 1] slots of the training upload, in the protocol's ring."""
         return cls(int(ring_bits), int(clients_per_round), TRAIN_METRIC_BOUND)
 
     @classmethod

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from crypto.sealed import SealedMessageError, check_public_key
+
 MAX_ARRAY_BYTES = 1 << 31  # gRPC's 2 GiB message ceiling: no single array can legitimately be larger
 MAX_RANK = 8               # no schema uses more than 3 axes
 MAX_DTYPE_NAME = 32        # "float64", "uint8", ...: anything longer is not a dtype we accept
@@ -256,6 +258,14 @@ def get_float_list(record: ConfigRecord | MetricRecord, key: str, length: int | 
         if isinstance(v, float) and not math.isfinite(v):
             raise MessageError(f"{key!r} holds NaN or an infinity")
     return np.array(values, dtype=np.float64)
+
+
+def usable_key(raw: bytes, what: str) -> bytes:
+    """A received X25519 public key one can seal to (:func:`crypto.sealed.check_public_key`), else MessageError."""
+    try:
+        return check_public_key(bytes(raw))
+    except SealedMessageError as exc:
+        raise MessageError(f"{what}: {exc}") from exc
 
 
 def array_record(**arrays: np.ndarray) -> ArrayRecord:

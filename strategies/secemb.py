@@ -95,6 +95,12 @@ class SecEmbRoundState(RoundState):
     dense1: np.ndarray | None = None
 
 
+def _box_array(arr: Any) -> np.ndarray | None:
+    """A sealed box in server 1's reply, if it has a box's form (uint8, 1-D, a plausible size); else None."""
+    ok = isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 1 and 60 <= arr.size <= ts.MAX_BOX
+    return arr if ok else None
+
+
 class SecEmbStrategy(TwoServerStrategy):
     name = "secemb"
 
@@ -124,7 +130,8 @@ class SecEmbStrategy(TwoServerStrategy):
             raise RuntimeError(f"cannot derive m' securely: {refused}; set strategy.m_prime")
         meta, arrays = self.server1.call("count", {"run": self.run_id, "users": sorted(replies),
                                                   "min_users": self.min_users},
-                                         {f"box_{u}": r[1] for u, r in replies.items()})
+                                         {f"box_{u}": r[1] for u, r in replies.items()},
+                                         expect={"sum": (np.uint64, (1,))})
         ok = [u for u in replies if str(u) not in meta["rejected"]]
         total = (sum((replies[u][0] for u in ok), np.zeros(1, np.uint64)) + arrays["sum"])[0]
         return m_prime_of(int(total), len(ok), float(self.cfg.strategy.alpha))
@@ -164,14 +171,24 @@ class SecEmbStrategy(TwoServerStrategy):
     def server_retrieval_stage(self, st: SecEmbRoundState) -> None:
         """Both servers evaluate their keys over the item domain (server 1's shares go back sealed)."""
         st.table_ring = self.share_table()
-        meta1, st.boxes1 = self.server1.call(
-            "retrieve", {"run": self.run_id, "round": st.rnd, "m_prime": st.m_prime, "users": sorted(st.requests)},
-            {f"box_{u}": box for u, (_k, box) in st.requests.items()})
+        try:
+            meta1, st.boxes1 = self.server1.call(
+                "retrieve", {"run": self.run_id, "round": st.rnd, "m_prime": st.m_prime,
+                             "users": sorted(st.requests)}, {f"box_{u}": box for u, (_k, box) in st.requests.items()})
+        except Server1Error as exc:  # e.g. below server 1's floor after its own rejections: this round only
+            st.refuse(str(exc))
+            return
         st.retrieved = [u for u in st.requests if str(u) not in meta1["rejected"]]
+        unboxed = [u for u in st.retrieved if _box_array(st.boxes1.get(f"box_{u}")) is None]
+        refused = (f"server 1's retrieval reply lacks a sealed box for users {unboxed}" if unboxed
+                   else self.too_few(st.retrieved, "retrieval"))
+        if refused:
+            st.refuse(refused)
+            return
         st.shares0 = self.party0.retrieve({u: st.requests[u][0] for u in st.retrieved}, st.table_ring)
 
     def aggregation_stage(self, st: SecEmbRoundState) -> None:
-        """Users rebuild rows, train, upload CWs (or fresh keys) and shares of [dense, loss x n, n]."""
+        """Users rebuild rows, train, upload CWs (or fresh keys) and shares of [dense, loss, 1]."""
         assert self.exchange is not None
         dense = self.model.dense_numpy()
         size = self.spec.dense_size + ts.TRAIN_METRICS
@@ -191,7 +208,8 @@ class SecEmbStrategy(TwoServerStrategy):
                 "dense_size": self.spec.dense_size + ts.TRAIN_METRICS, "users": sorted(st.uploads),
                 **self.variant.server1_meta(st.m_prime, self.meta.n_items), **self.server1_dp_meta()}
         answer = self.server1_sum(self.variant.server1_op, meta, self.variant.server1_arrays(st.uploads),
-                                  "aggregation")
+                                  "aggregation", expect={"sparse": (self.ring, (self.meta.n_items, self.spec.row_dim)),
+                                                         "dense": (self.ring, (meta["dense_size"],))})
         if isinstance(answer, str):
             st.refuse(answer)
             return
@@ -252,7 +270,8 @@ class SecEmbStrategy(TwoServerStrategy):
         except Server1Error as exc:
             log.warning("[%s] server 1 refused the evaluation retrieval of round %d: %s", self.name, rnd, exc)
             return {}
-        retrieved = [u for u in requests if str(u) not in meta1["rejected"]]
+        retrieved = [u for u in requests if str(u) not in meta1["rejected"]
+                     and _box_array(boxes1.get(f"box_{u}")) is not None]
         party0 = SecEmbParty(0, self.meta.n_items, self.ring, max_cache_bytes=0)  # nothing is aggregated from it
         shares0 = party0.retrieve({u: requests[u][0] for u in retrieved}, table_ring)
         dense = self.model.dense_numpy()

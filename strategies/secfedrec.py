@@ -3,7 +3,7 @@
 Every sampled user downloads the full model, trains, and secret-shares its
 full gradient (m x row_dim + dense) between server 0 and server 1 (two-server
 additive secret sharing, the cheapest SecAgg of SecEmb Table 6), with the
-round's loss x n_ratings and n_ratings as two extra ring elements. Each server
+user's loss and a 1 as two extra ring elements. Each server
 sums its shares; server 1 sends its sum to server 0, which reconstructs the
 aggregate (and the metric sums, never one user's) and steps the same public
 model as ``plaintext`` and ``secemb``. Fewer than ``min_users`` users: refused.
@@ -70,7 +70,7 @@ class SecFedRecStrategy(TwoServerStrategy):
             "sum_shares", {"run": self.run_id, "round": st.rnd, "users": sorted(st.uploads), "shape": [self.size],
                            "ring_bits": self.ring_bits, **self.server1_dp_meta(self.size - ts.TRAIN_METRICS)},
             {f"box_{u}": up.box for u, up in st.uploads.items()},
-            "aggregation")
+            "aggregation", expect={"sum": (self.ring, (self.size,))})
         if isinstance(answer, str):
             st.refuse(answer)
             return

@@ -19,7 +19,7 @@ from flwr.app import RecordDict
 
 from crypto.fixed_point import FixedPointCodec
 from crypto.ring import ring_dtype
-from crypto.sealed import fingerprint
+from crypto.sealed import SealedMessageError, check_public_key, fingerprint
 from recdata.dataset import DatasetMeta
 from schemas import two_server as ts
 from schemas.config import AppConfig
@@ -51,8 +51,12 @@ class TwoServerStrategy(ModelStrategy):
         self.server1_public = b""
 
     def setup(self) -> None:
-        self.server1_public = self.server1.call(
-            "hello", {"run": self.run_id, "min_users": self.min_users})[1]["public_key"].tobytes()
+        raw = self.server1.call("hello", {"run": self.run_id, "min_users": self.min_users},
+                                expect={"public_key": (np.uint8, (ts.PUBLIC_KEY_BYTES,))})[1]["public_key"].tobytes()
+        try:
+            self.server1_public = check_public_key(raw)
+        except SealedMessageError as exc:
+            raise Server1Error(f"server 1's public key is unusable: {exc}") from exc
         log.info("[%s] server 1 key fingerprint %s", self.name, fingerprint(self.server1_public))
 
     # ------------------------------------------------------ central DP
@@ -84,7 +88,8 @@ class TwoServerStrategy(ModelStrategy):
             return f"{what} over {n} users refused: strategy.min_users={self.min_users}"
         return None
 
-    def server1_sum(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str
+    def server1_sum(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str,
+                    expect: dict[str, tuple[np.dtype | type, tuple[int, ...]]]
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[int]] | str:
         """Server 1's share of a sum over users: (its meta, its arrays, the users it kept), or why it is refused.
 
@@ -93,9 +98,11 @@ class TwoServerStrategy(ModelStrategy):
         Server1Unavailable (server 1 unreachable) is not a refusal and propagates to the loop.
         """
         try:
-            meta1, arrays1 = self.server1.call(op, {**meta, "min_users": self.min_users}, arrays)
+            meta1, arrays1 = self.server1.call(op, {**meta, "min_users": self.min_users}, arrays, expect)
         except Server1Error as exc:
             return str(exc)
+        if "users" not in meta1:
+            return f"server 1's reply to {op} does not say which users it summed"
         kept = [int(u) for u in meta1["users"]]
         return self.too_few(kept, what) or (meta1, arrays1, kept)
 
@@ -138,7 +145,7 @@ class TwoServerStrategy(ModelStrategy):
         answer = self.server1_sum(
             "sum_metrics", {"run": self.run_id, "round": rnd, "users": sorted(replies), "size": ts.EVAL_METRICS,
                             "ring_bits": self.eval_metrics.ring_bits}, {f"box_{u}": r[1] for u, r in replies.items()},
-            "evaluation sum")
+            "evaluation sum", expect={"sum": (self.eval_metrics.ring, (ts.EVAL_METRICS,))})
         if isinstance(answer, str):
             return answer
         _meta1, arrays1, kept = answer

@@ -12,9 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.sealed import (
-    OVERHEAD, SealedMessageError, generate_keypair, open_array, open_sealed, private_key_bytes,
+    OVERHEAD, SealedMessageError, check_public_key, generate_keypair, open_array, open_sealed, private_key_bytes,
     private_key_from_bytes, public_bytes, seal, seal_array,
 )
+
+# Low-order X25519 points (RFC 7748 section 6.1's "all-zero" check; these are the points of order 1, 2, 4 and 8
+# that curve25519 libraries list, little-endian u-coordinates): an exchange with any of them yields zero.
+LOW_ORDER = [bytes(32), bytes([1]) + bytes(31),
+             bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+             bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157")]
 
 
 @given(st.binary(max_size=2000), st.binary(max_size=40))
@@ -64,3 +70,17 @@ def test_private_keys_survive_serialisation_and_open_their_boxes():
     assert open_sealed(back, seal(pk, b"p and q", b"deliver"), b"deliver") == b"p and q"
     with pytest.raises(SealedMessageError, match="32 bytes"):
         private_key_from_bytes(raw[:31])
+
+
+def test_low_order_public_keys_are_refused_as_bad_keys_not_crashes():
+    """A received key one cannot seal to is the sender's error (SealedMessageError), where it is parsed
+    and at seal time; before, ``cryptography``'s bare ValueError at seal time failed a whole batch."""
+    _priv, good = generate_keypair()
+    assert check_public_key(good) == good
+    for raw in LOW_ORDER:
+        with pytest.raises(SealedMessageError, match="low-order"):
+            check_public_key(raw)
+        with pytest.raises(SealedMessageError, match="low-order"):
+            seal(raw, b"shares", b"ctx")
+    with pytest.raises(SealedMessageError, match="32 bytes"):
+        check_public_key(good[:31])

@@ -212,3 +212,35 @@ def test_upload_encryption_takes_obfuscators_precomputed_between_messages():
     _attach_pool(context, fresh, key.n)
     fresh.encrypt_gradient_rows(np.zeros((2, 4)))
     assert fresh.scheme.pool.computed_on_demand == 0 and len(fresh.scheme.pool) == 2
+
+
+def test_key_delivery_fields_are_checked_and_a_non_prime_key_is_refused():
+    """The key-distribution handler reads every field through the schema checks (a missing or misshapen
+    field, or a float user id, is the message's error, not a KeyError / IndexError / bare ValueError), and a
+    delivered (p, q) must be two distinct primes: 15 x 21 = 315 factors n but made PaillierPrivate divide by zero."""
+    from clients.fedmf import PaillierKeyState, on_key_delivery
+    from crypto.paillier import check_key_bytes
+    from schemas import fedmf as schema
+    from schemas.validation import MessageError
+
+    holder, env = _keyed_user()
+    key = PaillierKeyState.from_record(holder, ("keyed",))
+    holder.state["paillier"] = PaillierKeyState("holder", "run", key.n, key.p, key.q).to_record()
+    n_b = np.frombuffer(key.n, dtype=np.uint8)
+    pubs = np.full((1, 32), 9, np.uint8)
+    no_n = schema.key_message("announce", "run", n_b)
+    del no_n["data"]["n"]
+    bad = {
+        "n missing": no_n,
+        "n short": schema.key_message("announce", "run", n_b[:100]),
+        "users missing": schema.key_message("seal", "run", n_b, pubs=pubs),
+        "pubs fewer than users": schema.key_message("seal", "run", n_b, users=np.arange(2), pubs=pubs),
+        "users float": schema.key_message("seal", "run", n_b, users=np.array([np.nan]), pubs=pubs),
+    }
+    for name, msg in bad.items():
+        with pytest.raises(MessageError):
+            on_key_delivery(msg, holder, env)
+    as_bytes = lambda *vs: [np.frombuffer(int(v).to_bytes(2, "big"), dtype=np.uint8) for v in vs]  # noqa: E731
+    with pytest.raises(ValueError, match="two distinct primes"):
+        check_key_bytes(*as_bytes(315, 15, 21))
+    check_key_bytes(*as_bytes(323, 17, 19))

@@ -635,3 +635,27 @@ def test_zz_case_counts():
     assert_case_counts(CASES, ACCEPTED, TARGET)
     ran = {name.split(" [")[0] for name in CASES}
     assert not set(PARSERS) - ran, f"parsers never fuzzed: {sorted(set(PARSERS) - ran)}"
+
+
+def test_values_of_the_right_type_and_range_that_no_party_can_use_are_refused():
+    """Fields a range check passed but the receiver could not use: a low-order X25519 key (nothing can be
+    sealed to it), a Paillier key size phe cannot generate (1025 bits never ends, 1026 overflows), a ring
+    that is not Z_2^32 or Z_2^64. Each is the parser's own MessageError."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from schemas import fedmf as fm
+    from schemas import secfedrec as sfr
+    from schemas import two_server as ts
+    from schemas.validation import MessageError
+
+    zero = bytes(32)
+    cases = {
+        "announce key": lambda: fm.parse_announce_reply(fm.announce_reply(zero)),
+        "server 1 key": lambda: ts.parse_server_info(RecordDict({"cfg": ts.server_info_record(zero, "r")})),
+        "key bits": lambda: fm.parse_setup_message(fm.setup_message(1025, "r")),
+        "ring bits": lambda: sfr.parse_round(RecordDict({"cfg": ConfigRecord({"round": 1, "ring_bits": 48})})),
+    }
+    for name, parse in cases.items():
+        with pytest.raises(MessageError):
+            parse()
+    assert fm.parse_setup_message(fm.setup_message(2048, "r"))[0] == 2048

@@ -169,7 +169,8 @@ def prepare(op: str) -> tuple[str, int, str]:
 
 # -------------------------------------------------------------------- the check
 def answer(op: str, frame: bytes, label: str) -> None:
-    """Server 1 must answer ``frame`` with a well-formed ``ok`` or ``error`` frame and not raise."""
+    """Server 1 must answer ``frame`` with a well-formed ``ok`` or ``error`` frame and not raise, and refuse
+    through its checks: an ``internal error`` is an exception (KeyError, TypeError, ...) that a check missed."""
     CASES[f"{op} [{label}]"] += 1
     try:
         reply = SERVER1.handle(frame)
@@ -177,6 +178,7 @@ def answer(op: str, frame: bytes, label: str) -> None:
         raise AssertionError(f"server 1 raised {type(exc).__name__} on a {op} request: {exc!r}") from exc
     status, meta, _ = decode_frame(reply)
     assert status in ("ok", "error"), status
+    assert not str(meta.get("reason", "")).startswith("internal error"), f"{op} [{label}]: {meta['reason']}"
     OUTCOMES[f"{op} [{label}] {status}"] += 1
 
 

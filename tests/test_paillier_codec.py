@@ -130,3 +130,18 @@ def test_a_plaintext_beyond_its_slots_is_refused():
     codec = PackingCodec(FixedPointCodec(16, 1.0), 3, 1024)
     with pytest.raises(ValueError, match="beyond its packed slots"):
         codec.unpack_stored([1 << (codec.slots * codec.slot_bits)], 1)
+
+
+@pytest.mark.parametrize("beyond", ["below", "above", "wraps"])
+def test_a_stored_slot_outside_its_range_is_refused_even_where_a_signed_view_would_wrap(beyond):
+    """A slot word outside [H - M, H + M] is refused. With 64-bit slots (frac 44, bound 64, 100 users: a
+    config the checks accept) the word H + 2^63 read as int64 is INT64_MIN, whose abs() is negative and
+    passed the bound check: it decoded to -2^19 with value_bound 64."""
+    codec = PackingCodec(FixedPointCodec(44, 64.0), 100, 2048)
+    assert codec.slot_bits == 64
+    words = np.full((1, codec.slots), codec.H, dtype=np.uint64)  # stored zeros
+    words[0, 1], words[0, 2] = codec.H - codec.M, codec.H + codec.M  # the range's edges decode to -+ the bound
+    assert codec.unpack_stored(codec._pack_words(words), 3).tolist() == [0.0, -64.0, 64.0]
+    words[0, 1] = {"below": codec.H - codec.M - 1, "above": codec.H + codec.M + 1, "wraps": codec.H + (1 << 63)}[beyond]
+    with pytest.raises(ValueError, match="exceeds value_bound"):
+        codec.unpack_stored(codec._pack_words(words), 3)

@@ -205,10 +205,16 @@ def test_meta_fields_are_range_checked():
         ("retrieve", {"run": "x" * 65, "round": 1, "m_prime": 1, "users": []}, {}),
         ("retrieve", {"run": "r", "round": 1, "m_prime": 1, "users": [], "extra": [1] * 10}, {}),
         ("retrieve", {"run": "r", "round": 1, "users": []}, {}),
+        ("aggregate_fresh", {"run": "r", "round": 1, "width": WIDTH, "dense_size": 1, "users": [1, 2],
+                             "variant": {"secemb": 1}, "m_prime": 1, "n_items": N_ITEMS}, box),
+        ("sum_metrics", {"run": "r", "round": 1, "users": [1, 2], "ring_bits": 64}, box),
+        ("sum_metrics", {"run": "r", "round": 1, "users": [1, 2], "ring_bits": 64, "size": "5"}, box),
+        ("sum_metrics", {"run": "r", "round": 1, "users": [1, 2], "ring_bits": 64, "size": 17}, box),
     ]
     for op, meta, arrays in bad:
         status, out, _ = call(op, meta, arrays)
         assert status == "error", (op, meta)
+        assert not out["reason"].startswith("internal error"), (op, meta, out)  # refused by a check
     # none of the refused requests consumed round 1
     assert call("retrieve", {"run": "r", "round": 1, "m_prime": 1, "users": []})[0] == "ok"
 
@@ -316,6 +322,27 @@ def test_an_evaluation_retrieval_leaves_the_rounds_training_state_alone():
     # below the floor: refused before any work
     assert call("retrieve_eval", *Round(s1.public_key, "ev", 3, [1], purpose=schema.EVAL_BOX).retrieve_args()
                 )[0] == "error"
+
+
+def test_a_user_whose_reply_key_is_a_low_order_point_is_rejected_alone():
+    """Server 1 seals each user's shares to the user's one-round key. An all-zero key cannot be sealed to:
+    that user is rejected with the reason and the others are served (before, the failed seal refused the
+    whole retrieval, and server 0's round loop stopped the run)."""
+    s1 = Server1(min_users=2)
+
+    def call(op, meta, arrays=None):
+        return decode_frame(s1.handle(encode_frame(op, meta, arrays or {})))
+
+    call("set_model", {"ring_bits": 32}, {"table": _table(N_ITEMS)})
+    rnd = Round(s1.public_key, "low", 1, [1, 2, 3])
+    _k0, k1, _gen = gen(np.arange(2, dtype=np.int64), np.ones((2, 1), dtype=np.uint32), N_ITEMS, domain=0)
+    rnd.boxes[3] = np.frombuffer(seal(s1.public_key, schema.sealed_retrieval_bytes(k1, bytes(32)),
+                                      schema.context("low", 1, 3, "retrieve")), np.uint8)
+    status, meta, arrays = call("retrieve", *rnd.retrieve_args())
+    assert status == "ok" and sorted(arrays) == ["box_1", "box_2"]
+    assert list(meta["rejected"]) == ["3"] and "low-order" in meta["rejected"]["3"]
+    status, meta, _ = call("aggregate", *rnd.aggregate_args([1, 2]))
+    assert status == "ok" and meta["users"] == [1, 2]
 
 
 def test_server1_keeps_its_training_party_and_a_failed_retrieval_leaves_no_round_to_aggregate(monkeypatch):
@@ -438,3 +465,38 @@ def test_a_stalled_peer_neither_blocks_others_nor_stays_connected(tmp_path, cert
         assert c.call("hello", {})[1]["public_key"].shape == (32,)
     finally:
         proc.stop()
+
+
+class _Replies:
+    """A server 1 that answers every request with one fixed frame (a peer that deviates from the protocol)."""
+
+    bytes_sent = bytes_received = 0
+
+    def __init__(self, meta, arrays) -> None:
+        self.frame = encode_frame("ok", meta, arrays)
+
+    def request(self, frame: bytes) -> bytes:
+        return self.frame
+
+
+def test_server0_checks_server1s_replies_before_reading_them():
+    """Every array server 0 reads from a reply has the dtype and shape it expects, and the users server 1 says
+    it kept are among those it was asked about; anything else is a Server1Error (a refusal of that request,
+    which a round survives), not a KeyError, TypeError or a silently garbled sum."""
+    sum_u64 = {"sum": (np.uint64, (5,))}
+    asked = {"users": [1, 2, 3]}
+    bad = [
+        ({}, {}, sum_u64),                                              # no array
+        ({}, {"sum": np.zeros(3, np.uint64)}, sum_u64),                 # wrong shape
+        ({}, {"sum": np.zeros(5, np.float64)}, sum_u64),                # wrong dtype
+        ({"users": [1, 7]}, {"sum": np.zeros(5, np.uint64)}, sum_u64),  # a user it was not asked about
+        ({"users": 5}, {"sum": np.zeros(5, np.uint64)}, sum_u64),       # not a list
+        ({"users": [1, 1]}, {"sum": np.zeros(5, np.uint64)}, sum_u64),  # twice
+    ]
+    for meta, arrays, expect in bad:
+        client = Server1Client(None, lambda _u, _why: None)
+        client.link = _Replies(meta, arrays)
+        with pytest.raises(Server1Error):
+            client.call("sum_metrics", asked, {}, expect)
+    client.link = _Replies({"users": [1, 3]}, {"sum": np.arange(5, dtype=np.uint64)})
+    assert client.call("sum_metrics", asked, {}, sum_u64)[0]["users"] == [1, 3]

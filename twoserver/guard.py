@@ -40,6 +40,7 @@ MAX_RUNS = 256               # runs whose state is kept (oldest dropped first)
 MAX_TABLE_ROWS = 1 << 31
 MAX_WIDTH = 1 << 16          # columns of an item row (d + bias); models here use d <= 256
 MAX_SHAPE_DIMS = 4
+MAX_METRIC_SIZE = 16         # sum_metrics: elements of a user's evaluation metric vector
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 VARIANTS = {"secemb", "rowenc", "init"}
 RING_BITS = {32, 64}
@@ -97,8 +98,10 @@ def validate_request(op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray
             _int(meta, key, 1, MAX_ROUND)
         elif key == "users":
             _users(meta)
-        elif key == "ring_bits":
+        elif key == "ring_bits":  # checked above
             pass
+        elif key == "size":  # sum_metrics: the evaluation metric vector's length
+            _int(meta, key, 1, MAX_METRIC_SIZE)
         elif key == "min_users":
             _int(meta, key, 1, MAX_USERS)
         elif key == "m_prime":
@@ -121,7 +124,7 @@ def validate_request(op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray
         elif key == "dp_slots":
             _int(meta, key, 0, payload // itemsize)
         elif key == "variant":
-            if value not in VARIANTS:
+            if not isinstance(value, str) or value not in VARIANTS:
                 raise WireError(f"meta 'variant'={value!r} is not one of {sorted(VARIANTS)}")
         elif key == "shape":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_SHAPE_DIMS:
@@ -161,6 +164,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "aggregate": ("run", "round", "width", "dense_size", "users"),
     "aggregate_fresh": ("run", "round", "width", "dense_size", "users", "variant", "m_prime", "n_items"),
     "sum_shares": ("run", "round", "users", "shape", "ring_bits"),
+    "sum_metrics": ("run", "round", "users", "size", "ring_bits"),
 }
 
 

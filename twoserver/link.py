@@ -55,8 +55,14 @@ class Server1Client:
                    int(getattr(strategy_cfg, "min_users", 2)),
                    max_cache_bytes=DEFAULT_MAX_CACHE_BYTES if cache_mib is None else int(cache_mib) << 20)
 
-    def call(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+    def call(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+             expect: dict[str, tuple[np.dtype | type, tuple[int, ...]]] | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Send one request; return server 1's (meta, arrays) once checked, else raise Server1Error.
+
+        ``expect`` names the arrays the reply must carry with their dtype and exact shape; with
+        ``users`` in ``meta``, a reply naming ``users`` must name a subset of them.
+        """
         reply = self.link.request(encode_frame(op, meta, arrays))
         try:
             status, out_meta, out_arrays = decode_frame(reply)
@@ -67,6 +73,7 @@ class Server1Client:
         rejected = out_meta.get("rejected", {})
         if not isinstance(rejected, dict) or not all(isinstance(u, str) and u.isdigit() for u in rejected):
             raise Server1Error(f"server 1 sent a malformed 'rejected' map in its reply to {op}")
+        _check_reply(op, meta, out_meta, out_arrays, expect or {})
         for user, reason in rejected.items():
             self.on_reject(int(user), f"server 1 rejected {op}: {str(reason)[:200]}")
         return out_meta, out_arrays
@@ -81,3 +88,20 @@ class Server1Client:
 
     def close(self) -> None:
         self.link.close()
+
+
+def _check_reply(op: str, sent: dict[str, Any], meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                 expect: dict[str, tuple[np.dtype | type, tuple[int, ...]]]) -> None:
+    """Server 1's reply fields as server 0 will read them (Server1Error otherwise): the expected arrays with
+    their dtypes and shapes, and kept ``users`` (when given) distinct ints among the users server 0 sent."""
+    for name, (dtype, shape) in expect.items():
+        arr = arrays.get(name)
+        if arr is None or arr.dtype != np.dtype(dtype) or arr.shape != tuple(shape):
+            got = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"
+            raise Server1Error(f"server 1's reply to {op} has {got} for {name!r}, expected {np.dtype(dtype)} "
+                               f"{tuple(shape)}")
+    if "users" in meta:
+        kept, asked = meta["users"], set(sent.get("users", ()))
+        if not isinstance(kept, list) or not all(type(u) is int and u in asked for u in kept) \
+                or len(set(kept)) != len(kept):
+            raise Server1Error(f"server 1's reply to {op} names users it was not asked about")

@@ -101,11 +101,11 @@ class Server1:
                 out_meta, out_arrays = handler(meta, arrays)
                 self.guard.commit(op, meta, out_meta)
                 return encode_frame("ok", out_meta, out_arrays)
-            except (WireError, ValueError, KeyError, TypeError) as exc:
+            except (WireError, ValueError) as exc:  # the checks' own errors (MessageError, SealedMessageError too)
                 reason = str(exc)[:1000]  # may quote request fields: bounded so the error frame always encodes
                 log.warning("server 1 rejected a request: %s", reason)
                 return encode_frame("error", {"reason": reason})
-            except (OverflowError, MemoryError, IndexError, AttributeError) as exc:
+            except (KeyError, TypeError, OverflowError, MemoryError, IndexError, AttributeError) as exc:
                 # Last line of defence: a request the checks above should have refused crashed an operation.
                 # Logged with its traceback (it names a missing check); answered like any refusal, so the
                 # service stays up.
@@ -233,9 +233,7 @@ class Server1:
         (run, round, user, "eval"). One sum per (run, round): a second sum over
         a different user set would let server 0 difference out one user.
         """
-        rnd, run, size = int(meta["round"]), meta["run"], int(meta["size"])
-        if not 1 <= size <= 16:
-            raise WireError(f"sum_metrics size {size} is outside 1..16")
+        rnd, run, size = int(meta["round"]), meta["run"], int(meta["size"])  # checked by the guard
         done = self.__dict__.setdefault("_metric_sums", set())
         if (run, rnd) in done:
             raise WireError(f"sum_metrics for round {rnd} refused: run {run} already summed it")

@@ -108,7 +108,8 @@ def pack_metrics(values: Sequence[float]) -> int:
     for v in values:
         v = float(v)
         if not 0.0 <= v < METRIC_VALUE_LIMIT:
-            raise ValueError(f"metric value {v} is outside [0, 2^40) and cannot be summed privately")
+            # the value is not quoted: Flower forwards a ClientApp's exception message to the server
+            raise ValueError(f"metric {len(slots)} is outside [0, 2^40) or not a number and cannot be summed privately")
         slots.append(int(round(v * 2 ** METRIC_FRAC_BITS)))
     slots.append(1)
     return sum(x << (i * METRIC_SLOT_BITS) for i, x in enumerate(slots))

@@ -19,7 +19,9 @@ Sampling amplification: the round's users are a sample of rate
 sample of that rate (the usual approximation); ``"without_replacement"`` is
 the exact model of the fixed-size sample ``RecStrategy.sample_users`` draws
 (and changes the neighbouring relation to replacing one record, as Flower
-requires); ``"none"`` gives no amplification, e.g. when the adversary is a
+requires; replacing a rating moves a clipped sum by up to ``2 clip``, so the
+event's noise multiplier, std over that sensitivity, is half the configured one:
+:func:`accounted_multiplier`); ``"none"`` gives no amplification, e.g. when the adversary is a
 server that knows which users took part. All three are Flower's
 ``flwr.serverapp.RdpAccountant`` (``flwr[dp]``, Google's dp-accounting); no
 accounting is written here. The only computation of our own is the search for
@@ -51,6 +53,15 @@ SAMPLING_METHODS: dict[str, tuple[SamplingMethod, NeighboringRelation]] = {
 }
 
 log = logging.getLogger("secrec.privacy")
+
+
+def accounted_multiplier(noise_multiplier: float, sampling: str) -> float:
+    """The Gaussian event's noise multiplier: the noise std over the L2 sensitivity under the sampling's
+    neighbouring relation (dp-accounting's definition). Adding or removing one rating moves the aggregate
+    of per-rating gradients clipped to ``clip`` by at most ``clip``; replacing one moves it by up to
+    ``2 clip``, so under replace-one the std ``noise_multiplier x clip`` is ``noise_multiplier / 2`` of it."""
+    _method, relation = _sampling(sampling)
+    return noise_multiplier / 2 if relation is NeighboringRelation.REPLACE_ONE else noise_multiplier
 
 
 def _sampling(name: str) -> tuple[SamplingMethod, NeighboringRelation]:
@@ -90,11 +101,12 @@ class PrivacyLedger:
             )
         )
         self._pending: list[int] = [0, 0]  # [sample size, rounds] not yet handed to the accountant
+        self._event_multiplier = accounted_multiplier(float(self.noise_multiplier), self.sampling)
 
     def record_round(self, sampled_users: int, count: int = 1) -> None:
         """Account ``count`` rounds that each released an aggregate over ``sampled_users`` users."""
         # Validate now, not at the deferred compose: Flower's event checks sizes and the noise multiplier.
-        GaussianPrivacyEvent(float(self.noise_multiplier), int(sampled_users), self.population_size)
+        GaussianPrivacyEvent(self._event_multiplier, int(sampled_users), self.population_size)
         if not isinstance(count, int) or count <= 0:
             raise ValueError("count must be a positive integer")
         if self._pending[1] and self._pending[0] != sampled_users:
@@ -104,7 +116,7 @@ class PrivacyLedger:
     def _flush(self) -> None:
         size, count = self._pending
         if count:
-            event = GaussianPrivacyEvent(float(self.noise_multiplier), size, self.population_size)
+            event = GaussianPrivacyEvent(self._event_multiplier, size, self.population_size)
             self._accountant.compose(event, count)
         self._pending = [0, 0]
 
@@ -159,7 +171,7 @@ def noise_multiplier_for_epsilon(
 
     def make_event(z: float) -> dp_accounting.DpEvent:
         # The event Flower's RdpAccountant composes for one round, self-composed over the run.
-        gaussian = dp_accounting.GaussianDpEvent(float(z))
+        gaussian = dp_accounting.GaussianDpEvent(accounted_multiplier(float(z), sampling))
         if method is SamplingMethod.POISSON:
             one: dp_accounting.DpEvent = dp_accounting.PoissonSampledDpEvent(sampled_users / population_size, gaussian)
         elif method is SamplingMethod.WITHOUT_REPLACEMENT:

@@ -46,7 +46,7 @@ def evaluation_record(driver: Driver, users: np.ndarray) -> dict[str, Any]:
 
 def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
                 on_round: Callable[[dict[str, Any]], None] | None = None,
-                resume: tuple[int, dict[str, np.ndarray], list[dict[str, Any]]] | None = None,
+                resume: tuple[int, dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, Any]]] | None = None,
                 on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
     """Run rounds 1..cfg.rounds on the batched engine; return {"records", ...} like the Flower strategy's start().
 
@@ -62,10 +62,10 @@ def run_batched(cfg: AppConfig, split: FederatedSplit, meta: DatasetMeta,
     sampler = driver.sampler()
     first_round, records = 1, []
     if resume is not None:
-        checkpoint_round, arrays, prior = resume
+        checkpoint_round, arrays, prior, released = resume
         driver.restore_state(arrays)
         first_round, records = checkpoint_round + 1, list(prior)
-        for record in records:  # as the Flower loop does: a resumed run re-accounts what it already released
+        for record in released:  # as the Flower loop does: a resumed run re-accounts what it already released
             sampler.dp_fields(record, int(record["clients"]))
     setup_seconds = time.perf_counter() - t_setup
     rounds, eval_every, every = int(cfg.rounds), int(cfg.train.eval_every), int(cfg.checkpoint_every)

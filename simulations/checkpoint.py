@@ -223,11 +223,25 @@ def check_resumable(cfg: AppConfig, ckpt: CheckpointHead) -> None:
 @dataclass(frozen=True)
 class Resume:
     """Where a ``resume=true`` run continues: its last checkpoint, the records of rounds 1..that round, and the
-    rounds that ran after it (redone)."""
+    records of the rounds that ran after it (redone, and dropped from records.jsonl)."""
 
     checkpoint: Checkpoint
     prior: list[dict[str, Any]]
-    lost: list[int]
+    redone: list[dict[str, Any]]
+
+    @property
+    def lost(self) -> list[int]:
+        """The rounds that ran after the checkpoint and are redone."""
+        return [int(r["round"]) for r in self.redone]
+
+    @property
+    def released(self) -> list[dict[str, Any]]:
+        """The records of every round that already ran, redone ones included: what DP accounts on resume.
+
+        Why the redone rounds too: their noised aggregates reached the servers before the stop, and the redone
+        rounds release fresh ones, so both count (a round in flight at the stop, with no record, is not seen).
+        """
+        return [*self.prior, *self.redone]
 
 
 def open_run_folder(cfg: AppConfig, out_dir: str | Path) -> Resume | None:
@@ -242,11 +256,11 @@ def open_run_folder(cfg: AppConfig, out_dir: str | Path) -> Resume | None:
     check_resumable(cfg, ckpt)
     appended = read_records(out_dir)
     prior = [r for r in appended if int(r["round"]) <= ckpt.round]
-    lost = [int(r["round"]) for r in appended if int(r["round"]) > ckpt.round]
+    redone = [r for r in appended if int(r["round"]) > ckpt.round]
     if [int(r["round"]) for r in prior] != list(range(1, ckpt.round + 1)):
         raise ResumeError(f"{out_dir}/records.jsonl does not hold rounds 1..{ckpt.round} of the checkpointed run")
     rewrite_records(out_dir, prior)
-    return Resume(ckpt, prior, lost)
+    return Resume(ckpt, prior, redone)
 
 
 def refuse_unsupported(cfg: AppConfig) -> None:

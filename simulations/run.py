@@ -139,7 +139,8 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     # Only the checkpoint: the rounds are in records.jsonl already, and rewriting results.json and its plot
     # at each checkpoint, as the Flower path does (where a round takes seconds), would slow short rounds.
     on_checkpoint = partial(save_checkpoint, out_dir, cfg=cfg) if checkpointable else None
-    start_from = None if resume is None else (resume.checkpoint.round, resume.checkpoint.arrays, resume.prior)
+    start_from = None if resume is None else (resume.checkpoint.round, resume.checkpoint.arrays, resume.prior,
+                                              resume.released)
     try:
         run = run_batched(cfg, split, meta, on_round=lambda record: append_record(out_dir, record),
                           resume=start_from, on_checkpoint=on_checkpoint)

@@ -52,12 +52,12 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
     if every and not can_checkpoint:
         log.warning("strategy=%s keeps no checkpoints (%s); rounds are still appended to records.jsonl",
                     cfg.strategy.name, NOT_RESUMABLE.get(cfg.strategy.name, "no checkpoint_state"))
-    first_round, prior = 1, []
+    first_round, prior, released = 1, [], None
     resume = open_run_folder(cfg, out_dir)
     if resume is not None:
         ckpt = resume.checkpoint
         strategy.restore_state(ckpt.arrays)  # type: ignore[attr-defined]
-        first_round, prior = ckpt.round + 1, resume.prior
+        first_round, prior, released = ckpt.round + 1, resume.prior, resume.released
         if resume.lost:  # rounds after the checkpoint are redone
             # Devices keep their private state per round (clients.private_state), so the users of a redone
             # round start it from their state before it, as the uninterrupted run did; a device without its
@@ -87,7 +87,7 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
                           time.perf_counter() - start)
 
     run = with_reference(strategy.start(grid, on_round=on_round, first_round=first_round, prior_records=prior,
-                                        assign_users=simulated))
+                                        assign_users=simulated, released_records=released))
     wall = time.perf_counter() - start
     path = write_results(out_dir, cfg, run, wall)
     summary = final_summary(run["records"])

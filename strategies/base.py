@@ -233,14 +233,15 @@ class RecStrategy(ABC):
     # ------------------------------------------------------------- the loop
     def start(self, grid: Grid, on_round: Callable[[dict[str, Any]], None] | None = None,
               first_round: int = 1, prior_records: list[dict[str, Any]] | None = None,
-              assign_users: bool = False) -> dict[str, Any]:
+              assign_users: bool = False, released_records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Register users, run rounds ``first_round..rounds``, evaluate; return all records.
 
         ``on_round`` is called with each round's record as the round ends: the
         entry points append it to the run folder and checkpoint there, so a run
         that dies keeps every finished round (DESIGN "Nothing lost"). A resumed
         run passes ``first_round`` (checkpoint round + 1) and the records it
-        already has; the strategy's model state was restored before this call.
+        already has, and ``released_records``: those and the redone rounds' records,
+        which DP accounts again; the strategy's model state was restored before this call.
         Nothing else needs restoring for the loop: the sampled users are a
         function of (seed, round) (:meth:`sample_users`).
 
@@ -266,7 +267,8 @@ class RecStrategy(ABC):
         self.users = self.directory.users
         self._log_evaluation_plan()
         records: list[dict[str, Any]] = list(prior_records or [])
-        for prior in records:  # a resumed run re-accounts the rounds it already released
+        # a resumed run re-accounts the rounds it already released, redone ones included
+        for prior in (records if released_records is None else released_records):
             self.dp_fields(prior, min(int(self.cfg.clients_per_round), len(self.users)))
         eval_every = int(self.cfg.train.eval_every)
         rounds = int(self.cfg.rounds)

@@ -18,6 +18,7 @@ from engine.registry import DRIVERS, get_driver
 from simulations.checkpoint import ResumeError, load_latest_checkpoint, save_checkpoint
 from simulations.config import compose_config, to_app_config
 from simulations.results import read_records
+from strategies.privacy import PrivacyLedger
 from simulations.run import simulate_batched
 from tests.sim_utils import SMALL
 from tests.test_secure_protocols import FEATURES
@@ -64,13 +65,21 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, protocol):
         assert resumed["final"][key] == whole["final"][key]
 
 
-def test_dp_epsilon_continues_across_a_resume(tmp_path):
-    """DP noise comes from ``secrets`` (not replayable), but the accountant must count rounds 1-4 again."""
+def test_dp_epsilon_continues_across_a_resume_and_counts_the_redone_rounds_twice(tmp_path):
+    """DP noise comes from ``secrets`` (not replayable). The accountant counts rounds 1-4 again, and round 5,
+    which ran after the last checkpoint, twice: its first noised aggregate reached the servers before the stop
+    and the redone round releases another (before, the resumed run reported the uninterrupted run's epsilon)."""
     whole, resumed = _stop_and_resume(tmp_path, "strategy=secemb", "dp.enabled=true", "dp.clip=0.5",
                                       "dp.noise_multiplier=1.0")
     eps = [r["epsilon"] for r in resumed["records"]]
-    assert eps == [r["epsilon"] for r in whole["records"]] and eps == sorted(eps) and eps[0] > 0
-    assert resumed["final"]["dp"] == whole["final"]["dp"] and resumed["final"]["dp"]["rounds_accounted"] == 6
+    assert eps[:4] == [r["epsilon"] for r in whole["records"]][:4] and eps == sorted(eps) and eps[0] > 0
+    assert resumed["final"]["dp"]["rounds_accounted"] == 7 and whole["final"]["dp"]["rounds_accounted"] == 6
+    cfg = to_app_config(compose_config([*BASE, "strategy=secemb", "dp.enabled=true", "dp.clip=0.5",
+                                        "dp.noise_multiplier=1.0", "rounds=6"]))
+    ledger = PrivacyLedger(1.0, cfg.dataset.n_users, cfg.dp.delta, cfg.dp.sampling)
+    ledger.record_round(cfg.clients_per_round, 7)
+    assert resumed["final"]["dp"]["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-12)
+    assert resumed["final"]["dp"]["epsilon"] > whole["final"]["dp"]["epsilon"]
 
 
 def test_a_target_epsilon_run_cannot_change_its_rounds_on_resume(tmp_path):

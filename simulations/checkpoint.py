@@ -36,12 +36,16 @@ import numpy as np
 
 from recdata.atomic import atomic_savez, atomic_write_bytes
 from schemas.config import CHECKPOINTS_KEPT, AppConfig, to_dict
-from simulations.results import read_records, rewrite_records
+from simulations.results import RUN_OUTPUTS, read_records, rewrite_records
 
 CHECKPOINT_DIR = "checkpoint"
 DEVICES_DIR = "devices"
 # Keys a resume may change; everything else must match the checkpointed run.
-RESUMABLE_CHANGES = ("resume", "rounds")
+# Keys a resume may change: what to run next, and how the simulation runs (timeouts, CPUs, the Ray cluster, how
+# many nodes simulate the users), none of which changes a result; the devices' folder has its own rule
+# (check_resumable).
+RESUMABLE_CHANGES = ("resume", "rounds", "simulation.reply_timeout", "simulation.register_timeout",
+                     "simulation.num_cpus_per_client", "simulation.ray_address", "simulation.node_pool")
 # Strategies whose state cannot be checkpointed here (see :func:`check_resumable`).
 NOT_RESUMABLE = {
     "fedmf": ("strategy=fedmf cannot be resumed: the server's item matrix is Paillier ciphertext under a key "
@@ -204,8 +208,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
 
 
 def check_resumable(cfg: AppConfig, ckpt: CheckpointHead) -> None:
-    """Refuse a resume whose config differs from the checkpointed run's in anything but resume/rounds."""
-    diffs = config_differences(ckpt.config, to_dict(cfg))
+    """Refuse a resume whose config differs from the checkpointed run's in anything but RESUMABLE_CHANGES.
+
+    The devices' folder may differ when both are a run folder's own ``devices`` (prepare_simulation's choice):
+    a run folder moved or copied whole takes its devices along, so it can be resumed where it now is.
+    """
+    saved = ckpt.config
+    then, now = (saved.get("simulation") or {}).get("device_state_dir"), cfg.simulation.device_state_dir
+    if then and now and Path(then).name == Path(now).name == DEVICES_DIR:
+        saved = {**saved, "simulation": {**saved["simulation"], "device_state_dir": now}}
+    diffs = config_differences(saved, to_dict(cfg))
     if diffs:
         raise ResumeError("resume=true needs the same overrides as the run being resumed (only rounds may "
                           "change); differs in: " + "; ".join(diffs))
@@ -251,6 +263,8 @@ def open_run_folder(cfg: AppConfig, out_dir: str | Path) -> Resume | None:
     if not cfg.resume:
         clear_checkpoints(out_dir)
         rewrite_records(out_dir, [])
+        for stale in RUN_OUTPUTS:  # an earlier run's results would be read as this run's until it writes its own
+            (Path(out_dir) / stale).unlink(missing_ok=True)
         return None
     ckpt = load_latest_checkpoint(out_dir)
     check_resumable(cfg, ckpt)

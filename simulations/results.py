@@ -73,6 +73,9 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in records if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
 
+RESULTS_JSON, PLOT_PNG = "results.json", "rmse_bytes.png"
+RUN_OUTPUTS = (RESULTS_JSON, PLOT_PNG)  # what write_results leaves in a run folder (a fresh run removes them)
+
 
 def write_results(out_dir: str | Path, cfg: AppConfig, run: dict[str, Any], wall_seconds: float) -> Path:
     """Write results.json and rmse_bytes.png into ``out_dir``; return the JSON path."""
@@ -86,13 +89,13 @@ def write_results(out_dir: str | Path, cfg: AppConfig, run: dict[str, Any], wall
         "final": {**final_summary(records), "wall_seconds": wall_seconds,
                   **{k: v for k, v in run.items() if k != "records"}},
     }
-    path = out / "results.json"
+    path = out / RESULTS_JSON
     atomic_write_bytes(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True).encode())
     tmp_png = out / ".rmse_bytes.tmp.png"
     reference = run.get("reference_global_mean")
     plot_results(records, tmp_png, title=f"{config['strategy']['name']} / {config['model']['name']}"
                  f" / {config['dataset']['name']}", reference=reference["test_rmse"] if reference else None)
-    os.replace(tmp_png, out / "rmse_bytes.png")
+    os.replace(tmp_png, out / PLOT_PNG)
     return path
 
 

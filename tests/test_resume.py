@@ -23,9 +23,9 @@ from clients.private_state import load_private, oldest_needed, restore_arrays, s
 from models.spec import ModelSpec
 from schemas.config import AppConfig, to_dict
 from simulations.checkpoint import (ResumeError, check_resumable, config_differences, latest_checkpoint_head,
-                                    load_latest_checkpoint, prepare_simulation, save_checkpoint)
+                                    load_latest_checkpoint, open_run_folder, prepare_simulation, save_checkpoint)
 from simulations.config import compose_config, to_app_config
-from simulations.results import append_record, read_records
+from simulations.results import RUN_OUTPUTS, append_record, read_records
 from simulations.run import simulate_batched
 from recdata.dataset import DatasetMeta
 from strategies.base import RecStrategy
@@ -149,6 +149,33 @@ def test_resume_refuses_a_changed_config_and_a_folder_without_checkpoint(tmp_pat
         check_resumable(changed, ckpt)
     with pytest.raises(ResumeError, match="nothing to resume"):
         check_resumable(AppConfig(rounds=2, resume=True), ckpt)
+
+
+def test_a_moved_run_folder_and_changed_execution_settings_resume(tmp_path):
+    """How the simulation runs (timeouts, CPUs, node pool) may change on resume, and a run folder moved whole
+    keeps its devices, so their folder may be the new run folder's ``devices``; a devices folder elsewhere
+    would start the users from scratch and is refused."""
+    saved = AppConfig(rounds=4)
+    saved.simulation.device_state_dir = "/old/place/run/devices"
+    save_checkpoint(tmp_path, 2, {"x": np.zeros(1)}, saved)
+    ckpt = load_latest_checkpoint(tmp_path)
+    moved = AppConfig(rounds=6, resume=True)
+    moved.simulation.device_state_dir = str(tmp_path / "devices")
+    moved.simulation.reply_timeout, moved.simulation.node_pool, moved.simulation.num_cpus_per_client = 60.0, 4, 2.0
+    check_resumable(moved, ckpt)
+    moved.simulation.device_state_dir = str(tmp_path / "states")
+    with pytest.raises(ResumeError, match="device_state_dir"):
+        check_resumable(moved, ckpt)
+
+
+def test_a_fresh_run_in_a_used_folder_removes_the_earlier_runs_results(tmp_path):
+    """A fresh run clears the earlier run's checkpoints and records, and now its results.json and plot too,
+    which the report would otherwise read as this run's until the new run writes its own."""
+    for name in RUN_OUTPUTS:
+        (tmp_path / name).write_text("an earlier run's")
+    append_record(tmp_path, {"round": 1})
+    assert open_run_folder(AppConfig(rounds=2), tmp_path) is None
+    assert not any((tmp_path / name).exists() for name in RUN_OUTPUTS) and read_records(tmp_path) == []
 
 
 def test_a_config_field_added_since_a_run_is_no_difference_at_its_default():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -80,8 +81,20 @@ def locate(name: str, path: str | None, required: tuple[str, ...], cache_dir: st
     except Exception as exc:  # offline, refused, DNS...
         raise DatasetError(f"{name} could not be downloaded ({exc}); {how}") from exc
     check_md5(archive, md5)
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(cache)
+    # Unpacked into a temporary folder and renamed into place: a run killed mid-unpack leaves no folder that
+    # holds every required file but some cut short (the next run would load a fraction of the ratings).
+    staging = Path(tempfile.mkdtemp(prefix=f".{inner}.", dir=cache))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(staging)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DatasetError(f"{name}: unpacking {archive} failed ({exc}); nothing was kept") from exc
+        if (staging / inner).is_dir():
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier, incomplete folder
+            os.replace(staging / inner, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     missing = [f for f in required if not (folder / f).is_file()]
     if missing:
         raise DatasetError(f"{name}: the downloaded archive lacks {', '.join(missing)}")

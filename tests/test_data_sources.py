@@ -140,3 +140,33 @@ def test_download_is_md5_checked_and_cached(ml100k_path, tmp_path):
     shutil.copytree(ml100k_path, tmp_path / "ml-100k", dirs_exist_ok=True)
     r = load_ratings("ml_100k", cache_dir=str(tmp_path), downloader=lambda *a: pytest.fail("downloaded again"))
     assert r.n_users == 943
+
+
+def test_an_unpack_that_fails_midway_leaves_nothing_a_later_run_would_load(ml100k_path, tmp_path, monkeypatch):
+    """The archive is unpacked beside the cache and renamed into place only when whole. Here its last member,
+    u.data, fails its CRC as it is extracted (one digit changed, stored uncompressed): before, the files
+    extracted until then stayed in the cache folder, every required file existed, and the next run loaded the
+    altered ratings without a download; now the unpack is refused and nothing stays. The md5 expected is the
+    test archive's own (GroupLens's original is not on this machine)."""
+    import hashlib
+
+    import recdata.files as files
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for f in sorted(ml100k_path.iterdir(), key=lambda f: f.name == "u.data"):  # u.data last
+            zf.write(f, f"ml-100k/{f.name}")
+    payload = bytearray(buf.getvalue())
+    at = payload.rindex(b"\t3\t")  # a rating inside u.data's stored bytes
+    payload[at + 1:at + 2] = b"4"
+    zip_name, _md5, inner = files.ARCHIVES["ml_100k"]
+    monkeypatch.setitem(files.ARCHIVES, "ml_100k", (zip_name, hashlib.md5(payload).hexdigest(), inner))
+    with pytest.raises(DatasetError, match="unpacking"):
+        load_ratings("ml_100k", cache_dir=str(tmp_path), downloader=lambda url, dest: dest.write_bytes(payload))
+    assert not (tmp_path / inner).exists() and [p.name for p in tmp_path.iterdir()] == [zip_name]
+
+    def offline(url, dest):
+        raise OSError("network unreachable")
+
+    with pytest.raises(DatasetError, match="could not be downloaded"):
+        load_ratings("ml_100k", cache_dir=str(tmp_path), downloader=offline)

@@ -135,8 +135,8 @@ def on_upload(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     result = local_step(env, context, items[:n_real], rows[:n_real], dense, rnd)
     grads = np.zeros((m_prime, env.spec.row_dim), dtype=np.float64)  # Algorithm 2: zero rows for padding
     grads[:n_real] = result.row_grads
-    betas, dense_metrics = ts.encode_upload(grads, result.dense_grad, ts.released_loss(env.cfg, result.loss), codec, ring,
-                                            ts.train_metric_codec(env))
+    loss = ts.released_loss(env.cfg, result.loss)
+    betas, dense_metrics = ts.encode_upload(grads, result.dense_grad, loss, codec, ring, ts.train_metric_codec(env))
     d0, d1 = share(dense_metrics)
     variant = variant_of(env.cfg.strategy.variant)
     payload, inner = variant.client_payload(saved.gen_state, items, betas, env.n_items, d1)

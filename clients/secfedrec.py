@@ -1,7 +1,8 @@
 """Client of ``secfedrec``: full download, local training, two-server additive sharing of the full gradient.
 
-The shared vector is [all m rows' gradients, dense gradient, loss, 1]: the metrics reach the servers only inside the shares, so server 0
-learns their sum over the round's users and nothing per user.
+The shared vector is [all m rows' gradients, dense gradient, loss, 1]: the metrics reach
+the servers only inside the shares, so server 0 learns their sum over the round's users and
+nothing per user.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     full = np.zeros((env.n_items, env.spec.row_dim), dtype=np.float64)
     full[items] = result.row_grads
     codec, ring = ts.ring_codec(env)
-    rows_ring, dense_metrics = ts.encode_upload(full, result.dense_grad, ts.released_loss(env.cfg, result.loss), codec, ring,
-                                                ts.train_metric_codec(env))
+    loss = ts.released_loss(env.cfg, result.loss)
+    rows_ring, dense_metrics = ts.encode_upload(full, result.dense_grad, loss, codec, ring, ts.train_metric_codec(env))
     s0, s1 = share(np.concatenate([rows_ring.reshape(-1), dense_metrics]))
     box = seal(pub, schema.sealed_share_bytes(s1), box_context(run, rnd, env.user.user_id, "secfedrec"))
     return schema.update_reply(s0, box, ts.telemetry_seconds(env, time.perf_counter() - start))

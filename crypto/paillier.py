@@ -71,7 +71,7 @@ def check_key_bytes(n_b: np.ndarray, p_b: np.ndarray, q_b: np.ndarray) -> None:
     if p < 2 or q < 2 or p * q != n:
         raise ValueError("the delivered secret key does not match the public key (p q != n)")
     if not (gmpy2.is_prime(p) and gmpy2.is_prime(q)) or p == q:
-        raise ValueError("the delivered secret key is not two distinct primes (p = 15, q = 21 factor n = 315 too)")
+        raise ValueError("the delivered secret key is not two distinct primes")
 
 
 def _ciphertext_bytes(n2) -> int:

@@ -68,7 +68,7 @@ class SecFedRecStrategy(TwoServerStrategy):
         """Server 1 sums the shares it can open; server 0 keeps the same users."""
         answer = self.server1_sum(
             "sum_shares", {"run": self.run_id, "round": st.rnd, "users": sorted(st.uploads), "shape": [self.size],
-                           "ring_bits": self.ring_bits, **self.server1_dp_meta(self.size - ts.TRAIN_METRICS)},
+                           "ring_bits": self.ring_bits, **self.server1_dp_meta()},
             {f"box_{u}": up.box for u, up in st.uploads.items()},
             "aggregation", expect={"sum": (self.ring, (self.size,))})
         if isinstance(answer, str):

@@ -69,16 +69,15 @@ class TwoServerStrategy(ModelStrategy):
         """Server 0's aggregated ``share`` plus its own fresh ring-encoded noise (first ``slots`` entries)."""
         return add_noise_share(share, self.dp_std, int(self.cfg.strategy.frac_bits), slots)
 
-    def server1_dp_meta(self, slots: int | None = None) -> dict[str, float | int]:
+    def server1_dp_meta(self) -> dict[str, float | int]:
         """What server 1 needs to add its own noise to its aggregate (sent with the aggregation request).
 
-        ``slots``: how many leading entries of a flat sum are gradients (the rest are metric sums).
-        {} without DP. Server 1 draws its noise itself; server 0 only tells it the agreed std.
+        {} without DP. Server 1 draws its noise itself; server 0 only tells it the agreed std (raised to
+        server 1's own floor there) and the fixed-point scale (which a server 1 with a floor pins itself).
         """
         if self.dp is None:
             return {}
-        out: dict[str, float | int] = {"noise_std": self.dp_std, "frac_bits": int(self.cfg.strategy.frac_bits)}
-        return out if slots is None else {**out, "dp_slots": int(slots)}
+        return {"noise_std": self.dp_std, "frac_bits": int(self.cfg.strategy.frac_bits)}
 
     # ------------------------------------------------------- aggregates
     def too_few(self, users, what: str) -> str | None:

@@ -131,8 +131,20 @@ def test_server1_noise_floor_is_its_own():
     for meta in ({}, {"noise_std": 1.0}, {"frac_bits": 16}):
         with pytest.raises(WireError, match="DP noise"):
             floored.noise_std(meta)
-    with pytest.raises(WireError, match="dp_slots"):
-        floored.noise_std({"noise_std": 1.0, "frac_bits": 16}, need_slots=True)
+    # the scale is the operator's too: frac_bits 0 would encode the same std 2^16 times smaller in the ring
+    with pytest.raises(WireError, match="fraction bits"):
+        floored.noise_std({"noise_std": 1.0, "frac_bits": 0})
+    # and which entries are metric slots server 1 works out itself (a dp_slots of 0 from server 0 meant no noise)
+    from crypto.sealed import seal
+    from schemas import secfedrec as sfr
+    from schemas.two_server import context as box_context
+    boxes = {f"box_{u}": np.frombuffer(seal(floored.public_key, sfr.sealed_share_bytes(np.zeros(6, np.uint64)),
+                                            box_context("q", 1, u, "secfedrec")), np.uint8) for u in (1, 2)}
+    frame = encode_frame("sum_shares", {"run": "q", "round": 1, "users": [1, 2], "shape": [6], "ring_bits": 64,
+                                        "noise_std": 0.5, "frac_bits": 16, "dp_slots": 0}, boxes)
+    op, meta, arrays = decode_frame(floored.handle(frame))
+    assert op == "ok" and meta["users"] == [1, 2]
+    assert (arrays["sum"][:4] != 0).all() and (arrays["sum"][4:] == 0).all()
     # through the service's dispatch: a sum without DP parameters is answered with an error frame
     frame = encode_frame("sum_shares", {"run": "r", "round": 1, "users": [1, 2], "shape": [2], "ring_bits": 64},
                          {"box_1": np.zeros(200, np.uint8), "box_2": np.zeros(200, np.uint8)})

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-noise-std", type=float, default=0.0,
                         help="server 1's own floor for the std of its central-DP noise (gradient units, i.e. "
                              "noise_multiplier x clip); with a floor, aggregations without DP are refused")
+    parser.add_argument("--frac-bits", type=int, default=16,
+                        help="with --min-noise-std: the fixed-point fraction bits of the runs it serves "
+                             "(strategy.frac_bits); requests with others are refused, so server 0 cannot shrink "
+                             "the noise by naming a coarser scale")
     parser.add_argument("--key-file", type=Path, help="keep server 1's X25519 key here (0600) across restarts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--path-cache-mib must be >= 0")
     if not (math.isfinite(args.min_noise_std) and args.min_noise_std >= 0):
         parser.error("--min-noise-std must be a finite number >= 0")
+    if not 0 <= args.frac_bits <= 62:
+        parser.error("--frac-bits must be in 0..62")
     server1 = Server1(min_users=args.min_users, max_cache_bytes=args.path_cache_mib << 20,
-                      min_noise_std=args.min_noise_std,
+                      min_noise_std=args.min_noise_std, frac_bits=args.frac_bits,
                       private_key=load_or_create_key(args.key_file) if args.key_file else None)
     print(f"server 1 X25519 public key fingerprint (strategy.server1_fingerprint): {server1.fingerprint}",
           flush=True)

@@ -121,8 +121,6 @@ def validate_request(op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray
                 raise WireError("meta 'noise_std' must be a number in [0, 1e6]")
         elif key == "frac_bits":
             _int(meta, key, 0, 62)
-        elif key == "dp_slots":
-            _int(meta, key, 0, payload // itemsize)
         elif key == "variant":
             if not isinstance(value, str) or value not in VARIANTS:
                 raise WireError(f"meta 'variant'={value!r} is not one of {sorted(VARIANTS)}")

@@ -50,12 +50,16 @@ class Server1:
     """State and operations of server 1 (party b = 1)."""
 
     def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None,
-                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, min_noise_std: float = 0.0) -> None:
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, min_noise_std: float = 0.0,
+                 frac_bits: int = 16) -> None:
         """``min_users`` is server 1's own floor: server 0 may ask for more, never for fewer.
 
         ``min_noise_std`` is server 1's own floor for its central-DP noise (SecEmb Appendix G): each
         server's guarantee rests on the *other* server's noise, so the operator of server 1 sets what
-        it adds, whatever server 0 asks. With a floor, an aggregation without DP parameters is refused.
+        it adds, whatever server 0 asks. With a floor, an aggregation without DP parameters is refused,
+        and so is one whose ``frac_bits`` is not ``frac_bits`` (the runs' ``strategy.frac_bits``, which the
+        operator pins too): the noise is encoded at that scale, so a smaller one from server 0 would shrink it.
+        Which entries are metric slots (not noised) server 1 works out itself (the last ``TRAIN_METRICS``).
 
         ``private_key`` lets a deployment keep server 1's X25519 key across restarts
         (``--key-file``), so the fingerprint users pin stays valid. ``max_cache_bytes`` caps
@@ -65,6 +69,9 @@ class Server1:
         if not (math.isfinite(min_noise_std) and min_noise_std >= 0):
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {min_noise_std}")
         self.min_noise_std = float(min_noise_std)
+        if not 0 <= int(frac_bits) <= 62:
+            raise ValueError(f"frac_bits must be in 0..62, got {frac_bits}")
+        self.frac_bits = int(frac_bits)
         self._private = private_key or X25519PrivateKey.generate()
         self.public_key = public_bytes(self._private)
         self.table: np.ndarray | None = None
@@ -249,17 +256,20 @@ class Server1:
         done.add((run, rnd))
         return {"rejected": rejected, "users": used}, {"sum": total}
 
-    def noise_std(self, meta: dict[str, Any], need_slots: bool = False) -> float:
+    def noise_std(self, meta: dict[str, Any]) -> float:
         """The std of server 1's noise for this aggregate: server 0's ``noise_std``, raised to server 1's floor.
 
-        A floor with a request that carries no DP parameters (``noise_std``, ``frac_bits``, and
-        ``dp_slots`` where the sum holds metric slots) is refused: server 1 would not know how to encode it.
+        A floor with a request that carries no DP parameters (``noise_std``, ``frac_bits``) is refused, and so
+        is a ``frac_bits`` other than the operator's (the scale the noise is encoded at).
         """
         if self.min_noise_std > 0:
-            missing = [k for k in ("noise_std", "frac_bits", *(("dp_slots",) if need_slots else ())) if k not in meta]
+            missing = [k for k in ("noise_std", "frac_bits") if k not in meta]
             if missing:
                 raise WireError(f"server 1 adds DP noise of std >= {self.min_noise_std} to every aggregate; "
                                 f"the request lacks {', '.join(missing)}")
+            if int(meta["frac_bits"]) != self.frac_bits:
+                raise WireError(f"server 1 encodes its DP noise with {self.frac_bits} fraction bits (its operator's "
+                                f"--frac-bits); the request says {meta['frac_bits']}")
         return max(float(meta.get("noise_std", 0.0)), self.min_noise_std)
 
     def _noised(self, meta: dict[str, Any], sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
@@ -272,7 +282,7 @@ class Server1:
         rnd, run = int(meta["round"]), meta["run"]
         shape = tuple(int(s) for s in meta["shape"])
         ring = ring_dtype(int(meta["ring_bits"]))
-        std = self.noise_std(meta, need_slots=True)
+        std = self.noise_std(meta)
         total, rejected, used = np.zeros(shape, dtype=ring), {}, []
         for user in meta["users"]:
             try:
@@ -282,5 +292,6 @@ class Server1:
             except (SealedMessageError, ValueError, KeyError) as exc:
                 rejected[str(user)] = str(exc)
         frac = int(meta.get("frac_bits", 0))
-        total = add_noise_share(total.reshape(-1), std, frac, int(meta.get("dp_slots", 0))).reshape(shape)
+        slots = max(int(np.prod(shape)) - TRAIN_METRICS, 0)  # the last TRAIN_METRICS entries are metric sums
+        total = add_noise_share(total.reshape(-1), std, frac, slots).reshape(shape)
         return {"rejected": rejected, "users": used}, {"sum": total}

@@ -16,8 +16,8 @@ from crypto.sealed import (
     private_key_from_bytes, public_bytes, seal, seal_array,
 )
 
-# Low-order X25519 points (RFC 7748 section 6.1's "all-zero" check; these are the points of order 1, 2, 4 and 8
-# that curve25519 libraries list, little-endian u-coordinates): an exchange with any of them yields zero.
+# Low-order X25519 points, little-endian u-coordinates: u = 0, u = 1 and two of order 8 that curve25519
+# libraries list. An exchange with any of them yields the all-zero secret (RFC 7748 section 6.1's check).
 LOW_ORDER = [bytes(32), bytes([1]) + bytes(31),
              bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
              bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157")]

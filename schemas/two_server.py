@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from crypto.sealed import fingerprint
+from crypto.sealed import OVERHEAD as SEAL_OVERHEAD, fingerprint
 from crypto.ring import ring_dtype
 from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record, usable_key
 from schemas.wire import decode_frame, encode_frame
@@ -71,10 +71,16 @@ def check_pinned(public_key: bytes, anchor: str | None) -> None:
                            f"{anchor}; refusing to seal anything to it")
 
 
+def is_box(arr: Any) -> bool:
+    """Whether ``arr`` has a sealed box's form: uint8, 1-D, between the seal's overhead and MAX_BOX bytes."""
+    return (isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 1
+            and SEAL_OVERHEAD <= arr.size <= MAX_BOX)
+
+
 def box_field(rec: ArrayRecord, key: str = "box") -> np.ndarray:
     """A sealed box (uint8) of plausible size."""
     box = get_array(rec, key, np.uint8, (None,))
-    if not 60 <= len(box) <= MAX_BOX:
+    if not is_box(box):
         raise MessageError(f"sealed box of {len(box)} bytes is outside the allowed size")
     return box
 

@@ -95,12 +95,6 @@ class SecEmbRoundState(RoundState):
     dense1: np.ndarray | None = None
 
 
-def _box_array(arr: Any) -> np.ndarray | None:
-    """A sealed box in server 1's reply, if it has a box's form (uint8, 1-D, a plausible size); else None."""
-    ok = isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 1 and 60 <= arr.size <= ts.MAX_BOX
-    return arr if ok else None
-
-
 class SecEmbStrategy(TwoServerStrategy):
     name = "secemb"
 
@@ -179,7 +173,7 @@ class SecEmbStrategy(TwoServerStrategy):
             st.refuse(str(exc))
             return
         st.retrieved = [u for u in st.requests if str(u) not in meta1["rejected"]]
-        unboxed = [u for u in st.retrieved if _box_array(st.boxes1.get(f"box_{u}")) is None]
+        unboxed = [u for u in st.retrieved if not ts.is_box(st.boxes1.get(f"box_{u}"))]
         refused = (f"server 1's retrieval reply lacks a sealed box for users {unboxed}" if unboxed
                    else self.too_few(st.retrieved, "retrieval"))
         if refused:
@@ -271,7 +265,7 @@ class SecEmbStrategy(TwoServerStrategy):
             log.warning("[%s] server 1 refused the evaluation retrieval of round %d: %s", self.name, rnd, exc)
             return {}
         retrieved = [u for u in requests if str(u) not in meta1["rejected"]
-                     and _box_array(boxes1.get(f"box_{u}")) is not None]
+                     and ts.is_box(boxes1.get(f"box_{u}"))]
         party0 = SecEmbParty(0, self.meta.n_items, self.ring, max_cache_bytes=0)  # nothing is aggregated from it
         shares0 = party0.retrieve({u: requests[u][0] for u in retrieved}, table_ring)
         dense = self.model.dense_numpy()

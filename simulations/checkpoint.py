@@ -261,6 +261,10 @@ def open_run_folder(cfg: AppConfig, out_dir: str | Path) -> Resume | None:
     (None); ``resume=true`` loads the last checkpoint, checks it against ``cfg`` and rewrites ``records.jsonl``
     to the checkpointed rounds (:class:`ResumeError` when the folder's records do not hold them all)."""
     if not cfg.resume:
+        earlier = _rounds(checkpoint_dir(out_dir))
+        if earlier:  # the folder holds a run that could have been resumed: say so before it is gone
+            log.warning("%s held an earlier run's checkpoints (last: round %d); this run starts afresh and clears "
+                        "them, with its records and results (resume=true continues a run)", out_dir, max(earlier))
         clear_checkpoints(out_dir)
         rewrite_records(out_dir, [])
         for stale in RUN_OUTPUTS:  # an earlier run's results would be read as this run's until it writes its own

@@ -22,8 +22,9 @@ from flwr.app import Context, RecordDict
 from clients.private_state import load_private, oldest_needed, restore_arrays, save_private, store_arrays
 from models.spec import ModelSpec
 from schemas.config import AppConfig, to_dict
-from simulations.checkpoint import (ResumeError, check_resumable, config_differences, latest_checkpoint_head,
-                                    load_latest_checkpoint, open_run_folder, prepare_simulation, save_checkpoint)
+from simulations.checkpoint import (ResumeError, check_resumable, checkpoint_dir, config_differences,
+                                    latest_checkpoint_head, load_latest_checkpoint, open_run_folder,
+                                    prepare_simulation, save_checkpoint)
 from simulations.config import compose_config, to_app_config
 from simulations.results import RUN_OUTPUTS, append_record, read_records
 from simulations.run import simulate_batched
@@ -176,6 +177,20 @@ def test_a_fresh_run_in_a_used_folder_removes_the_earlier_runs_results(tmp_path)
     append_record(tmp_path, {"round": 1})
     assert open_run_folder(AppConfig(rounds=2), tmp_path) is None
     assert not any((tmp_path / name).exists() for name in RUN_OUTPUTS) and read_records(tmp_path) == []
+
+
+def test_a_fresh_run_over_an_earlier_runs_checkpoints_warns_before_clearing_them(tmp_path, caplog):
+    """Forgetting resume=true in a folder that holds a resumable run loses that run: the log says so, with the
+    round it could have continued from; a folder without checkpoints is cleared silently."""
+    save_checkpoint(tmp_path, 4, {"x": np.zeros(1)}, AppConfig(rounds=6))
+    with caplog.at_level("WARNING", logger="secrec"):
+        assert open_run_folder(AppConfig(rounds=6), tmp_path) is None
+    assert "last: round 4" in caplog.text and "resume=true" in caplog.text
+    assert not list(checkpoint_dir(tmp_path).glob("round-*"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="secrec"):
+        open_run_folder(AppConfig(rounds=6), tmp_path)
+    assert caplog.text == ""
 
 
 def test_a_config_field_added_since_a_run_is_no_difference_at_its_default():

@@ -102,6 +102,21 @@ def all_handlers() -> dict[str, Handler]:
     return table
 
 
+def untimed_reply(content: RecordDict, msg: Message) -> Message:
+    """The reply to ``msg``, stamped with ``msg``'s own creation time and time-to-live.
+
+    Why: Flower stamps a reply with the moment it is made (``created_at``) and the instruction's time left
+    then (``ttl``), so either tells server 0 how long this user worked, and a user's work grows with its
+    rating count; DESIGN: timings reach a server only as sums. With the instruction's stamps the reply expires
+    when Flower's would, and the SuperLink's check (a reply's created_at + ttl within its instruction's)
+    holds with equality. What remains is when a reply arrives, which a network shows (see the README).
+    """
+    reply = Message(content, reply_to=msg)
+    reply.metadata.created_at = msg.metadata.created_at
+    reply.metadata.ttl = msg.metadata.ttl
+    return reply
+
+
 def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> ClientApp:
     """A ClientApp using ``cfg``, or composing it from the run config when ``None``.
 
@@ -122,7 +137,7 @@ def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> C
     def bind(target: Handler) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
             env = client_env(config_of(context), context)
-            return Message(target(msg.content, context, env), reply_to=msg)
+            return untimed_reply(target(msg.content, context, env), msg)
 
         return handler
 

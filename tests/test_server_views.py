@@ -72,6 +72,14 @@ def test_fedmf_server_view(tmp_path, mode):
         assert len(sizes) > 1 and len(all_sizes) > 1  # PartText: size reveals the count (known leak)
         by_count = sorted((k, max(v)) for k, v in sizes.items())
         assert all(a[1] < b[1] for a, b in zip(by_count, by_count[1:]))
+    _assert_replies_untimed(grid)
+
+
+def _assert_replies_untimed(grid) -> None:
+    """Every reply server 0 got carries its instruction's created_at and ttl, not the moment its user finished."""
+    assert grid.stamps and len(grid.stamps) == len(grid.received)
+    for msg_type, sent_at, ttl, replied_at, reply_ttl in grid.stamps:
+        assert (replied_at, reply_ttl) == (sent_at, ttl), f"a {msg_type} reply is stamped with its own time"
 
 
 def _record_server1_frames(monkeypatch) -> list[bytes]:
@@ -254,7 +262,8 @@ def _secret_values(tmp_path_factory, twin: list[str]) -> tuple[np.ndarray, np.nd
 
 @pytest.mark.parametrize("protocol", ["secemb", "rowenc", "init", "secfedrec"])
 def test_secure_views_hold_no_per_user_metric_value(tmp_path_factory, monkeypatch, protocol):
-    """No value either server receives equals a user's rated count, test count, training loss or test SSE."""
+    """No value either server receives equals a user's rated count, test count, training loss or test SSE, and no
+    reply's metadata says when its user finished (Flower stamps a reply when it is made: the user's work time)."""
     server1_frames = _record_server1_frames(monkeypatch)
     twin = [] if protocol == "secfedrec" else _M_PRIME
     ints, floats = _secret_values(tmp_path_factory, twin)
@@ -273,6 +282,7 @@ def test_secure_views_hold_no_per_user_metric_value(tmp_path_factory, monkeypatc
             for arr in arrays:
                 assert not _matches(arr, ints, floats), \
                     f"{who} received a per-user metric value in {arr[:8]} in a {msg_type} message"
+    _assert_replies_untimed(secure)
     # the metrics still arrive, as sums: train loss and test RMSE are reported every round
     for rec in results["records"]:
         assert np.isfinite(rec["train_loss"]) and rec["test_rmse"] is not None

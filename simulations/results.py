@@ -16,6 +16,7 @@ protocol sees test ratings.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -31,6 +32,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger("secrec")
 
 
 def final_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -51,6 +54,24 @@ def final_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 REFERENCE_NOTE = ("global-mean predictor: every test rating of the evaluated users predicted by the mean training "
                   "rating over all users; computed from the local dataset outside the protocol")
+
+
+def log_final(run: dict[str, Any], wall_seconds: float, path: Path) -> None:
+    """The run's closing log lines, the same on both engines: the final test RMSE (4 decimals), then the
+    global-mean yardstick of the same users' test ratings when the run has it."""
+    summary = final_summary(run["records"])
+    log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", _four(summary["final_test_rmse"]),
+             summary["rounds"], wall_seconds, path)
+    reference = run.get("reference_global_mean")
+    if reference:
+        log.info("reference: the global-mean predictor (mean training rating %.3f) scores test RMSE %s on the "
+                 "same %d users' %d test ratings (computed from the local dataset, outside the protocol)",
+                 reference["predicted_rating"], _four(reference["test_rmse"]), reference["users"],
+                 reference["test_ratings"])
+
+
+def _four(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def global_mean_reference(split: FederatedSplit, users: list[int]) -> dict[str, Any]:

@@ -33,14 +33,15 @@ from recdata import DatasetError
 from schemas.config import AppConfig, ConfigError
 from simulations.checkpoint import ResumeError, check_resumable, latest_checkpoint_head, prepare_simulation
 from simulations.config import _one_line, to_app_config
-from twoserver.link import Server1Unavailable
+from strategies.base import SetupError
+from twoserver.link import Server1Client, Server1Unavailable
 
 log = logging.getLogger("secrec")
 LARGE_POPULATION = 20_000  # above this, one virtual node per user makes Flower 1.41's polling the bottleneck
 
 # Mistakes a user can fix; they get one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable,
-                                                HydraException, OmegaConfBaseException)
+                                                SetupError, HydraException, OmegaConfBaseException)
 
 
 _USER_TRACE = "SECREC_USER_FULL_ERROR"  # set by cli() when the user asked for tracebacks (HYDRA_FULL_ERROR)
@@ -61,6 +62,7 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     if cfg.resume:  # refuse a wrong resume here, before Flower starts, so the message stays one line
         check_resumable(cfg, latest_checkpoint_head(out_dir))
     meta = dataset_meta(cfg)  # a missing or corrupt dataset is reported before Flower and Ray start
+    Server1Client.check_config(cfg.strategy)  # and so is a server 1 link that cannot be made (TLS files, address)
 
     from flwr.simulation import run_simulation
 
@@ -108,7 +110,7 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     from engine.registry import get_driver
     from recdata.dataset import dataset_meta, load_split
     from simulations.checkpoint import NOT_RESUMABLE, open_run_folder, refuse_unsupported, save_checkpoint
-    from simulations.results import append_record, final_summary, global_mean_reference, write_results
+    from simulations.results import append_record, global_mean_reference, log_final, write_results
 
     refuse_unsupported(cfg)
     checkpointable = get_driver(cfg.protocol).checkpointable
@@ -149,8 +151,7 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     run["reference_global_mean"] = global_mean_reference(split, run.pop("evaluated_users"))
     wall = time.perf_counter() - start
     path = write_results(out_dir, cfg, run, wall)
-    log.info("final test RMSE %s after %d rounds, %.1f s; results in %s",
-             final_summary(run["records"])["final_test_rmse"], len(run["records"]), wall, path)
+    log_final(run, wall, path)
     return run
 
 

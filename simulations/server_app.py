@@ -21,8 +21,9 @@ from recdata.dataset import dataset_meta, load_split
 from simulations.registry import build_strategy
 from simulations.checkpoint import (NOT_RESUMABLE, ResumeError, open_run_folder, refuse_unsupported,
                                     save_checkpoint)
-from simulations.results import append_record, final_summary, global_mean_reference, write_results
+from simulations.results import append_record, global_mean_reference, log_final, write_results
 from schemas.config import AppConfig, ConfigError
+from strategies.base import SetupError
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec")
@@ -90,22 +91,11 @@ def run_server(grid: Grid, cfg: AppConfig, out_dir: str, simulated: bool = True)
                                         assign_users=simulated, released_records=released))
     wall = time.perf_counter() - start
     path = write_results(out_dir, cfg, run, wall)
-    summary = final_summary(run["records"])
     if run.get("stopped"):
         log.error("run stopped: %s; results so far in %s", run["stopped"], path)
     else:
-        log.info("final test RMSE %s after %d rounds, %.1f s; results in %s", _rmse(summary["final_test_rmse"]),
-                 summary["rounds"], wall, path)
-        if reference:
-            log.info("reference: the global-mean predictor (mean training rating %.3f) scores test RMSE %s on the "
-                     "same %d users' %d test ratings (computed from the local dataset, outside the protocol)",
-                     reference["predicted_rating"], _rmse(reference["test_rmse"]), reference["users"],
-                     reference["test_ratings"])
+        log_final(run, wall, path)
     return run
-
-
-def _rmse(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def make_server_app(cfg: AppConfig, out_dir: str, outcome: dict[str, Any] | None = None) -> ServerApp:
@@ -124,7 +114,7 @@ def make_server_app(cfg: AppConfig, out_dir: str, outcome: dict[str, Any] | None
             run = run_server(grid, cfg, out_dir)
         except USER_ERRORS as exc:
             holder["error"] = one_line(exc)
-            log.error("%s", holder["error"])
+            log.error("error: %s", holder["error"])
             return
         if run.get("stopped"):
             holder["stopped"] = run["stopped"]
@@ -138,12 +128,12 @@ def cfg_from_run_config(run_config: dict[str, Any]) -> AppConfig:
 
 
 # Mistakes a user can fix: the ServerApp logs them as one line instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, ResumeError, Server1Unavailable, SetupError)
 
 
 def one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"error: {' '.join(lines) if lines else type(exc).__name__}"
+    return ' '.join(lines) if lines else type(exc).__name__
 
 
 app = ServerApp()
@@ -167,7 +157,7 @@ def main(grid: Grid, context: Context) -> None:
         out_dir = cfg.output_dir or str(context.run_config.get("output-dir", "outputs/flwr-run"))
         run = run_server(grid, cfg, out_dir, simulated=False)
     except USER_ERRORS as exc:
-        log.error("%s", one_line(exc))
+        log.error("error: %s", one_line(exc))
         return
     if run.get("stopped"):
         log.error("run stopped: %s", run["stopped"])

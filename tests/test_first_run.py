@@ -32,9 +32,13 @@ def test_global_bias_starts_at_the_rating_scale_midpoint():
     assert moved == ["global_bias"] and shifted[names.index("global_bias")] == 3.0
 
 
-def test_default_run_beats_the_global_mean_reference(tmp_path):
+def test_default_run_beats_the_global_mean_reference(tmp_path, caplog):
+    """...and its closing log lines say both, as the Flower path's do (4 decimals each)."""
     cfg = to_app_config(compose_config(["engine=batched"]))
-    run = simulate_batched(cfg, str(tmp_path))
+    with caplog.at_level("INFO", logger="secrec"):
+        run = simulate_batched(cfg, str(tmp_path))
     final = [r["test_rmse"] for r in run["records"] if r["test_rmse"] is not None][-1]
     reference = run["reference_global_mean"]["test_rmse"]
     assert final < reference - 0.05, (final, reference)
+    assert f"final test RMSE {final:.4f} after 20 rounds" in caplog.text
+    assert f"scores test RMSE {reference:.4f} on the same 100 users'" in caplog.text

@@ -141,6 +141,47 @@ def test_plain_tcp_is_refused_for_a_non_loopback_host(certs):
         SocketLink("10.1.2.3:4000")
 
 
+def test_certs_command_refuses_to_replace_a_deployments_certificates_without_force(tmp_path):
+    """A second run over the same folder would make a new CA that the running SuperLink and server 1 do not
+    trust; it is refused, nothing changes, and --force replaces every file."""
+    out = make_certs(tmp_path / "certs")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = [sys.executable, "-m", "twoserver.certs", "--out", str(out)]
+    proc = subprocess.run(again, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    subprocess.run([*again, "--force"], cwd=ROOT, check=True, capture_output=True)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
+
+
+def test_server1_start_up_failures_are_one_error_line(tmp_path, certs, capsys):
+    """What an operator gets wrong at start (a missing file, a key of another certificate, a CA file holding no
+    certificate, a port in use, a key file in a missing folder, --frac-bits without a DP floor) ends in one
+    ``error:`` line and a non-zero exit, not a traceback, and before any fingerprint is printed."""
+    from twoserver.__main__ import main
+
+    tls = ["--cert", str(certs / "server1.pem"), "--key", str(certs / "server1.key"), "--ca", str(certs / "ca.pem")]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        cases = {
+            "does not exist": ["--port", busy, "--cert", str(tmp_path / "nope.pem"), *tls[2:]],
+            "KEY_VALUES_MISMATCH": ["--port", busy, *tls[:2], "--key", str(certs / "server0.key"), *tls[4:]],
+            "NO_CERTIFICATE": ["--port", busy, *tls[:4], "--ca", str(certs / "ca.key")],
+            "in use": ["--port", busy, *tls],
+            "No such file": ["--port", busy, *tls, "--key-file", str(tmp_path / "missing" / "x25519.key")],
+            "--min-noise-std": ["--port", busy, "--insecure", "--frac-bits", "12"],
+        }
+        for expected, argv in cases.items():
+            with pytest.raises(SystemExit) as stop:
+                main(argv)
+            out, err = capsys.readouterr()
+            assert stop.value.code in (1, 2) and expected in err and "python -m twoserver: error:" in err, err
+            assert "fingerprint" not in out
+
+
 # ------------------------------------------------------------------------- (a) authentication
 def test_unauthenticated_peers_get_nothing_and_change_nothing(server1, certs, other_ca):
     c = client(server1, certs)

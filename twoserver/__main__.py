@@ -22,7 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
 from twoserver.operations import Server1
-from twoserver.transport import TlsFiles, is_loopback, serve
+from schemas.config import TwoServerConfig
+from twoserver.transport import TlsFiles, is_loopback, make_server
+
+log = logging.getLogger("secrec.server1")
+DEFAULT_FRAC_BITS = TwoServerConfig.frac_bits  # the runs' default scale
 
 
 def load_or_create_key(path: Path) -> X25519PrivateKey:
@@ -64,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-noise-std", type=float, default=0.0,
                         help="server 1's own floor for the std of its central-DP noise (gradient units, i.e. "
                              "noise_multiplier x clip); with a floor, aggregations without DP are refused")
-    parser.add_argument("--frac-bits", type=int, default=16,
-                        help="with --min-noise-std: the fixed-point fraction bits of the runs it serves "
-                             "(strategy.frac_bits); requests with others are refused, so server 0 cannot shrink "
-                             "the noise by naming a coarser scale")
+    parser.add_argument("--frac-bits", type=int, default=None,
+                        help=f"with --min-noise-std only: the fixed-point fraction bits of the runs it serves "
+                             f"(strategy.frac_bits, default {DEFAULT_FRAC_BITS}); requests with others are refused, "
+                             "so server 0 cannot shrink the noise by naming a coarser scale")
     parser.add_argument("--key-file", type=Path, help="keep server 1's X25519 key here (0600) across restarts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -90,14 +94,25 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--path-cache-mib must be >= 0")
     if not (math.isfinite(args.min_noise_std) and args.min_noise_std >= 0):
         parser.error("--min-noise-std must be a finite number >= 0")
-    if not 0 <= args.frac_bits <= 62:
+    if args.frac_bits is not None and args.min_noise_std == 0:
+        parser.error("--frac-bits pins the scale of server 1's DP noise and only means something with "
+                     "--min-noise-std")
+    frac_bits = DEFAULT_FRAC_BITS if args.frac_bits is None else args.frac_bits
+    if not 0 <= frac_bits <= 62:
         parser.error("--frac-bits must be in 0..62")
-    server1 = Server1(min_users=args.min_users, max_cache_bytes=args.path_cache_mib << 20,
-                      min_noise_std=args.min_noise_std, frac_bits=args.frac_bits,
-                      private_key=load_or_create_key(args.key_file) if args.key_file else None)
+    try:  # every file read and the port bound before the fingerprint is printed: an operator sees one error line
+        server1 = Server1(min_users=args.min_users, max_cache_bytes=args.path_cache_mib << 20,
+                          min_noise_std=args.min_noise_std, frac_bits=frac_bits,
+                          private_key=load_or_create_key(args.key_file) if args.key_file else None)
+        srv = make_server(args.host, args.port, server1, tls, args.read_timeout, args.idle_timeout)
+    except (OSError, ValueError) as exc:  # a missing or wrong TLS file (ssl.SSLError is an OSError), a port in use
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     print(f"server 1 X25519 public key fingerprint (strategy.server1_fingerprint): {server1.fingerprint}",
           flush=True)
-    serve(args.host, args.port, server1, tls, args.read_timeout, args.idle_timeout)
+    with srv:
+        log.info("server 1 listening on %s:%d (%s)", args.host, args.port,
+                 "mutual TLS" if tls else "plain TCP, loopback")
+        srv.serve_forever()
 
 
 if __name__ == "__main__":

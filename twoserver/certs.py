@@ -83,10 +83,21 @@ def _issue(ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, cn: str, *, c
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def make_certificates(out: str | Path, hosts: list[str] | None = None, ca_name: str = "secrec local CA"
-                      ) -> dict[str, Path]:
-    """Write the CA, server 1's, server 0's and the SuperLink's certificates and keys; return their paths."""
+STEMS = ("ca", "server1", "server0", "superlink")
+
+
+def make_certificates(out: str | Path, hosts: list[str] | None = None, ca_name: str = "secrec local CA",
+                      replace: bool = False) -> dict[str, Path]:
+    """Write the CA, server 1's, server 0's and the SuperLink's certificates and keys; return their paths.
+
+    A folder that already holds any of them is refused unless ``replace``: a new CA silently replacing the
+    one a running SuperLink and server 1 trust cuts every party off from them (FileExistsError).
+    """
     out = Path(out)
+    present = sorted(p.name for stem in STEMS for p in (out / f"{stem}.pem", out / f"{stem}.key") if p.exists())
+    if present and not replace:
+        raise FileExistsError(f"{out} already holds {', '.join(present)}; running parties trust that CA, so a new "
+                              "one would cut them off: pass --force to replace them all, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     hosts = list(hosts or DEFAULT_HOSTS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -123,10 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write ca.pem, server1.*, server0.*, superlink.*")
     parser.add_argument("--host", action="append", default=None,
                         help="host name or IP in server 1's and the SuperLink's certificates (repeatable; "
-                             "default 127.0.0.1 and localhost)")
+                             "default 127.0.0.1 and localhost; given, it replaces those two)")
     parser.add_argument("--ca-name", default="secrec local CA", help="common name of the CA")
+    parser.add_argument("--force", action="store_true", help="replace the certificates and keys already in --out")
     args = parser.parse_args(argv)
-    paths = make_certificates(args.out, args.host, args.ca_name)
+    try:
+        paths = make_certificates(args.out, args.host, args.ca_name, replace=args.force)
+    except FileExistsError as exc:
+        parser.error(str(exc))
     for label, path in paths.items():
         print(f"{label}: {path}")
 

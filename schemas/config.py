@@ -66,6 +66,17 @@ def _non_negative_float(value: Any, key: str) -> None:
     _require(_is_number(value) and value >= 0, key, f"must be a non-negative number, got {value!r}")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"server 1 address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+FINGERPRINT_HEX = 64  # sha256 of server 1's X25519 key, as `python -m twoserver` prints it
+
+
 def _one_of(value: Any, key: str, options: tuple[Any, ...]) -> None:
     _require(value in options, key, f"{value!r} is not one of {', '.join(map(str, options))}")
 
@@ -398,6 +409,15 @@ class TwoServerConfig(StrategyConfig):
         _require(self.frac_bits < self.ring_bits - 2, "strategy.frac_bits",
                  f"must leave integer bits in the ring (frac_bits < ring_bits - 2), got {self.frac_bits} "
                  f"with ring_bits={self.ring_bits}")
+        if self.server1_address is not None:
+            try:
+                split_address(str(self.server1_address))
+            except ValueError as exc:
+                _require(False, "strategy.server1_address", f"{exc} (e.g. 127.0.0.1:9400)")
+        fp = self.server1_fingerprint
+        _require(fp is None or (len(str(fp)) == FINGERPRINT_HEX and all(c in "0123456789abcdef" for c in str(fp))),
+                 "strategy.server1_fingerprint",
+                 f"must be the {FINGERPRINT_HEX} lowercase hex digits server 1 prints at start, got {fp!r}")
 
     def per_user_bound(self, clients_per_round: int) -> float:
         """R_u = (2^(k-1-f) - 1) / n_p (SecEmb Lemma L.2): each user's clip bound, so n_p sums never wrap."""

@@ -24,6 +24,10 @@ CASES = [
     (["model.lr=fast"], ["model.lr", "fast"]),
     (["resume=true"], ["no checkpoint", "checkpoint_every"]),
     (["strategy=fedmf", "resume=true"], ["fedmf", "cannot be resumed"]),
+    (["strategy=secemb", "strategy.server1_address=9400"], ["strategy.server1_address", "host:port"]),
+    (["strategy=secemb", "strategy.server1_fingerprint=xyz"], ["strategy.server1_fingerprint", "hex"]),
+    (["strategy=secemb", "strategy.server1_address=127.0.0.1:9", "strategy.server1_tls_dir=/nonexistent"],
+     ["strategy.server1_tls_dir", "/nonexistent/ca.pem", "does not exist"]),
 ]
 
 

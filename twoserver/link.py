@@ -17,12 +17,14 @@ loopback address.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
+from schemas.config import ConfigError
 from schemas.wire import WireError, decode_frame, encode_frame
 from twoserver.operations import Server1
 from twoserver.transport import InProcessLink, Server1Unavailable, SocketLink, TlsFiles
@@ -41,8 +43,12 @@ class Server1Client:
         """In-process server 1 when ``address`` is None (its floor is then this run's ``min_users`` and its
         DPF path cache this run's ``max_cache_bytes``; a server 1 process sets its own, ``--path-cache-mib``)."""
         if address:
-            tls = TlsFiles.server0_in(tls_dir) if tls_dir else None
-            self.link: InProcessLink | SocketLink = SocketLink(address, tls, timeout, retries, backoff)
+            try:
+                tls = TlsFiles.server0_in(tls_dir) if tls_dir else None
+                self.link: InProcessLink | SocketLink = SocketLink(address, tls, timeout, retries, backoff)
+            except (ValueError, ssl.SSLError) as exc:  # a missing or unreadable TLS file, plain TCP off loopback
+                raise ConfigError(f"strategy.server1_address={address!r} with strategy.server1_tls_dir={tls_dir!r}: "
+                                  f"{exc}") from exc
         else:
             self.link = InProcessLink(Server1(min_users=min_users, max_cache_bytes=max_cache_bytes))
         self.on_reject = on_reject
@@ -54,6 +60,13 @@ class Server1Client:
         return cls(strategy_cfg.server1_address, on_reject, getattr(strategy_cfg, "server1_tls_dir", None),
                    int(getattr(strategy_cfg, "min_users", 2)),
                    max_cache_bytes=DEFAULT_MAX_CACHE_BYTES if cache_mib is None else int(cache_mib) << 20)
+
+    @staticmethod
+    def check_config(strategy_cfg: Any) -> None:
+        """Refuse a server 1 link its config cannot make (ConfigError), before a run starts anything: the same
+        construction as a run's, which reads the TLS files and connects to nothing."""
+        if getattr(strategy_cfg, "server1_address", None):
+            Server1Client.from_config(strategy_cfg, lambda _user, _reason: None).link.close()
 
     def call(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
              expect: dict[str, tuple[np.dtype | type, tuple[int, ...]]] | None = None

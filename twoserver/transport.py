@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.config import split_address
 from schemas.wire import MAX_FRAME, WireError, encode_frame
 from twoserver.operations import Server1
 
@@ -129,13 +130,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"server 1 address {address!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 # --------------------------------------------------------------------------- links

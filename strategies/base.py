@@ -87,6 +87,11 @@ def ranking_fields(sums: np.ndarray | None, train: Any) -> dict[str, float | Non
             f"ndcg@{k}": float(sums[1]) / ranked if ranked else None, "ranked_users": int(round(ranked))}
 
 
+class SetupError(RuntimeError):
+    """The run could not start: too few nodes connected, or too few users took part in the protocol's set-up.
+    The message says why and what to change; entry points report it as one line."""
+
+
 @dataclass
 class RoundState:
     """Base of every strategy's round state: round, users, the metrics the round reports, a refusal."""
@@ -421,13 +426,22 @@ class RecStrategy(ABC):
 
     def _wait_for_nodes(self, grid: Grid, expected: int) -> list[int]:
         """The node ids, once ``expected`` nodes have connected (``simulation.register_timeout``)."""
-        deadline = time.monotonic() + float(self.cfg.simulation.register_timeout)
+        timeout = float(self.cfg.simulation.register_timeout)
+        deadline = time.monotonic() + timeout
         node_ids = list(grid.get_node_ids())
+        said = 0
         while len(node_ids) < expected and time.monotonic() < deadline:
             time.sleep(1.0)
             node_ids = list(grid.get_node_ids())
+            if len(node_ids) < expected and (waited := timeout - (deadline - time.monotonic())) >= 10 * (said + 1):
+                said = int(waited // 10)  # a line every 10 s, so an operator sees what the run waits for
+                log.info("waiting for nodes: %d of %d connected (%.0f of %.0f s)", len(node_ids), expected,
+                         waited, timeout)
         if len(node_ids) < expected:
-            raise RuntimeError(f"only {len(node_ids)} of {expected} nodes connected before the registration timeout")
+            raise SetupError(f"only {len(node_ids)} of the {expected} nodes this run needs connected within "
+                             f"simulation.register_timeout={timeout:g} s: a deployment needs one SuperNode per "
+                             "user of the dataset (dataset.max_users sets how many users; flwr's "
+                             "options.num-supernodes for a simulation SuperLink)")
         return node_ids
 
     def _register(self, grid: Grid, timeout: float | None) -> dict[int, int]:

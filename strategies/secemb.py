@@ -46,7 +46,7 @@ from recdata.dataset import DatasetMeta
 from schemas import secemb as schema
 from schemas import two_server as ts
 from schemas.config import AppConfig
-from strategies.base import RoundState
+from strategies.base import RoundState, SetupError
 from strategies.exchange import Exchange
 from strategies.two_server import TwoServerStrategy
 from twoserver.link import Server1Error
@@ -121,7 +121,8 @@ class SecEmbStrategy(TwoServerStrategy):
                                       lambda _u, c: schema.parse_count_reply(c), count_bytes=False)
         refused = self.too_few(replies, "count sum")
         if refused:
-            raise RuntimeError(f"cannot derive m' securely: {refused}; set strategy.m_prime")
+            raise SetupError(f"cannot derive m' securely: {refused}{self.why_users_failed(users, replies)}; "
+                             "fix that, or set strategy.m_prime to skip the secure count")
         meta, arrays = self.server1.call("count", {"run": self.run_id, "users": sorted(replies),
                                                   "min_users": self.min_users},
                                          {f"box_{u}": r[1] for u, r in replies.items()},

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,18 @@ class TwoServerStrategy(ModelStrategy):
             return f"{what} over {n} users refused: strategy.min_users={self.min_users}"
         return None
 
+    def why_users_failed(self, asked: Iterable[int], answered: Iterable[int]) -> str:
+        """What most of the users asked and not answering said (their error replies, or none), for a refusal
+        message: a whole population refusing one thing (say, server 1's key against their trust anchor) is a
+        configuration to fix, not a reason to try another setting."""
+        missing = set(asked) - set(answered)
+        if not missing:
+            return ""
+        reasons = Counter(_gist(self.meter.dropped.get(u, "no reply")) for u in missing)
+        reason, n = reasons.most_common(1)[0]
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        return f" ({len(missing)} users failed; {n} of them: {reason})"
+
     def server1_sum(self, op: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str,
                     expect: dict[str, tuple[np.dtype | type, tuple[int, ...]]]
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[int]] | str:
@@ -153,3 +167,10 @@ class TwoServerStrategy(ModelStrategy):
         sse, count, ranking = self.eval_metrics.decode_eval(total)
         seconds = [replies[u][2] for u in kept if replies[u][2] is not None]
         return sse, count, len(kept), seconds or None, ranking
+
+
+def _gist(reason: str) -> str:
+    """The last line of a drop reason: a client's error reply carries its runtime's whole traceback (Ray's
+    names its actor and pid, different for every user), and the exception's own message is its last line."""
+    lines = [line.strip() for line in reason.replace("\\n", "\n").splitlines() if line.strip()]
+    return lines[-1].removesuffix("'>") if lines else reason

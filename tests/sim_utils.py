@@ -65,6 +65,8 @@ class RecordingGrid(Grid):
         self.inner = inner
         self.received: list[tuple[str, int, Any]] = []
         self.sent: list[tuple[str, int, Any]] = []
+        # (message type, instruction's created_at and ttl, its reply's created_at and ttl): the metadata's clock
+        self.stamps: list[tuple[str, float, float, float, float]] = []
 
     def set_run(self, run):  # pragma: no cover - delegated
         self.inner.set_run(run)
@@ -91,9 +93,12 @@ class RecordingGrid(Grid):
             self.sent.append((m.metadata.message_type, m.metadata.dst_node_id, m.content))
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         types = {m.metadata.dst_node_id: m.metadata.message_type for m in messages}
+        sent = {m.metadata.message_id: m.metadata for m in messages}  # ids Flower set while sending them
         for r in replies:
             if not r.has_error():
                 self.received.append((types.get(r.metadata.src_node_id, "?"), r.metadata.src_node_id, r.content))
+                ins = sent[r.metadata.reply_to_message_id]
+                self.stamps.append((ins.message_type, ins.created_at, ins.ttl, r.metadata.created_at, r.metadata.ttl))
         return replies
 
 
@@ -138,3 +143,22 @@ def run_sim(tmp_path: Path, overrides: list[str], client_mods: list | None = Non
     if not path.exists():
         raise AssertionError("the simulation wrote no results.json (the ServerApp failed; see the log)")
     return json.loads(path.read_text()), holder.get("grid")
+
+
+def run_entry_sim(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run one simulation through the entry point's own ServerApp (``make_server_app``); return its outcome
+    (``error``: a user error's one line, or ``stopped``), which ``python -m simulations.run`` reports."""
+    from flwr.simulation import run_simulation
+
+    from simulations.server_app import make_server_app
+
+    cfg = to_app_config(compose_config(overrides))
+    outcome: dict[str, Any] = {}
+    _shared_ray()
+    with warnings.catch_warnings(), mock.patch.object(ray, "shutdown", lambda *a, **k: None):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=make_server_app(cfg, str(tmp_path), outcome), client_app=make_client_app(cfg),
+                       num_supernodes=simulated_node_count(cfg, dataset_meta(cfg).n_users),
+                       backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+                                       "init_args": RAY_INIT_ARGS})
+    return outcome

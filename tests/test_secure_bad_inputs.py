@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from tests.sim_utils import SMALL, run_sim
+from tests.sim_utils import SMALL, run_entry_sim, run_sim
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +91,16 @@ def test_secemb_users_refuse_an_unpinned_server1_key_and_the_round_is_refused(tm
     assert r["train_loss"] is None and "min_users" in r["refused"]
     assert r["dropped_users"] and all("trust anchor" in why for why in r["dropped_users"].values())
     assert r["test_rmse"] is None and "min_users" in r["eval_refused"]
+
+
+def test_a_secure_count_every_user_refuses_stops_the_run_naming_the_users_reason(tmp_path):
+    """With m' from the secure count (strategy.m_prime unset) the same wrong trust anchor stops the run before
+    round 1, in one line that carries the users' refusal: 'set strategy.m_prime' alone would not fix it."""
+    overrides = SMALL + ["strategy=secemb", "model=mf", "rounds=1", "strategy.server1_fingerprint=" + "0" * 64]
+    error = run_entry_sim(tmp_path, overrides).get("error", "")
+    assert error.startswith("cannot derive m' securely: count sum over 0 users refused"), error
+    assert "12 users failed; 12 of them:" in error and "trust anchor" in error, error
+    assert not (tmp_path / "records.jsonl").exists() or not (tmp_path / "records.jsonl").read_text()
 
 
 FEDMF = ["+experiment=fedmf_small", "strategy=fedmf", "strategy.key_bits=1024", "rounds=2", "train.eval_every=1",

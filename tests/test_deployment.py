@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -134,14 +135,24 @@ COMMON = f"dataset.path={DATA} dataset.max_users=2 clients_per_round=2 rounds=2 
 
 
 def _secemb(dep: Deployment) -> dict:
-    """SecEmb MF with server 1 as its own process (mutual TLS with server 0)."""
+    """SecEmb MF with server 1 as its own process (mutual TLS with server 0), its X25519 key kept in a key file
+    and its printed fingerprint pinned as the users' trust anchor, as the README's commands do."""
     port = _free_port()
     server1 = dep._spawn([sys.executable, "-m", "twoserver", "--port", str(port),
                           "--cert", str(dep.certs / "server1.pem"), "--key", str(dep.certs / "server1.key"),
-                          "--ca", str(dep.certs / "ca.pem")], "server1")
+                          "--ca", str(dep.certs / "ca.pem"), "--key-file", str(dep.tmp / "server1_x25519.key")],
+                         "server1")
     _wait_port(port)
+    log = dep.tmp / "server1.log"
+    printed = None
+    for _ in range(600):  # printed just after the port is bound: wait for the line, not on a clock
+        if printed := re.search(r"fingerprint \(strategy\.server1_fingerprint\): ([0-9a-f]{64})", log.read_text()):
+            break
+        time.sleep(0.05)
+    assert printed, log.read_text()
     res = dep.run(f"strategy=secemb model=mf {COMMON} strategy.server1_address=127.0.0.1:{port} "
-                  f"strategy.server1_tls_dir={dep.certs}", dep.tmp / "secemb-out")
+                  f"strategy.server1_tls_dir={dep.certs} strategy.server1_fingerprint={printed.group(1)}",
+                  dep.tmp / "secemb-out")
     return {**res, "server1_was_running": server1.poll() is None}
 
 

@@ -293,12 +293,3 @@ def make_server(host: str, port: int, server1: Server1, tls: TlsFiles | None, re
             return n
 
     return _Server((host, port), Handler)
-
-
-def serve(host: str, port: int, server1: Server1 | None = None, tls: TlsFiles | None = None,
-          read_timeout: float = 60.0, idle_timeout: float = 3600.0) -> None:
-    """Run server 1 as its own process; state is kept across connections."""
-    server1 = server1 or Server1()
-    with make_server(host, port, server1, tls, read_timeout, idle_timeout) as srv:
-        log.info("server 1 listening on %s:%d (%s)", host, port, "mutual TLS" if tls else "plain TCP, loopback")
-        srv.serve_forever()

@@ -53,8 +53,10 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -479,7 +481,25 @@ def _pool(jobs: int) -> Executor | _InProcess:
     if jobs == 1:
         return _InProcess()
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=torch.set_num_threads, initargs=(1,))
+                               initializer=_cell_worker, initargs=(os.getpid(),))
+
+
+def _cell_worker(parent: int) -> None:
+    """A cell process: one torch thread, and it ends when the table's process does.
+
+    Why the watch: a pool's workers outlive a parent stopped by SIGTERM or SIGKILL (nothing runs in the
+    parent to stop them), and two orphaned cells kept both cores busy for an hour here. A cell stopped
+    mid-run loses nothing its checkpoints hold (they are written whole, then renamed), and the same command
+    continues it.
+    """
+    torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _mean_std(values: list[float]) -> str:

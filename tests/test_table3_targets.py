@@ -29,3 +29,44 @@ def test_the_markdown_row_carries_the_row_and_bolds_only_a_met_rmse_target():
     assert "| mf | svd | **0.9520 +- 0.003** (0.9500 0.9540) | 0.952 +- 0.006 |" in table[2]
     assert "| 5.20 / 5.22 |" in table[2] and "| +0.0000 | RMSE ok, R.R. ok | 20 |" in table[2]
     assert "| mf | colr | 0.9800 +- 0.014 (0.9700 0.9900) |" in table[3] and "| +0.0290 | RMSE off" in table[3]
+
+
+_PARENT = """
+import sys, time
+from benchmarks.table3 import _pool
+pool = _pool(2)
+for f in [pool.submit(time.sleep, 600) for _ in range(2)]:
+    pass
+time.sleep(600)
+"""
+
+
+def test_cell_processes_end_with_the_table_process(tmp_path):
+    """A table stopped by a signal (SIGKILL here: nothing runs in it) leaves no cell process behind; they used
+    to keep running, orphaned, until killed by hand."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=root)
+    try:
+        proc = psutil.Process(parent.pid)
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and parent.poll() is None:  # the pool's two spawned workers (beside its tracker)
+            workers = [c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())]
+            time.sleep(0.2)
+        assert len(workers) == 2, "the pool did not start its workers"
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert not alive, f"cell processes outlived the table: {[p.pid for p in alive]}"

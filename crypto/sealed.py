@@ -66,6 +66,19 @@ def fingerprint(raw_public_key: bytes) -> str:
     return hashlib.sha256(bytes(raw_public_key)).hexdigest()
 
 
+FINGERPRINT_HEX = 64  # hex digits of a sha256 fingerprint
+
+
+def canonical_fingerprint(text: object) -> str:
+    """A pinned fingerprint written the way :func:`fingerprint` writes it (spaces around it dropped,
+    lowercase), so the check at composition and the check on a user's device accept the same strings;
+    anything but 64 hex digits is a ValueError."""
+    value = str(text).strip().lower()
+    if len(value) != FINGERPRINT_HEX or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"a fingerprint is the {FINGERPRINT_HEX} hex digits of a sha256, got {text!r}")
+    return value
+
+
 def _key(shared: bytes, eph_pub: bytes, recipient_pub: bytes, context: bytes) -> bytes:
     info = b"secrec sealed box v1|" + eph_pub + recipient_pub + b"|" + context
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)

@@ -22,6 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from crypto.sealed import canonical_fingerprint
 from models.spec import REG_FORMS, ModelSpec
 
 
@@ -32,6 +33,16 @@ class ConfigError(ValueError):
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _fingerprint_or_none(value: Any, key: str, what: str) -> None:
+    """A trust anchor is unset or a fingerprint the users' check (crypto.sealed.canonical_fingerprint) accepts."""
+    if value is None:
+        return
+    try:
+        canonical_fingerprint(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: must be {what}; {exc}") from None
 
 
 # Value checks used by the dataclasses' __post_init__: they run whenever a
@@ -72,9 +83,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"server 1 address {address!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-FINGERPRINT_HEX = 64  # sha256 of server 1's X25519 key, as `python -m twoserver` prints it
 
 
 def _one_of(value: Any, key: str, options: tuple[Any, ...]) -> None:
@@ -374,6 +382,8 @@ class FedMFConfig(DistributedMFConfig):
                  f"must be 1024, 2048, 3072 or 4096, got {self.key_bits!r}")
         _positive_int(self.frac_bits, "strategy.frac_bits")
         _positive_float(self.value_bound, "strategy.value_bound")
+        _fingerprint_or_none(self.key_holder_fingerprint, "strategy.key_holder_fingerprint",
+                             "the sha256 of the key holder's Ed25519 public key")
         _require(self.key_holder is None or (_is_int(self.key_holder) and self.key_holder >= 0),
                  "strategy.key_holder", f"must be a user id (an integer >= 0) or null, got {self.key_holder!r}")
 
@@ -414,10 +424,8 @@ class TwoServerConfig(StrategyConfig):
                 split_address(str(self.server1_address))
             except ValueError as exc:
                 _require(False, "strategy.server1_address", f"{exc} (e.g. 127.0.0.1:9400)")
-        fp = self.server1_fingerprint
-        _require(fp is None or (len(str(fp)) == FINGERPRINT_HEX and all(c in "0123456789abcdef" for c in str(fp))),
-                 "strategy.server1_fingerprint",
-                 f"must be the {FINGERPRINT_HEX} lowercase hex digits server 1 prints at start, got {fp!r}")
+        _fingerprint_or_none(self.server1_fingerprint, "strategy.server1_fingerprint",
+                             "the fingerprint server 1 prints at start")
 
     def per_user_bound(self, clients_per_round: int) -> float:
         """R_u = (2^(k-1-f) - 1) / n_p (SecEmb Lemma L.2): each user's clip bound, so n_p sums never wrap."""

@@ -114,6 +114,25 @@ def test_protocol_invariants_are_checked_at_composition(override, needle):
         compose_config(override.split())
 
 
+@pytest.mark.parametrize("strategy,key", [("secemb", "server1_fingerprint"), ("fedmf", "key_holder_fingerprint")])
+def test_a_trust_anchor_composes_exactly_when_the_users_check_accepts_it(strategy, key):
+    """Composition and the user's pin check read a fingerprint through the same helper, so a value one
+    accepts (uppercase, spaces around it) the other accepts too, and a non-fingerprint fails both."""
+    from crypto.sealed import fingerprint
+    from schemas.two_server import check_pinned
+    from schemas.validation import MessageError
+
+    server_key = bytes(range(32))
+    written = " " + fingerprint(server_key).upper() + " "
+    app = to_app_config(compose_config([f"strategy={strategy}", f"strategy.{key}='{written}'"]))
+    check_pinned(server_key, getattr(app.strategy, key))
+    for bad in ("xyz", fingerprint(server_key)[:63], fingerprint(server_key)[:63] + "g"):
+        with pytest.raises(ConfigError, match=f"strategy.{key}"):
+            compose_config([f"strategy={strategy}", f"strategy.{key}={bad}"])
+        with pytest.raises(MessageError, match="not a fingerprint"):
+            check_pinned(server_key, bad)
+
+
 def test_unknown_option_and_unknown_key_are_refused():
     with pytest.raises(HydraException, match="strategy"):
         compose_config(["strategy=nonexistent"])

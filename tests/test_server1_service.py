@@ -157,7 +157,7 @@ def test_certs_command_refuses_to_replace_a_deployments_certificates_without_for
 
 def test_server1_start_up_failures_are_one_error_line(tmp_path, certs, capsys):
     """What an operator gets wrong at start (a missing file, a key of another certificate, a CA file holding no
-    certificate, a port in use, a key file in a missing folder, --frac-bits without a DP floor) ends in one
+    certificate, a port in use, a key file in a missing folder, --frac-bits without a DP floor or out of range) ends in one
     ``error:`` line and a non-zero exit, not a traceback, and before any fingerprint is printed."""
     from twoserver.__main__ import main
 
@@ -173,6 +173,7 @@ def test_server1_start_up_failures_are_one_error_line(tmp_path, certs, capsys):
             "in use": ["--port", busy, *tls],
             "No such file": ["--port", busy, *tls, "--key-file", str(tmp_path / "missing" / "x25519.key")],
             "--min-noise-std": ["--port", busy, "--insecure", "--frac-bits", "12"],
+            "0..62": ["--port", busy, "--insecure", "--min-noise-std", "1", "--frac-bits", "63"],
         }
         for expected, argv in cases.items():
             with pytest.raises(SystemExit) as stop:

@@ -36,6 +36,7 @@ from crypto.dpf_eval import DEFAULT_MAX_CACHE_BYTES
 from crypto.ring import ring_dtype
 from crypto.sealed import SealedMessageError, fingerprint, open_sealed, public_bytes, seal
 from schemas import secemb as schema
+from schemas.config import TwoServerConfig
 from schemas.two_server import TRAIN_METRICS
 from schemas.wire import MAX_FRAME, WireError, decode_frame, encode_frame
 from twoserver.dp_noise import add_noise_share
@@ -51,7 +52,7 @@ class Server1:
 
     def __init__(self, min_users: int = 2, private_key: X25519PrivateKey | None = None,
                  max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, min_noise_std: float = 0.0,
-                 frac_bits: int = 16) -> None:
+                 frac_bits: int = TwoServerConfig.frac_bits) -> None:
         """``min_users`` is server 1's own floor: server 0 may ask for more, never for fewer.
 
         ``min_noise_std`` is server 1's own floor for its central-DP noise (SecEmb Appendix G): each

@@ -51,6 +51,7 @@ from strategies.privacy import dp_run_of
 from twoserver.link import Server1Unavailable
 
 log = logging.getLogger("secrec.strategy")
+NODE_WAIT_PROGRESS_S = 10.0  # while a run waits for its nodes, a progress line this often
 T = TypeVar("T")
 
 
@@ -433,8 +434,9 @@ class RecStrategy(ABC):
         while len(node_ids) < expected and time.monotonic() < deadline:
             time.sleep(1.0)
             node_ids = list(grid.get_node_ids())
-            if len(node_ids) < expected and (waited := timeout - (deadline - time.monotonic())) >= 10 * (said + 1):
-                said = int(waited // 10)  # a line every 10 s, so an operator sees what the run waits for
+            waited = timeout - (deadline - time.monotonic())
+            if len(node_ids) < expected and waited >= NODE_WAIT_PROGRESS_S * (said + 1):
+                said = int(waited // NODE_WAIT_PROGRESS_S)  # so an operator sees what the run waits for
                 log.info("waiting for nodes: %d of %d connected (%.0f of %.0f s)", len(node_ids), expected,
                          waited, timeout)
         if len(node_ids) < expected:

@@ -167,3 +167,34 @@ def test_users_sharing_two_nodes_train_as_on_nodes_of_their_own(tmp_path, tmp_pa
     for mine, theirs in zip(shared["records"], alone["records"]):
         for key in keys:
             assert mine[key] == pytest.approx(theirs[key], rel=1e-9, abs=1e-12), key
+
+
+class _ConnectingGrid:
+    """Stands in for the grid's node list only (what ``_wait_for_nodes`` reads): node k has connected by
+    the k-th poll, up to ``connected`` nodes."""
+
+    def __init__(self, connected: int) -> None:
+        self.connected, self.polls = connected, 0
+
+    def get_node_ids(self) -> list[int]:
+        self.polls += 1
+        return list(range(min(self.polls, self.connected)))
+
+
+def test_a_run_waits_for_its_nodes_says_so_and_stops_with_a_reason(monkeypatch, caplog):
+    """A deployment's run waits up to ``simulation.register_timeout`` for one node per user: it proceeds once
+    they are there, logs progress while it waits, and without them stops with a SetupError saying what
+    to start (one line for the entry point), not a traceback."""
+    from recdata.dataset import DatasetMeta
+    from strategies import base
+    from strategies.plaintext import PlaintextStrategy
+
+    monkeypatch.setattr(base, "NODE_WAIT_PROGRESS_S", 1.0)
+    cfg = to_app_config(compose_config(["simulation.register_timeout=3.5"]))
+    strategy = PlaintextStrategy(cfg, DatasetMeta("toy", 3, 7, 0, 0))
+    assert strategy._wait_for_nodes(_ConnectingGrid(3), 3) == [0, 1, 2]
+    with caplog.at_level("INFO", logger="secrec.strategy"), pytest.raises(base.SetupError) as err:
+        strategy._wait_for_nodes(_ConnectingGrid(2), 3)
+    assert "only 2 of the 3 nodes" in str(err.value) and "one SuperNode per user" in str(err.value)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for nodes")]
+    assert len(progress) >= 2 and all(line.startswith("waiting for nodes: 2 of 3 connected") for line in progress)

@@ -122,10 +122,14 @@ def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
                     "(rounds are still appended to records.jsonl)", cfg.strategy.name, reason, cfg.checkpoint_every)
     import torch
 
+    from threadpoolctl import ThreadpoolController
+
     # One intra-op thread: a round's tensors are small, and torch's default pool (one thread per core)
     # spins against itself and any other job; measured 28x slower per round at load 5 on 2 cores
-    # (benchmarks/bench_batched.py --threads), identical results either way.
+    # (benchmarks/bench_batched.py --threads), identical results either way. numpy's BLAS (OpenBLAS, one
+    # thread per core) likewise: two Table 3 SVD cells side by side (--jobs 2) took 6.7x longer with it.
     torch.set_num_threads(1)
+    ThreadpoolController().limit(limits=1, user_api="blas")  # for the rest of the process, as torch's setting
     start = time.perf_counter()
     meta = dataset_meta(cfg)
     resume = open_run_folder(cfg, out_dir)

@@ -231,3 +231,15 @@ def test_secemb_evaluates_the_same_sampled_test_ratings_on_both_engines(tmp_path
     driver = get_driver(cfg.protocol)(cfg, load_split(cfg), dataset_meta(cfg))
     evaluated = driver.evaluated_test_ratings(np.arange(driver.meta.n_users))
     assert evaluated is not None and 0 < evaluated.sum() < len(evaluated)  # some test ratings were left out
+
+
+def test_the_batched_engine_runs_numpy_blas_on_one_thread(tmp_path):
+    """Like torch's intra-op pool, numpy's BLAS threads spin against a second job on the same cores
+    (``benchmarks.table3 --jobs 2``); the engine sets one BLAS thread for its process."""
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    controller.limit(limits=2, user_api="blas")
+    batched_run(tmp_path, "model=mf", "rounds=1", "train.eval_every=0")
+    blas = [lib for lib in ThreadpoolController().info() if lib["user_api"] == "blas"]
+    assert blas and all(lib["num_threads"] == 1 for lib in blas)

@@ -34,11 +34,11 @@ from clients.fedmf_common import compute_user_upload, load_user_vector
 from models.fedmf_mf import squared_error
 from crypto.packed_matrix import PackedMatrixPrivate
 from crypto.paillier import ObfuscatorPool, bytes_to_int, check_key_bytes, generate_key_bytes
-from crypto.sealed import (canonical_fingerprint, fingerprint, generate_keypair, open_sealed, private_key_bytes,
-                           private_key_from_bytes, seal)
+from crypto.sealed import (fingerprint, generate_keypair, open_sealed, private_key_bytes, private_key_from_bytes,
+                           seal)
 from schemas import fedmf as schema
 from schemas.distributed_mf import upload_rows
-from schemas.validation import MessageError, array_record, get_array, get_scalar
+from schemas.validation import MessageError, array_record, get_array, get_scalar, pinned_anchor
 
 KEY_STATE = "paillier"
 X25519_STATE = "fedmf_x25519"
@@ -112,10 +112,7 @@ def pinned_fingerprint(context: Context, env: ClientEnv) -> str | None:
     value = context.node_config.get(SIGNER_FINGERPRINT_NODE_KEY) or env.cfg.strategy.key_holder_fingerprint
     if not value:
         return None
-    try:
-        return canonical_fingerprint(value)
-    except ValueError as exc:
-        raise MessageError(f"this user's trust anchor for the key holder is not a fingerprint: {exc}") from None
+    return pinned_anchor(value, "the key holder")
 
 
 def _signing_key(context: Context, env: ClientEnv) -> Ed25519PrivateKey | None:

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from crypto.sealed import OVERHEAD as SEAL_OVERHEAD, canonical_fingerprint, fingerprint
+from crypto.sealed import OVERHEAD as SEAL_OVERHEAD, fingerprint
 from crypto.ring import ring_dtype
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record, usable_key
+from schemas.validation import (MessageError, array_record, get_array, get_scalar, pinned_anchor, require_record,
+                                usable_key)
 from schemas.wire import decode_frame, encode_frame
 
 log = logging.getLogger("secrec.metrics")
@@ -65,10 +66,7 @@ def check_pinned(public_key: bytes, anchor: str | None) -> None:
     """
     if anchor is None or anchor == "":
         return
-    try:
-        pinned = canonical_fingerprint(anchor)
-    except ValueError as exc:
-        raise MessageError(f"this user's trust anchor for server 1 is not a fingerprint: {exc}") from None
+    pinned = pinned_anchor(anchor, "server 1")
     got = fingerprint(public_key)
     if got != pinned:
         raise MessageError(f"server 1 public key fingerprint {got} does not match this user's trust anchor "

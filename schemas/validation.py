@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from crypto.sealed import SealedMessageError, check_public_key
+from crypto.sealed import SealedMessageError, canonical_fingerprint, check_public_key
 
 MAX_ARRAY_BYTES = 1 << 31  # gRPC's 2 GiB message ceiling: no single array can legitimately be larger
 MAX_RANK = 8               # no schema uses more than 3 axes
@@ -258,6 +258,15 @@ def get_float_list(record: ConfigRecord | MetricRecord, key: str, length: int | 
         if isinstance(v, float) and not math.isfinite(v):
             raise MessageError(f"{key!r} holds NaN or an infinity")
     return np.array(values, dtype=np.float64)
+
+
+def pinned_anchor(value: object, what: str) -> str:
+    """A user's trust anchor (``what`` names whose key it pins) as the canonical fingerprint its check compares;
+    a value that is no fingerprint is this user's :class:`MessageError`, so the message it came with is refused."""
+    try:
+        return canonical_fingerprint(value)
+    except ValueError as exc:
+        raise MessageError(f"this user's trust anchor for {what} is not a fingerprint: {exc}") from None
 
 
 def usable_key(raw: bytes, what: str) -> bytes:

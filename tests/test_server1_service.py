@@ -157,8 +157,8 @@ def test_certs_command_refuses_to_replace_a_deployments_certificates_without_for
 
 def test_server1_start_up_failures_are_one_error_line(tmp_path, certs, capsys):
     """What an operator gets wrong at start (a missing file, a key of another certificate, a CA file holding no
-    certificate, a port in use, a key file in a missing folder, --frac-bits without a DP floor or out of range) ends in one
-    ``error:`` line and a non-zero exit, not a traceback, and before any fingerprint is printed."""
+    certificate, a port in use, a key file in a missing folder, --frac-bits without a DP floor or out of range)
+    ends in one ``error:`` line and a non-zero exit, not a traceback, and before any fingerprint is printed."""
     from twoserver.__main__ import main
 
     tls = ["--cert", str(certs / "server1.pem"), "--key", str(certs / "server1.key"), "--ca", str(certs / "ca.pem")]

@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.frac_bits is not None and args.min_noise_std == 0:
         parser.error("--frac-bits pins the scale of server 1's DP noise and only means something with "
                      "--min-noise-std")
-    frac_bits = DEFAULT_FRAC_BITS if args.frac_bits is None else args.frac_bits  # its range: Server1's check
+    scale = {} if args.frac_bits is None else {"frac_bits": args.frac_bits}  # default and range: Server1's own
     try:  # every file read and the port bound before the fingerprint is printed: an operator sees one error line
         server1 = Server1(min_users=args.min_users, max_cache_bytes=args.path_cache_mib << 20,
-                          min_noise_std=args.min_noise_std, frac_bits=frac_bits,
+                          min_noise_std=args.min_noise_std, **scale,
                           private_key=load_or_create_key(args.key_file) if args.key_file else None)
         srv = make_server(args.host, args.port, server1, tls, args.read_timeout, args.idle_timeout)
     except (OSError, ValueError) as exc:  # a missing or wrong TLS file (ssl.SSLError is an OSError), a port in use

@@ -19,7 +19,8 @@ from models.compression import UpdateCodec, make_codec
 from schemas import common, sizes
 from schemas.config import AppConfig
 from schemas.plaintext import model_content, parse_model_content
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.validation import (MessageError, array_record, check_gradient, get_array, get_gradient, get_scalar,
+                                require_record)
 
 UPDATE = "train.compressed_update"
 
@@ -75,6 +76,7 @@ class Update:
     loss: float
     n_ratings: int
     seconds: float
+    decoded: np.ndarray | None = None  # the payload decoded and bounded (:func:`decoded_update`), set by the server
 
 
 def update_reply(payload: dict[str, np.ndarray], dense_grad: np.ndarray, loss: float, n: int,
@@ -96,9 +98,21 @@ def parse_update_reply(content: RecordDict, codec: str, rank: int | None, n_item
         raise MessageError("payload scale is negative")
     if codec == "tern" and np.any((payload["packed"][:, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3 == 3):
         raise MessageError("TernGrad payload has the invalid 2-bit code 3")
-    dense = get_array(require_record(content, "grads", ArrayRecord), "dense", np.float32, (dense_size,), finite=True)
+    dense = get_gradient(require_record(content, "grads", ArrayRecord), "dense", np.float32, (dense_size,))
     loss, n, seconds = common.parse_train_metrics(content)
     return Update(payload, dense, loss, n, seconds)
+
+
+def decoded_update(codec: UpdateCodec, payload: dict[str, np.ndarray], shape: tuple[int, int], rnd: int
+                   ) -> np.ndarray:
+    """A received payload decoded (float32 ``shape``), refused as the user's :class:`MessageError` when a value is
+    beyond :data:`schemas.validation.MAX_GRADIENT`: each field may be finite and the decoded product still
+    overflow (SVD's ``us @ vt`` of two factors near 1e20), and the server sums and squares what it decodes."""
+    try:
+        update = codec.decompress(payload, shape, rnd)
+    except ValueError as exc:
+        raise MessageError(f"{codec.name} payload does not decode: {exc}") from None
+    return check_gradient(update, f"{codec.name} update")
 
 
 def round_bytes(rnd: int, codec: str, rank: int | None, n_items: int, row_dim: int, dense_size: int,

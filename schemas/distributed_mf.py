@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from schemas import common
 from schemas.sizes import content_nbytes, filler
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.validation import MessageError, array_record, get_array, get_gradient, get_scalar, require_record
 
 UPDATE = "train.dmf_update"
 EVALUATE = "evaluate.mf"
@@ -61,7 +61,7 @@ def parse_update_reply(content: RecordDict, n_items: int, dim: int, expected_cou
     """``expected_count``: m for FullText, pad_to for padded, None (any 0..m) for PartText."""
     rec = require_record(content, "grad", ArrayRecord)
     items = get_array(rec, "items", np.int64, (None,), low=0, high=n_items)
-    grads = get_array(rec, "rows", np.float64, (len(items), dim), finite=True)
+    grads = get_gradient(rec, "rows", np.float64, (len(items), dim))
     if expected_count is not None and len(items) != expected_count:
         raise MessageError(f"upload has {len(items)} rows, this mode requires {expected_count}")
     if len(np.unique(items)) != len(items):

@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from schemas import common, sizes
-from schemas.validation import MessageError, array_record, get_array, get_scalar, require_record
+from schemas.validation import MessageError, array_record, get_array, get_gradient, get_scalar, require_record
 
 REQUEST = "query.plain_request"
 UPDATE = "train.plain_update"
@@ -74,10 +74,10 @@ def grads_record(row_grads: np.ndarray, dense_grad: np.ndarray) -> ArrayRecord:
 
 
 def parse_grads(content: RecordDict, k: int, row_dim: int, dense_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows [k, row_dim], dense [dense_size]) of a ``grads`` record, shapes and finiteness checked."""
+    """(rows [k, row_dim], dense [dense_size]) of a ``grads`` record: shapes checked, values finite and within
+    :data:`schemas.validation.MAX_GRADIENT`."""
     rec = require_record(content, "grads", ArrayRecord)
-    return (get_array(rec, "rows", np.float32, (k, row_dim), finite=True),
-            get_array(rec, "dense", np.float32, (dense_size,), finite=True))
+    return (get_gradient(rec, "rows", np.float32, (k, row_dim)), get_gradient(rec, "dense", np.float32, (dense_size,)))
 
 
 def update_reply(row_grads: np.ndarray, dense_grad: np.ndarray, loss: float, n: int, seconds: float) -> RecordDict:

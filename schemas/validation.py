@@ -38,6 +38,13 @@ MAX_RANK = 8               # no schema uses more than 3 axes
 MAX_DTYPE_NAME = 32        # "float64", "uint8", ...: anything longer is not a dtype we accept
 NUMPY_STYPE = "numpy.ndarray"  # flwr's SType.NUMPY: the only serialisation we read
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what a record's integer can carry on the wire (sint64)
+# The largest |value| a received plaintext gradient may hold. Why: a server sums and averages the users' float
+# gradients and steps Adam, whose second moment squares the mean: a finite float32 near 3.4e38 from one user
+# would make the model inf or NaN for everyone. With every value within 2**40, a sum over any realistic number of
+# users stays finite in float32, and its square (2**80 per user) stays far below float32's 2**128. No honest
+# gradient comes near (ratings are 1..5); a model that diverged that far is lost anyway. The secure protocols are
+# bounded by their ring instead (a decoded value is below 2**(ring_bits - 1 - frac_bits)).
+MAX_GRADIENT = float(1 << 40)
 
 
 class MessageError(ValueError):
@@ -180,6 +187,21 @@ def get_array(
                 raise MessageError(f"{key!r} has shape {arr.shape}, expected {tuple(shape)} (axis {axis})")
     _check_values(arr, key, finite, low, high)
     return arr
+
+
+def check_gradient(arr: np.ndarray, key: str) -> np.ndarray:
+    """``arr`` if every value is finite and within +-:data:`MAX_GRADIENT`, else :class:`MessageError`."""
+    if arr.size and not np.isfinite(arr).all():
+        raise MessageError(f"{key!r} contains NaN or infinite values")
+    if arr.size and float(np.abs(arr).max()) > MAX_GRADIENT:
+        raise MessageError(f"{key!r} has a value of magnitude {float(np.abs(arr).max()):.3g}, above the "
+                           f"{MAX_GRADIENT:.3g} a gradient may hold")
+    return arr
+
+
+def get_gradient(record: ArrayRecord, key: str, dtype: np.dtype | type, shape: Sequence[int | None]) -> np.ndarray:
+    """A received plaintext gradient: :func:`get_array`'s checks, then :func:`check_gradient`'s bound."""
+    return check_gradient(get_array(record, key, dtype, shape), key)
 
 
 def get_arrays_with_prefix(record: ArrayRecord, prefix: str, dtypes: Iterable[np.dtype | type]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from flwr.app import RecordDict
 
 from models.compression import reduction_ratio
 from recdata.dataset import DatasetMeta
@@ -37,27 +38,41 @@ class CompressedPlaintextStrategy(PlaintextStrategy):
         assert self.exchange is not None
         msg = schema.update_message(st.rnd, self.model.table_numpy(), self.model.dense_numpy())
         st.updates = self.exchange.phase(
-            schema.UPDATE, {u: msg for u in st.users}, str(st.rnd),
-            lambda _u, c: schema.parse_update_reply(c, self.codec.name, self.rank, self.meta.n_items,
-                                                    self.spec.row_dim, self.spec.dense_size))
+            schema.UPDATE, {u: msg for u in st.users}, str(st.rnd), lambda _u, c: self.decoded(c, st.rnd))
+
+    def decoded(self, content: RecordDict, rnd: int) -> schema.Update:
+        """A user's reply with its payload decoded once here, where a payload that decodes beyond the gradient
+        bound leaves out this user alone (:func:`schemas.compressed.decoded_update`)."""
+        update = schema.parse_update_reply(content, self.codec.name, self.rank, self.meta.n_items, self.spec.row_dim,
+                                           self.spec.dense_size)
+        update.decoded = schema.decoded_update(self.codec, update.payload, self.update_shape, rnd)
+        return update
+
+    @property
+    def update_shape(self) -> tuple[int, int]:
+        return (self.meta.n_items, self.spec.row_dim)
 
     def step_stage(self, st: PlaintextRoundState) -> None:
         users = list(st.updates)
         for u in users:
             self.record_client_seconds(u, st.updates[u].seconds)
         if users:
-            self.apply_payloads(st.rnd, (st.updates[u].payload for u in users),
-                                np.stack([st.updates[u].dense_grad for u in users]))
+            self.apply_updates((st.updates[u].decoded for u in users),
+                               np.stack([st.updates[u].dense_grad for u in users]))
         st.metrics = {"train_loss": mean_train_loss(u.loss for u in st.updates.values()),
                       "reduction_ratio": self.reduction_ratio(st.rnd)}
 
     def apply_payloads(self, rnd: int, payloads: Iterable[dict[str, np.ndarray]], dense_grads: np.ndarray) -> None:
-        """Decode and sum the users' updates in float64, average over the users, one optimiser step.
-        The Flower path and the batched engine both call this."""
-        shape = (self.meta.n_items, self.spec.row_dim)
-        total = np.zeros(shape, dtype=np.float64)
-        for p in payloads:  # one decode per user: the codec works per matrix
-            total += self.codec.decompress(p, shape, rnd)
+        """Decode each user's payload and step (:meth:`apply_updates`): the batched engine's call, whose users
+        are this package's own clients."""
+        self.apply_updates((self.codec.decompress(p, self.update_shape, rnd) for p in payloads), dense_grads)
+
+    def apply_updates(self, updates: Iterable[np.ndarray], dense_grads: np.ndarray) -> None:
+        """Sum the users' decoded updates in float64, average over the users, one optimiser step.
+        The Flower path and the batched engine both end here."""
+        total = np.zeros(self.update_shape, dtype=np.float64)
+        for update in updates:  # users in the order given
+            total += update
         self.model.step(total, dense_grads.sum(axis=0, dtype=np.float64), len(dense_grads))
 
     def reduction_ratio(self, rnd: int) -> float:

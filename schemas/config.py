@@ -26,6 +26,9 @@ from crypto.sealed import canonical_fingerprint
 from models.spec import REG_FORMS, ModelSpec
 
 
+MAX_REPLY_HOLD_S = 3600.0  # the longest a device may hold a reply (clients.reply_hold): an hour is no round's time
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
@@ -131,6 +134,8 @@ class SimulationConfig:
     reply_timeout: float = 600.0      # seconds a phase waits for replies before leaving clients out
     register_timeout: float = 300.0   # seconds to wait for all nodes to connect before round 1
     telemetry: bool = False           # users report their compute seconds (reveals per-user timing; see README)
+    reply_hold: float = 0.0           # seconds each device holds a reply after its work began (README; a node's
+                                      # reply-hold-seconds overrides it); 0 = replies leave when done
     device_state_dir: str | None = None  # each device also keeps its private state here (set on checkpointing/resumed runs)
     ray_address: str | None = None    # existing Ray cluster to run on ("host:port" or "auto"); null = $RAY_ADDRESS, else a local Ray
     node_pool: int | None = None      # virtual nodes of python -m simulations.run: null = one per user; fewer = users share nodes
@@ -140,6 +145,9 @@ class SimulationConfig:
         _require(isinstance(self.backend, str) and bool(self.backend), "simulation.backend", "must be a backend name")
         _positive_float(self.reply_timeout, "simulation.reply_timeout")
         _positive_float(self.register_timeout, "simulation.register_timeout")
+        _require(_is_number(self.reply_hold) and 0 <= self.reply_hold <= MAX_REPLY_HOLD_S
+                 and self.reply_hold < self.reply_timeout, "simulation.reply_hold",
+                 f"must be 0..{MAX_REPLY_HOLD_S:g} seconds and below simulation.reply_timeout, got {self.reply_hold!r}")
         _optional_positive_int(self.node_pool, "simulation.node_pool")
         _require(self.ray_address is None or (isinstance(self.ray_address, str) and bool(self.ray_address.strip())),
                  "simulation.ray_address", "must be a Ray cluster address such as 127.0.0.1:6379 (or null)")

@@ -42,10 +42,11 @@ CHECKPOINT_DIR = "checkpoint"
 DEVICES_DIR = "devices"
 # Keys a resume may change; everything else must match the checkpointed run.
 # Keys a resume may change: what to run next, and how the simulation runs (timeouts, CPUs, the Ray cluster, how
-# many nodes simulate the users), none of which changes a result; the devices' folder has its own rule
-# (check_resumable).
+# many nodes simulate the users, how long devices hold replies), none of which changes a result; the devices'
+# folder has its own rule (check_resumable).
 RESUMABLE_CHANGES = ("resume", "rounds", "simulation.reply_timeout", "simulation.register_timeout",
-                     "simulation.num_cpus_per_client", "simulation.ray_address", "simulation.node_pool")
+                     "simulation.num_cpus_per_client", "simulation.ray_address", "simulation.node_pool",
+                     "simulation.reply_hold")
 # Strategies whose state cannot be checkpointed here (see :func:`check_resumable`).
 NOT_RESUMABLE = {
     "fedmf": ("strategy=fedmf cannot be resumed: the server's item matrix is Paillier ciphertext under a key "

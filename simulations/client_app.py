@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -29,6 +28,7 @@ from flwr.clientapp import ClientApp
 from clients import distributed_mf, evaluation, fedmf, plaintext, registration, secemb, secfedrec
 from clients import compressed, dp_fedrec, secemb_evaluation
 from clients.environment import ClientEnv, client_env
+from clients.reply_hold import held, reply_hold_seconds
 from recdata.dataset import load_split
 from schemas import common
 from schemas.config import AppConfig
@@ -109,7 +109,8 @@ def untimed_reply(content: RecordDict, msg: Message) -> Message:
     then (``ttl``), so either tells server 0 how long this user worked, and a user's work grows with its
     rating count; DESIGN: timings reach a server only as sums. With the instruction's stamps the reply expires
     when Flower's would, and the SuperLink's check (a reply's created_at + ttl within its instruction's)
-    holds with equality. What remains is when a reply arrives, which a network shows (see the README).
+    holds with equality. What remains is when a reply arrives, which a network shows unless the device holds it
+    (:mod:`clients.reply_hold`; see the README).
     """
     reply = Message(content, reply_to=msg)
     reply.metadata.created_at = msg.metadata.created_at
@@ -127,7 +128,7 @@ def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> C
     """
     app = ClientApp(mods=([simulated_user_mod(cfg)] if cfg is not None else []) + list(mods or []))
 
-    def config_of(context: Context) -> dict[str, Any]:
+    def config_of(context: Context) -> AppConfig:
         if cfg is not None:
             return cfg
         from simulations.server_app import cfg_from_run_config
@@ -136,8 +137,10 @@ def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> C
 
     def bind(target: Handler) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
-            env = client_env(config_of(context), context)
-            return untimed_reply(target(msg.content, context, env), msg)
+            cfg = config_of(context)
+            with held(reply_hold_seconds(context.node_config, cfg), msg.metadata.message_type):
+                content = target(msg.content, context, client_env(cfg, context))
+            return untimed_reply(content, msg)
 
         return handler
 

@@ -34,8 +34,11 @@ from pathlib import Path
 
 import pytest
 
+from clients.reply_hold import REPLY_HOLD_NODE_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TINY_HOLD = 1e-6  # seconds: the node config hold one SuperNode runs with (every handler overruns it)
 pytestmark = pytest.mark.slow
 
 
@@ -86,9 +89,11 @@ class Deployment:
                      "--host", "127.0.0.1", "--port", str(self.port)], "superlink")
         _wait_port(self.port)
         for pid in range(self.n_nodes):
+            # the last node holds its replies for a microsecond, which every handler overruns: its own log says so
+            hold = f" {REPLY_HOLD_NODE_KEY}={TINY_HOLD}" if pid == self.n_nodes - 1 else ""
             self._spawn([str(BIN / "flower-supernode"), "--root-certificates", str(self.certs / "ca.pem"),
                          "--superlink", f"127.0.0.1:{self.port}",
-                         "--node-config", f"partition-id={pid} num-partitions={self.n_nodes}",
+                         "--node-config", f"partition-id={pid} num-partitions={self.n_nodes}{hold}",
                          "--port", str(_free_port())], f"supernode{pid}")
 
     def run(self, overrides: str, out_dir: Path, timeout: float = 1200) -> dict:  # slower beside the suite
@@ -236,6 +241,9 @@ def _outcome(name: str) -> dict:
 def test_secemb_with_server1_as_its_own_process():
     res = _outcome("test_secemb_with_server1_as_its_own_process")
     assert res["server1_was_running"]  # server 1 served the run as a separate process
+    # a SuperNode's own reply-hold-seconds reaches its handlers (clients.reply_hold), and only its own
+    logs = [(_BACKGROUND[0].tmp / f"supernode{pid}.log").read_text() for pid in range(2)]
+    assert "reply hold of 0.000 s" in logs[1] and "reply hold" not in logs[0], logs[1][-2000:]
     assert [r["round"] for r in res["records"]] == [1, 2] and all(r["clients"] == 2 for r in res["records"])
     assert 0 < res["final"]["final_test_rmse"] < 5
 

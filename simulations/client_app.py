@@ -137,9 +137,9 @@ def make_client_app(cfg: AppConfig | None = None, mods: list | None = None) -> C
 
     def bind(target: Handler) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
-            cfg = config_of(context)
-            with held(reply_hold_seconds(context.node_config, cfg), msg.metadata.message_type):
-                content = target(msg.content, context, client_env(cfg, context))
+            run_cfg = config_of(context)
+            with held(reply_hold_seconds(context.node_config, run_cfg), msg.metadata.message_type):
+                content = target(msg.content, context, client_env(run_cfg, context))
             return untimed_reply(content, msg)
 
         return handler

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from schemas.validation import MessageError, get_scalar, require_record
+from schemas.validation import MAX_METRIC, MessageError, get_scalar, require_record
 
 REGISTER = "query.register"
 EVALUATE = "evaluate"  # the full public model (secemb) or the protocol's own evaluation content
@@ -100,9 +100,9 @@ def parse_evaluation_reply(content: RecordDict) -> tuple[float, int, float, np.n
     """(sse, count, seconds, [hit, ndcg, ranked]): one user has at most one ranking case, so hit and
     ranked are 0/1, hit <= ranked and 0 <= ndcg <= hit (NDCG is 0 without a hit, at most 1)."""
     rec = require_record(content, "eval", MetricRecord)
-    sse = float(get_scalar(rec, "sse", float, 0.0))
+    sse = float(get_scalar(rec, "sse", float, 0.0, MAX_METRIC))
     count = int(get_scalar(rec, "count", int, 0, 10**9))
-    seconds = float(get_scalar(rec, CLIENT_SECONDS, float, 0.0))
+    seconds = float(get_scalar(rec, CLIENT_SECONDS, float, 0.0, MAX_METRIC))
     if count == 0 and sse != 0.0:
         raise MessageError("eval reports an error sum with zero test ratings")
     ranked = int(get_scalar(rec, "ranked", int, 0, 1))
@@ -120,9 +120,9 @@ def train_metrics(loss: float, n_ratings: int, seconds: float) -> MetricRecord:
 
 def parse_train_metrics(content: RecordDict) -> tuple[float, int, float]:
     rec = require_record(content, "metrics", MetricRecord)
-    loss = float(get_scalar(rec, "loss", float, 0.0))
+    loss = float(get_scalar(rec, "loss", float, 0.0, MAX_METRIC))
     n = int(get_scalar(rec, "n_ratings", int, 0, 10**9))
-    seconds = float(get_scalar(rec, CLIENT_SECONDS, float, 0.0))
+    seconds = float(get_scalar(rec, CLIENT_SECONDS, float, 0.0, MAX_METRIC))
     if not np.isfinite(loss):
         raise MessageError("training loss is not finite")
     return loss, n, seconds

@@ -44,8 +44,8 @@ from crypto.paillier_codec import PackingCodec
 from schemas import common
 from schemas.sizes import content_nbytes, filler
 from schemas.config import PAILLIER_KEY_BITS, AppConfig
-from schemas.validation import (MessageError, array_record, get_array, get_float_list, get_scalar, require_record,
-                                usable_key)
+from schemas.validation import (MAX_METRIC, MessageError, array_record, get_array, get_float_list, get_scalar,
+                                require_record, usable_key)
 
 SETUP = "query.paillier_setup"
 KEY = "query.paillier_key"
@@ -262,7 +262,8 @@ def telemetry_record(seconds: float | None) -> dict[str, MetricRecord]:
 def parse_telemetry(content: RecordDict) -> float | None:
     if "telemetry" not in content:
         return None
-    return float(get_scalar(require_record(content, "telemetry", MetricRecord), common.CLIENT_SECONDS, float, 0.0))
+    return float(get_scalar(require_record(content, "telemetry", MetricRecord), common.CLIENT_SECONDS, float, 0.0,
+                            MAX_METRIC))
 
 
 def update_reply(items: np.ndarray, cts: np.ndarray, metric_ct: np.ndarray, seconds: float | None) -> RecordDict:

@@ -33,8 +33,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from crypto.sealed import OVERHEAD as SEAL_OVERHEAD, fingerprint
 from crypto.ring import ring_dtype
-from schemas.validation import (MessageError, array_record, get_array, get_scalar, pinned_anchor, require_record,
-                                usable_key)
+from schemas.validation import (MAX_METRIC, MessageError, array_record, get_array, get_scalar, pinned_anchor,
+                                require_record, usable_key)
 from schemas.wire import decode_frame, encode_frame
 
 log = logging.getLogger("secrec.metrics")
@@ -245,4 +245,4 @@ def parse_telemetry(content: RecordDict) -> float | None:
     if "telemetry" not in content:
         return None
     rec = require_record(content, "telemetry", MetricRecord)
-    return float(get_scalar(rec, "client_seconds", float, 0.0))
+    return float(get_scalar(rec, "client_seconds", float, 0.0, MAX_METRIC))

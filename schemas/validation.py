@@ -45,6 +45,10 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what a record's integer can 
 # gradient comes near (ratings are 1..5); a model that diverged that far is lost anyway. The secure protocols are
 # bounded by their ring instead (a decoded value is below 2**(ring_bits - 1 - frac_bits)).
 MAX_GRADIENT = float(1 << 40)
+# The largest value a plaintext per-user metric (a training loss, a test error sum, compute seconds) may hold:
+# the server sums them in float64, and a finite 1e308 from one user made the round's sum inf. 2**100 summed over
+# 2**30 users is still finite many times over; no honest metric comes near.
+MAX_METRIC = float(2 ** 100)
 
 
 class MessageError(ValueError):

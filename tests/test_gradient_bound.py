@@ -1,11 +1,12 @@
-"""Plaintext gradients a server receives are bounded (schemas.validation.MAX_GRADIENT), not only finite.
+"""Plaintext gradients and metrics a server receives are bounded (schemas.validation), not only finite.
 
 A float32 gradient near 3.4e38 is finite, yet one such user made the server's
 float32 sum inf and its Adam step NaN for every user. The bound is checked where
 a reply is parsed (plaintext, DP-FedRec, FedMF's plaintext twin), and for the
 compressed baselines on the decoded update, whose fields can each be small and
 their product overflow. A user beyond it is left out with the reason; the rest
-train on.
+train on. Per-user metrics (loss, test error sum, seconds) are summed in float64, where one finite 1e308
+made a round's sum inf: they are bounded by MAX_METRIC.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 
 from models.compression import make_codec
-from schemas import compressed, distributed_mf, dp_fedrec, plaintext
-from schemas.validation import MAX_GRADIENT, MessageError
+from schemas import common, compressed, distributed_mf, dp_fedrec, plaintext, two_server
+from schemas.validation import MAX_GRADIENT, MAX_METRIC, MessageError
 from tests.sim_utils import SMALL, run_sim
 from tests.test_secure_bad_inputs import _edit_array, _faults
 
@@ -100,3 +101,23 @@ def test_a_huge_finite_gradient_leaves_its_user_out_and_the_model_stays_finite(t
     (r,) = res["records"]
     assert r["clients"] == 11 and r["dropped"] == 1 and "magnitude" in r["dropped_users"]["0"], r["dropped_users"]
     assert math.isfinite(res["final"]["final_test_rmse"])
+
+
+def test_per_user_metrics_are_bounded_so_their_float64_sums_stay_finite():
+    assert common.parse_train_metrics(plaintext.update_reply(np.ones((1, 2)), np.ones(1), MAX_METRIC, 3, 0.1))[0] \
+        == MAX_METRIC
+    with pytest.raises(MessageError, match="'loss'=1e\\+300 is above"):
+        common.parse_train_metrics(plaintext.update_reply(np.ones((1, 2)), np.ones(1), 1e300, 3, 0.1))
+    with pytest.raises(MessageError, match="client_seconds"):
+        common.parse_train_metrics(plaintext.update_reply(np.ones((1, 2)), np.ones(1), 1.0, 3, 1e300))
+    assert math.isinf(sum([1e308, 1e308]))  # what a round's sum of two such values was
+    with pytest.raises(MessageError, match="'sse'"):
+        common.parse_evaluation_reply(common.evaluation_reply(1e300, 4, 0.1))
+    with pytest.raises(MessageError, match="client_seconds"):
+        two_server.parse_telemetry(_telemetry(1e300))
+
+
+def _telemetry(seconds: float):
+    from flwr.app import RecordDict
+
+    return RecordDict({"telemetry": two_server.telemetry_record(seconds)})

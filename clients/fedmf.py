@@ -257,7 +257,8 @@ def on_update(content: RecordDict, context: Context, env: ClientEnv) -> RecordDi
     cv = schema.parse_model_message(content, env.n_items, crypto.cts_per_row, crypto.key_bits)
     up = compute_user_upload(crypto.decrypt_matrix(cv), context, env, schema.parse_round(content))
     cts = crypto.encrypt_gradient_rows(up.rows)
-    metric = _metric_ciphertext(crypto, [up.loss])
+    released = env.cfg.train.releases_loss(env.cfg.dp.enabled)
+    metric = _metric_ciphertext(crypto, [up.loss if released else 0.0])  # same ciphertext either way
     reply = schema.update_reply(up.items, cts, metric, _telemetry(env, start))  # the critical path ends here
     _refill_pool(context, env, crypto, key.n)
     return reply

@@ -89,13 +89,15 @@ def encode_upload(row_grads: np.ndarray, dense_grads: np.ndarray, loss: np.ndarr
 
 
 def released_loss(cfg: AppConfig, loss: np.ndarray | float) -> np.ndarray | float | None:
-    """The training loss a user puts in its upload: None (nothing) under central DP.
+    """The training loss a user puts in its upload: None (nothing) under central DP or with
+    ``train.release_loss=false`` (:meth:`schemas.config.TrainConfig.releases_loss`).
 
     Why: each server noises only its share of the gradient sums, not the metric slots, so an exact
     loss sum would be a release the privacy ledger does not cover (one rating moves it). Local DP's
-    users send no loss either (schemas/dp_fedrec.py).
+    users send no loss either (schemas/dp_fedrec.py). Without DP, per-round sums over the users server 0
+    picks approximately solve for each user's average loss (README, "Sums over rounds").
     """
-    return None if cfg.dp.enabled else loss
+    return loss if cfg.train.releases_loss(cfg.dp.enabled) else None
 
 
 def train_metric_codec(env: ClientEnv) -> two_server.MetricCodec:

@@ -237,6 +237,8 @@ class FedMFDriver(_FedMFFamilyDriver):
         return fedmf_schema.plain_metric_sum(values)[0]
 
     def train_loss(self, loss: np.ndarray) -> float | None:
+        if not self.cfg.train.releases_loss(self.cfg.dp.enabled):  # as the Flower path: no sum asked for
+            return None
         sums = self._secure_sum(np.asarray(loss, dtype=np.float64)[:, None])
         return None if sums is None else float(sums[0]) / len(loss)
 

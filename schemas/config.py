@@ -116,6 +116,14 @@ class TrainConfig:
     ranking: bool = True             # HR@k / NDCG@k beside RMSE: each evaluated user's latest test rating ranked against sampled unrated items
     ranking_k: int = 10              # the k of HR@k and NDCG@k
     ranking_negatives: int = 99      # sampled items the user did not rate, ranked with the positive (NCF / PFedRec protocol)
+    release_loss: bool = True        # secure protocols: users put their training loss in the secure sum (server 0
+                                     # learns each round's sum); false: they put nothing and train_loss is null
+
+    def releases_loss(self, dp_enabled: bool) -> bool:
+        """Whether a secure protocol's users put their training loss in the round's secure sum: never under DP
+        (each server noises only its gradient shares; an exact loss sum would be a release outside the ledger),
+        else as ``release_loss`` says. Users and servers of both engines ask this one question."""
+        return bool(self.release_loss) and not dp_enabled
 
     def __post_init__(self) -> None:
         _positive_int(self.local_user_steps, "train.local_user_steps")
@@ -125,6 +133,8 @@ class TrainConfig:
         _optional_positive_int(self.eval_clients, "train.eval_clients")
         _one_of(self.server_optimizer, "train.server_optimizer", ("adam", "sgd"))
         _positive_float(self.server_adam_eps, "train.server_adam_eps")
+        _require(isinstance(self.release_loss, bool), "train.release_loss",
+                 f"must be true or false, got {self.release_loss!r}")
 
 
 @dataclass

@@ -353,14 +353,14 @@ def message_sizes(cfg: AppConfig, rnd: int, n_items: int, rows: np.ndarray) -> d
     Down: C_V; up: each user's items, encrypted rows (``rows`` [B] per user,
     :func:`schemas.distributed_mf.upload_rows`) and metric ciphertext. The
     train-metric sum's decryption (one user, when the round has at least
-    ``min_users``) is metered to that user, i.e. 1/B of it per client.
+    ``min_users`` and the loss is released) is metered to that user, i.e. 1/B of it per client.
     Built with this module's message builders around placeholder arrays.
     """
     users, width, per_row = len(rows), ciphertext_bytes(int(cfg.strategy.key_bits)), cts_per_row(cfg)
     down = float(content_nbytes(update_message(rnd, filler((n_items, per_row, width), np.uint8))))
     telemetry = bool(cfg.simulation.telemetry)
     up = float(np.mean([_update_reply_nbytes(int(k), per_row, width, telemetry) for k in rows])) if users else 0.0
-    if users >= int(cfg.strategy.min_users):
+    if users >= int(cfg.strategy.min_users) and cfg.train.releases_loss(cfg.dp.enabled):
         down += content_nbytes(decrypt_message("train", rnd, users, filler((1, width), np.uint8))) / users
         up += content_nbytes(decrypt_reply(np.ones(len(TRAIN_METRICS)), users)) / users
     return {"bytes_down": down, "bytes_up": up}

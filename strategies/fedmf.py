@@ -187,7 +187,11 @@ class FedMFStrategy(RecStrategy):
         self.cv = self.crypto.apply_updates(self.cv, [(up.items, up.ct_list) for up in state.uploads.values()])
 
     def train_metrics_stage(self, state: RoundState) -> None:
-        """train_loss, the mean of the round's users' own losses, from their secure sum."""
+        """train_loss, the mean of the round's users' own losses, from their secure sum; none with
+        ``train.release_loss=false`` (the users put 0 in the slot, and no sum is asked for)."""
+        if not self.cfg.train.releases_loss(self.cfg.dp.enabled):
+            state.metrics = {"train_loss": None}
+            return
         sums, refused = self.secure_sum("train", state.rnd, {u: up.metric for u, up in state.uploads.items()})
         if sums is None:  # the model update stands; only the metric sum is withheld
             state.metrics = {"train_loss": None, "train_metrics_refused": refused}

@@ -121,10 +121,11 @@ class TwoServerStrategy(ModelStrategy):
 
     def split_metrics(self, dense_total: np.ndarray, dense_size: int) -> tuple[np.ndarray, float | None]:
         """Split a reconstructed [dense, loss sum, users] sum; return the dense sum (ring) and the round's
-        train loss, the mean of its users' losses (None under DP: the users send none, see
-        :func:`clients.two_server.released_loss`)."""
+        train loss, the mean of its users' losses (None where the users send none: under DP or
+        ``train.release_loss=false``, see :func:`clients.two_server.released_loss`)."""
         loss_sum, n_users = self.train_metrics.decode(dense_total[dense_size:])
-        return dense_total[:dense_size], None if self.dp is not None else ts.mean_of(loss_sum, n_users)
+        released = self.cfg.train.releases_loss(self.dp is not None)
+        return dense_total[:dense_size], ts.mean_of(loss_sum, n_users) if released else None
 
     def step_from_ring(self, table_sum: np.ndarray, dense_metrics_sum: np.ndarray, n_users: int) -> float:
         """Decode the reconstructed ring sums, average over ``n_users`` and step the public model.

@@ -317,7 +317,7 @@ def _spy_train_sums(monkeypatch) -> list[tuple[np.ndarray, int]]:
     return seen
 
 
-@pytest.mark.parametrize("protocol", ["secemb", "secemb_dp", "secfedrec", "fedmf"])
+@pytest.mark.parametrize("protocol", ["secemb", "secemb_dp", "secemb_no_loss", "secfedrec", "fedmf", "fedmf_no_loss"])
 def test_training_metric_sums_cover_users_not_ratings(tmp_path, monkeypatch, protocol):
     """Each round server 0 learns its users' loss sum and how many users it sums, not their rating count.
 
@@ -325,16 +325,22 @@ def test_training_metric_sums_cover_users_not_ratings(tmp_path, monkeypatch, pro
     round's users, so the sums of enough rounds are a linear system whose solution is each user's count
     (a least-squares attack on 30 rounds of 12 users recovered all 12 exactly, before this change).
     The number of users summed is a count server 0 already has. Under central DP the loss slot is 0:
-    the servers' noise does not cover the metric slots, so the users release no loss there.
+    the servers' noise does not cover the metric slots, so the users release no loss there; nor with
+    ``train.release_loss=false`` (FedMF then asks for no training sum at all).
     """
     seen = _spy_train_sums(monkeypatch)
     overrides = {"secemb": ["strategy=secemb", *_M_PRIME],
                  "secemb_dp": ["strategy=secemb", *_M_PRIME, "dp.enabled=true", "dp.clip=0.5",
                                "dp.noise_multiplier=1.0"],
-                 "secfedrec": ["strategy=secfedrec"], "fedmf": []}[protocol]
-    base = FEDMF if protocol == "fedmf" else SMALL + ["model=mf", "train.eval_every=0"]
+                 "secemb_no_loss": ["strategy=secemb", *_M_PRIME, "train.release_loss=false"],
+                 "secfedrec": ["strategy=secfedrec"], "fedmf": [],
+                 "fedmf_no_loss": ["train.release_loss=false"]}[protocol]
+    base = FEDMF if protocol.startswith("fedmf") else SMALL + ["model=mf", "train.eval_every=0"]
     results, _ = run_sim(tmp_path, [*base, "rounds=3", *overrides])
     records = results["records"]
+    if protocol == "fedmf_no_loss":
+        assert seen == [] and len(records) == 3 and all(r["train_loss"] is None for r in records)
+        return
     assert len(seen) == len(records) == 3
     for (sums, users), rec in zip(seen, records):
         assert users == rec["clients"] >= 2
@@ -344,7 +350,7 @@ def test_training_metric_sums_cover_users_not_ratings(tmp_path, monkeypatch, pro
             continue
         loss_sum, count = sums
         assert count == users  # the second slot sums a 1 per user, never a rating count
-        if protocol == "secemb_dp":
+        if protocol in ("secemb_dp", "secemb_no_loss"):
             assert loss_sum == 0.0 and rec["train_loss"] is None
         else:
             assert loss_sum > 0 and rec["train_loss"] == pytest.approx(loss_sum / users, rel=1e-12)

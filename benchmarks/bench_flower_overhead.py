@@ -49,6 +49,7 @@ from schemas.config import AppConfig
 from schemas.validation import array_record
 from simulations.client_app import make_client_app
 from simulations.config import compose_config, to_app_config
+from simulations.run import flower_backend_config
 from simulations.server_app import run_server
 from strategies.exchange import content_nbytes
 
@@ -194,10 +195,7 @@ def run_bench(cfg: AppConfig, profile_dir: str | None = None) -> dict[str, Any]:
         mods.append(profile_mod(os.path.abspath(profile_dir)))
     client = make_client_app(cfg, mods=mods)
     add_floor_handler(client)
-    backend_config = {
-        "client_resources": {"num_cpus": float(cfg.simulation.num_cpus_per_client), "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "log_to_driver": True},
-    }
+    backend_config = flower_backend_config(cfg)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -16,7 +16,6 @@ reveal.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import warnings
@@ -48,6 +47,7 @@ def run(cfg: AppConfig, log: str) -> None:
     from flwr.simulation import run_simulation
 
     from simulations.client_app import make_client_app
+    from simulations.run import flower_backend_config
     from simulations.server_app import make_server_app
     from strategies.base import simulated_node_count
 
@@ -57,8 +57,7 @@ def run(cfg: AppConfig, log: str) -> None:
         run_simulation(server_app=make_server_app(cfg, out_dir, outcome),
                        client_app=make_client_app(cfg, mods=[timing_mod(log)]),
                        num_supernodes=simulated_node_count(cfg, dataset_meta(cfg).n_users),
-                       backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False}})
+                       backend_config=flower_backend_config(cfg))
     if outcome.get("error") or outcome.get("stopped"):
         raise RuntimeError(f"the run did not finish: {outcome}")
 

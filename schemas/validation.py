@@ -195,8 +195,7 @@ def get_array(
 
 def check_gradient(arr: np.ndarray, key: str) -> np.ndarray:
     """``arr`` if every value is finite and within +-:data:`MAX_GRADIENT`, else :class:`MessageError`."""
-    if arr.size and not np.isfinite(arr).all():
-        raise MessageError(f"{key!r} contains NaN or infinite values")
+    _check_values(arr, key, finite=True, low=None, high=None)  # NaN passes any comparison: refused here first
     if arr.size and float(np.abs(arr).max()) > MAX_GRADIENT:
         raise MessageError(f"{key!r} has a value of magnitude {float(np.abs(arr).max()):.3g}, above the "
                            f"{MAX_GRADIENT:.3g} a gradient may hold")

@@ -71,14 +71,7 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     from strategies.base import simulated_node_count
 
     sim = cfg.simulation
-    backend_config = {
-        "client_resources": {"num_cpus": float(sim.num_cpus_per_client), "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "log_to_driver": True},
-    }
-    ray_address = sim.ray_address or os.environ.get("RAY_ADDRESS")
-    if ray_address:  # join an existing Ray cluster: it has its own CPUs (Ray refuses num_cpus when joining)
-        backend_config["init_args"] = {"address": ray_address, "log_to_driver": True}
-        log.info("simulation runs on the Ray cluster at %s", ray_address)
+    backend_config = flower_backend_config(cfg)
     if sim.node_pool is None and meta.n_users > LARGE_POPULATION:
         log.warning("%d users on as many virtual nodes: Flower polls every node for every message, which "
                     "slows each round with the population; simulation.node_pool=200 shares nodes "
@@ -94,6 +87,22 @@ def simulate(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
     if outcome.get("stopped"):
         raise RunStopped(f"{outcome['stopped']}; results so far in {out_dir}")
     return outcome
+
+
+def flower_backend_config(cfg: AppConfig) -> dict[str, Any]:
+    """The Ray backend config of a Flower simulation of ``cfg``: each virtual client's CPUs, and a local Ray
+    on this machine's cores, or the existing cluster ``simulation.ray_address`` (else ``$RAY_ADDRESS``) names.
+    The entry point and the benchmarks that run Flower themselves (with extra mods or handlers) share it."""
+    sim = cfg.simulation
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": float(sim.num_cpus_per_client), "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "log_to_driver": True},
+    }
+    ray_address = sim.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray_address:  # join an existing Ray cluster: it has its own CPUs (Ray refuses num_cpus when joining)
+        backend_config["init_args"] = {"address": ray_address, "log_to_driver": True}
+        log.info("simulation runs on the Ray cluster at %s", ray_address)
+    return backend_config
 
 
 def simulate_batched(cfg: AppConfig, out_dir: str) -> dict[str, Any]:
